@@ -1,0 +1,65 @@
+# lineloop front door. `make demo` runs the loop; `make test` installs and tests.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := deploy/constraints.txt
+export LINELOOP_STATE_DIR ?= $(CURDIR)/.lineloop
+
+LIBS := libs/contracts libs/storage libs/telemetry libs/bus libs/runtime libs/vision libs/cli deploy/local
+SERVICES := ingest labeling training compiler registry monitor
+PACKAGES := $(LIBS) $(addprefix services/,$(SERVICES))
+STAMP := $(VENV)/.installed
+
+.PHONY: install proto proto-check stack-up stack-down stack-status up down demo test test-fast bench clean lint-deploy
+
+install: $(STAMP)
+
+# Editable installs of src/ layouts are plain .pth path entries, so the
+# `lineloop` namespace spans every package without import hooks.
+$(STAMP): $(CONSTRAINTS) tests/requirements.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade -c $(CONSTRAINTS) pip setuptools wheel
+	$(PIP) install -q -c $(CONSTRAINTS) torch
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation \
+		$(addprefix -e ,$(PACKAGES)) -r tests/requirements.txt
+	@# Triton's server binary: the wheel's own requirements (numpy<2, its Python API) are not used.
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps nvidia-pytriton
+	@touch $@
+
+proto: $(STAMP)
+	$(BIN)/python -m lineloop.contracts.codegen proto libs/contracts/src
+
+proto-check: $(STAMP)
+	$(BIN)/python -m lineloop.contracts.codegen --check proto libs/contracts/src
+
+stack-up: $(STAMP)
+	$(BIN)/lineloop stack up
+
+stack-down: $(STAMP)
+	$(BIN)/lineloop stack down
+
+stack-status: $(STAMP)
+	$(BIN)/lineloop stack status
+
+up: $(STAMP)
+	$(BIN)/lineloop up
+
+down: $(STAMP)
+	$(BIN)/lineloop down
+
+demo: $(STAMP)
+	$(BIN)/lineloop demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=.
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=. -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m lineloop.cli.main bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,67 @@
+"""The event catalogue, read from the options in proto/lineloop/v1/events.proto.
+
+Topic names, record keys and JSON acceptance are declared once, on the
+messages themselves; this module only indexes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from lineloop.v1 import events_pb2, options_pb2
+
+
+@dataclass(frozen=True)
+class EventType:
+    message: type[Message]
+    topic: str
+    key_field: str
+    accepts_json: bool
+
+    @property
+    def ce_type(self) -> str:
+        """CloudEvents `type`: the message's full protobuf name."""
+        return self.message.DESCRIPTOR.full_name
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    def key_of(self, msg: Message) -> bytes | None:
+        value = getattr(msg, self.key_field, "") if self.key_field else ""
+        return str(value).encode() if value else None
+
+
+def _catalogue() -> dict[type[Message], EventType]:
+    found: dict[type[Message], EventType] = {}
+    for name, descriptor in events_pb2.DESCRIPTOR.message_types_by_name.items():
+        opts = descriptor.GetOptions()
+        topic = opts.Extensions[options_pb2.topic]
+        if not topic:
+            continue
+        cls = getattr(events_pb2, name)
+        found[cls] = EventType(
+            message=cls,
+            topic=topic,
+            key_field=opts.Extensions[options_pb2.key_field],
+            accepts_json=opts.Extensions[options_pb2.accepts_json],
+        )
+    return found
+
+
+EVENTS: dict[type[Message], EventType] = _catalogue()
+BY_TOPIC: dict[str, EventType] = {e.topic: e for e in EVENTS.values()}
+
+
+def event_type(message: type[Message] | Message) -> EventType:
+    cls = message if isinstance(message, type) else type(message)
+    try:
+        return EVENTS[cls]
+    except KeyError:
+        raise TypeError(f"{cls.__name__} is not an event: it has no (lineloop.v1.topic) option") from None
+
+
+def all_topics() -> list[str]:
+    return sorted(BY_TOPIC)

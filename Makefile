@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := deploy/constraints.txt
 export LINELOOP_STATE_DIR ?= $(CURDIR)/.lineloop
 
-LIBS := libs/contracts libs/storage libs/telemetry libs/bus libs/runtime libs/vision libs/cli deploy/local
+LIBS := libs/contracts libs/storage libs/telemetry libs/bus libs/runtime libs/vision libs/serving libs/model libs/cli deploy/local libs/edge
 SERVICES := ingest labeling training compiler registry monitor
 PACKAGES := $(LIBS) $(addprefix services/,$(SERVICES))
 STAMP := $(VENV)/.installed

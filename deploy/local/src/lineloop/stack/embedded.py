@@ -1,0 +1,203 @@
+"""The embedded stack: S3 store, Kafka-API broker and Triton on 127.0.0.1, as processes.
+
+Start order: the S3 store first; the broker keeps its data there and Triton reads its model
+repository from there, so both start together once the buckets exist. Everything lives under one state directory:
+data, logs, pidfiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from pathlib import Path
+
+from minio import Minio
+
+from lineloop.stack import probes, servers
+from lineloop.stack.config import BUCKETS, HOST, TANSU_BUCKET, StackConfig
+from lineloop.stack.process import ManagedProcess, wait_until
+
+Report = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class ServerStatus:
+    name: str
+    running: bool
+    healthy: bool
+    pid: int | None
+    addresses: dict[str, int]
+    log: str
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class EmbeddedStack:
+    """Start, stop and look at one stack. `up` and `down` are idempotent."""
+
+    def __init__(self, config: StackConfig, die_with_parent: bool = False, ready_timeout: float = 60.0) -> None:
+        self.config = config
+        self.die_with_parent = die_with_parent
+        self.ready_timeout = ready_timeout
+        self.startup_seconds: dict[str, float] = {}
+
+    # Attributes tests and tools read, named as the README's environment.
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.config.kafka_bootstrap
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.config.s3_endpoint
+
+    @property
+    def s3_access_key(self) -> str:
+        return self.config.s3_access_key
+
+    @property
+    def s3_secret_key(self) -> str:
+        return self.config.s3_secret_key
+
+    @property
+    def triton_grpc(self) -> str:
+        return self.config.triton_grpc
+
+    @property
+    def triton_http(self) -> str:
+        return self.config.triton_http
+
+    @property
+    def triton_repository(self) -> str:
+        """`s3://http://127.0.0.1:<port>/lineloop-triton`; `lineloop.serving.open_repository` writes there."""
+        return self.config.triton_repository
+
+    def env(self) -> dict[str, str]:
+        return self.config.env()
+
+    def s3_client(self) -> Minio:
+        return Minio(
+            f"{HOST}:{self.config.s3_port}",
+            access_key=self.config.s3_access_key,
+            secret_key=self.config.s3_secret_key,
+            region=self.config.s3_region,
+            secure=False,
+        )
+
+    def specs(self) -> list[servers.ServerSpec]:
+        return [servers.seaweedfs(self.config), servers.triton(self.config), servers.tansu(self.config)]
+
+    def _process(self, spec: servers.ServerSpec) -> ManagedProcess:
+        return ManagedProcess(spec.name, self.config.run_dir, self.config.logs_dir / f"{spec.name}.log", spec.marker)
+
+    def up(self, report: Report = lambda line: None) -> dict[str, float]:
+        """Start what is not running; wait until every server answers.
+
+        Returns the start-up seconds of each server started now (empty when all were up).
+        """
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        s3_spec, triton_spec, kafka_spec = self.specs()
+        started: dict[str, tuple[float, object]] = {}
+        try:
+            self._launch(s3_spec, started, report)
+            self._await(s3_spec, started, report)
+            self._ensure_buckets(report)
+            for spec in (kafka_spec, triton_spec):
+                self._launch(spec, started, report)
+            for spec in (kafka_spec, triton_spec):
+                self._await(spec, started, report)
+        except BaseException:
+            # A half-started stack is worse than none: stop what this call started.
+            for spec in (kafka_spec, triton_spec, s3_spec):
+                if spec.name in started:
+                    self._process(spec).stop(spec.stop_timeout)
+            raise
+        return {name: self.startup_seconds[name] for name in started}
+
+    def _launch(self, spec: servers.ServerSpec, started: dict, report: Report) -> None:
+        process = self._process(spec)
+        if process.running() is not None:
+            report(f"{spec.name}: already running")
+            return
+        busy = {label: port for label, port in spec.ports.items() if probes.port_open(HOST, port)}
+        if busy:
+            taken = ", ".join(f"{label} {port}" for label, port in busy.items())
+            raise StackError(f"{spec.name}: port(s) already in use by another process: {taken}")
+        spec.prepare()
+        report(f"{spec.name}: starting")
+        handle = process.start(spec.argv, spec.env, cwd=self.config.state_dir, die_with_parent=self.die_with_parent)
+        started[spec.name] = (time.monotonic(), handle)
+
+    def _await(self, spec: servers.ServerSpec, started: dict, report: Report) -> None:
+        process = self._process(spec)
+        since, handle = started.get(spec.name, (time.monotonic(), process.running()))
+        try:
+            wait_until(spec.ready, self.ready_timeout, proc=handle)
+        except (TimeoutError, RuntimeError) as err:
+            raise StackError(f"{spec.name}: {err}; log {process.log_file}:\n{process.log_tail()}") from err
+        if spec.name in started:
+            self.startup_seconds[spec.name] = time.monotonic() - since
+            report(f"{spec.name}: ready in {self.startup_seconds[spec.name]:.2f} s")
+
+    def _ensure_buckets(self, report: Report) -> None:
+        client = self.s3_client()
+        for bucket in (TANSU_BUCKET, *BUCKETS):
+            # The S3 port answers before the filer behind it is ready for writes.
+            try:
+                wait_until(lambda: _try_make_bucket(client, bucket), self.ready_timeout, interval=0.1)
+            except TimeoutError as err:
+                raise StackError(f"s3: could not create bucket {bucket!r}: {err}") from err
+        report(f"s3: buckets {', '.join((TANSU_BUCKET, *BUCKETS))}")
+
+    def down(self, report: Report = lambda line: None) -> list[str]:
+        """Stop the servers this state directory started; returns the names stopped."""
+        s3_spec, triton_spec, kafka_spec = self.specs()
+
+        def stop(spec: servers.ServerSpec) -> str | None:
+            if self._process(spec).stop(spec.stop_timeout):
+                report(f"{spec.name}: stopped")
+                return spec.name
+            report(f"{spec.name}: not running")
+            return None
+
+        # The broker first, while the S3 store it flushes to is still up; then the others together.
+        stopped = [stop(kafka_spec)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            stopped += list(pool.map(stop, (triton_spec, s3_spec)))
+        return [name for name in stopped if name]
+
+    def status(self) -> list[ServerStatus]:
+        result = []
+        for spec in self.specs():
+            process = self._process(spec)
+            proc = process.running()
+            result.append(
+                ServerStatus(
+                    name=spec.name,
+                    running=proc is not None,
+                    healthy=proc is not None and spec.ready(),
+                    pid=None if proc is None else proc.pid,
+                    addresses=spec.ports,
+                    log=str(process.log_file),
+                )
+            )
+        return result
+
+
+def _try_make_bucket(client: Minio, bucket: str) -> bool:
+    try:
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+        return True
+    except Exception:
+        return False

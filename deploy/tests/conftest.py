@@ -1,0 +1,78 @@
+"""Shared fixtures for the deployment-file checks: the repository, the README conventions
+(parsed from README.md itself, so the files are checked against the document that binds
+them), and the parsed compose file."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Conventions:
+    services: tuple[str, ...]
+    grpc_ports: dict[str, int]
+    metrics_ports: dict[str, int]
+    shared_env: frozenset[str]
+    buckets: frozenset[str]
+    embedded_only_buckets: frozenset[str]
+
+    def service_env(self, service: str) -> set[str]:
+        prefix = f"LINELOOP_{service.upper()}_"
+        return {prefix + "GRPC_PORT", prefix + "METRICS_PORT", prefix + "DATABASE_URL"}
+
+
+def _port_table(readme: str, setting: str) -> dict[str, int]:
+    match = re.search(rf"`{setting}`\s*\(([^)]*)\)", readme)
+    assert match, f"README no longer lists the services' `{setting}` values"
+    return {name: int(port) for name, port in re.findall(r"(\w+) (\d+)", match.group(1))}
+
+
+def _bullet(readme: str, starts_with: str) -> str:
+    match = re.search(rf"^- {re.escape(starts_with)}.*?(?=^- |^#|\Z)", readme, re.MULTILINE | re.DOTALL)
+    assert match, f"README has no bullet starting with {starts_with!r}"
+    return match.group(0)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def conventions() -> Conventions:
+    readme = (REPO / "README.md").read_text()
+    shared = _bullet(readme, "Shared, one per deployment")
+    buckets = _bullet(readme, "Buckets:")
+    # "(+ `tansu` for the embedded broker's own storage)": not a lineloop bucket elsewhere.
+    embedded_only = set(re.findall(r"\(\+ `([a-z0-9-]+)`", buckets))
+    return Conventions(
+        services=tuple(sorted(p.parent.name for p in REPO.glob("services/*/pyproject.toml"))),
+        grpc_ports=_port_table(readme, "GRPC_PORT"),
+        metrics_ports=_port_table(readme, "METRICS_PORT"),
+        shared_env=frozenset(re.findall(r"`((?:LINELOOP|OTEL)_[A-Z0-9_]+)`", shared)),
+        buckets=frozenset(set(re.findall(r"`([a-z0-9-]+)`", buckets)) - embedded_only),
+        embedded_only_buckets=frozenset(embedded_only),
+    )
+
+
+@pytest.fixture(scope="session")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="session")
+def console_scripts() -> dict[str, dict[str, str]]:
+    """services/<name> -> its [project.scripts]."""
+    scripts = {}
+    for pyproject in REPO.glob("services/*/pyproject.toml"):
+        with pyproject.open("rb") as f:
+            scripts[pyproject.parent.name] = tomllib.load(f)["project"].get("scripts", {})
+    return scripts

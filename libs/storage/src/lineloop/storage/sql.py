@@ -1,0 +1,145 @@
+"""SQL service state: SQLite (embedded default) or PostgreSQL (compose/k8s), via SQLAlchemy.
+
+Each service owns one database. Its tables are created on start-up and the
+schema version of every component (the service's own tables, the bus's
+inbox/outbox) is recorded, so a service refuses to run against a database
+written by a newer release instead of corrupting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+_meta = MetaData()
+schema_versions = Table(
+    "schema_versions",
+    _meta,
+    Column("component", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer release than this code."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """One service's SQL database: an engine, sessions and versioned schemas."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        parsed = make_url(url)
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Handlers run on the event loop and the outbox relay beside them:
+            # one file, several connections, so WAL and a busy timeout.
+            self.engine: Engine = create_engine(
+                url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer, and a read snapshot cannot be upgraded to a
+        # write once another connection committed: writers on one event loop
+        # take turns here instead of blocking the loop on SQLite's busy wait.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else nullcontext()
+
+    def session(self) -> Session:
+        """A new session; use as a context manager and commit explicitly."""
+        return self._sessions()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Session]:
+        """A transaction for code on the event loop: commits on success.
+
+        Do async I/O before entering it; keep what happens inside short.
+        """
+        async with self._write_lock:
+            with self._sessions() as session, session.begin():
+                yield session
+
+    def migrate(self, component: str, version: int, metadata: MetaData) -> None:
+        """Create `metadata`'s tables and record `component` at `version`.
+
+        Tables are only ever added in this release line, so creating what is
+        missing is the whole migration; a database at a newer version is refused.
+        """
+        _meta.create_all(self.engine)
+        with self.transaction() as s:
+            current = s.execute(
+                select(schema_versions.c.version).where(schema_versions.c.component == component)
+            ).scalar_one_or_none()
+            if current is not None and current > version:
+                raise SchemaTooNew(
+                    f"database {self.safe_url} has {component} schema v{current}, this code knows v{version}"
+                )
+        metadata.create_all(self.engine)
+        with self.transaction() as s:
+            if current is None:
+                s.execute(schema_versions.insert().values(component=component, version=version, applied_at=utcnow()))
+            elif current < version:
+                s.execute(
+                    schema_versions.update()
+                    .where(schema_versions.c.component == component)
+                    .values(version=version, applied_at=utcnow())
+                )
+        if current != version:
+            log.info("schema %s at v%d (was %s) in %s", component, version, current, self.safe_url)
+
+    def schema_version(self, component: str) -> int | None:
+        with self.session() as s:
+            return s.execute(
+                select(schema_versions.c.version).where(schema_versions.c.component == component)
+            ).scalar_one_or_none()
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()

@@ -1,0 +1,48 @@
+"""Ingest settings: `LINELOOP_INGEST_*` (shared addresses: `LINELOOP_*`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from lineloop.runtime import ServiceSettings, service_config
+
+
+class IngestSettings(ServiceSettings):
+    service_name: ClassVar[str] = "ingest"
+    model_config = service_config("ingest")
+
+    grpc_port: int = 50051
+    metrics_port: int | None = 9101
+
+    frames_bucket: str = "lineloop-frames"
+    # Buckets a gateway may upload to and reference from `image_ref` (comma-separated).
+    upload_buckets: Annotated[list[str], NoDecode] = ["lineloop-frames"]
+    # Known line ids (comma-separated); empty: any line is accepted.
+    lines: Annotated[list[str], NoDecode] = []
+    max_inline_bytes: int = 1024 * 1024
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_side: int = 8192
+    max_image_pixels: int = 40_000_000
+    # Gateway clocks drift a little; beyond this a capture time is refused.
+    max_clock_skew_s: float = 300.0
+
+    triton_timeout_s: float = 5.0
+    # Frames scored together in one Triton request (capped by the model's max_batch_size),
+    # and how long the first waits for company.
+    score_max_batch: int = 32
+    score_max_delay_ms: float = 2.0
+    # How often a replica re-reads the serving picture other replicas may have recorded.
+    deployment_refresh_s: float = 2.0
+    # Frames of one fetched batch prepared (fetched, decoded, stored, scored) at once.
+    max_concurrent_frames: int = 64
+    presigned_url_ttl_s: int = 900
+
+    @field_validator("lines", "upload_buckets", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

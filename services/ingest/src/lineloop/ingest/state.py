@@ -1,0 +1,184 @@
+"""Ingest's own state: the frame index, the image index (duplicates) and the serving picture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+)
+from sqlalchemy.orm import Session
+
+from lineloop.storage.sql import utcnow
+from lineloop.v1.events_pb2 import FrameIngested, ModelPromoted
+
+SCHEMA_COMPONENT = "lineloop.ingest"
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+frames = Table(
+    "ingest_frames",
+    metadata,
+    Column("frame_id", String(128), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("bucket", String(63), nullable=False),
+    Column("object_key", String(255), nullable=False),
+    Column("line_id", String(128), nullable=False),
+    Column("camera_id", String(128), nullable=False),
+    Column("captured_at", DateTime(timezone=True), nullable=True),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Column("duplicate_of", String(128), nullable=True),
+    # The FrameIngested event as published, so GetFrame answers exactly what others saw.
+    Column("event", LargeBinary, nullable=False),
+    Index("ix_ingest_frames_sha256", "sha256"),
+    Index("ix_ingest_frames_camera", "camera_id", "captured_at"),
+)
+
+# One row per distinct image content: the first frame that carried it.
+images = Table(
+    "ingest_images",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("first_frame_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Which Triton model/versions serve each line (from models.promoted.v1).
+deployments = Table(
+    "ingest_deployments",
+    metadata,
+    Column("line_id", String(128), primary_key=True),
+    Column("model_name", String(128), nullable=False),
+    Column("triton_model", String(128), nullable=False),
+    Column("production_version", String(64), nullable=False),
+    Column("canary_version", String(64), nullable=False),
+    Column("canary_share", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+model_classes = Table(
+    "ingest_model_classes",
+    metadata,
+    Column("model_name", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("classes", Text, nullable=False),  # JSON list, in output order
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    line_id: str
+    model_name: str
+    triton_model: str
+    production_version: str
+    canary_version: str
+    canary_share: float
+    production_classes: tuple[str, ...]
+    canary_classes: tuple[str, ...]
+
+
+# ---- frames -----------------------------------------------------------------
+
+
+def find_frame(session: Session, frame_id: str) -> FrameIngested | None:
+    event = session.execute(select(frames.c.event).where(frames.c.frame_id == frame_id)).scalar_one_or_none()
+    return None if event is None else FrameIngested.FromString(event)
+
+
+def first_frame_with(session: Session, sha256: str) -> str | None:
+    return session.execute(
+        select(images.c.first_frame_id).where(images.c.sha256 == sha256)
+    ).scalar_one_or_none()
+
+
+def add_image(session: Session, sha256: str, frame_id: str) -> None:
+    session.execute(images.insert().values(sha256=sha256, first_frame_id=frame_id, created_at=utcnow()))
+
+
+def add_frame(session: Session, event: FrameIngested, captured_at: datetime | None) -> None:
+    session.execute(
+        frames.insert().values(
+            frame_id=event.frame_id,
+            sha256=event.image.sha256,
+            bucket=event.image.bucket,
+            object_key=event.image.key,
+            line_id=event.line_id,
+            camera_id=event.camera_id,
+            captured_at=captured_at,
+            ingested_at=event.ingested_at.ToDatetime(tzinfo=utcnow().tzinfo),
+            duplicate_of=event.duplicate_of or None,
+            event=event.SerializeToString(),
+        )
+    )
+
+
+# ---- serving picture --------------------------------------------------------
+
+
+def apply_promotion(session: Session, msg: ModelPromoted) -> None:
+    """Record the classes of the promoted version and the lines this model now serves.
+
+    `deployments` is the whole serving picture of this model after the change: lines
+    it no longer lists stop being served by it.
+    """
+    if msg.classes:
+        session.execute(delete(model_classes).where(
+            model_classes.c.model_name == msg.model_name, model_classes.c.version == msg.version
+        ))
+        session.execute(model_classes.insert().values(
+            model_name=msg.model_name, version=msg.version, classes=json.dumps(list(msg.classes))
+        ))
+    session.execute(delete(deployments).where(deployments.c.model_name == msg.model_name))
+    listed = [d.line_id for d in msg.deployments]
+    if listed:
+        session.execute(delete(deployments).where(deployments.c.line_id.in_(listed)))
+    now = utcnow()
+    for dep in msg.deployments:
+        if not dep.production_version and not dep.canary_version:
+            continue  # nothing serves this line any more
+        session.execute(deployments.insert().values(
+            line_id=dep.line_id,
+            model_name=msg.model_name,
+            triton_model=dep.triton_model or msg.model_name,
+            production_version=dep.production_version,
+            canary_version=dep.canary_version,
+            canary_share=min(max(dep.canary_share, 0.0), 1.0),
+            updated_at=now,
+        ))
+
+
+def load_deployments(session: Session) -> dict[str, Deployment]:
+    classes = {
+        (row.model_name, row.version): tuple(json.loads(row.classes))
+        for row in session.execute(select(model_classes)).all()
+    }
+
+    def classes_of(model: str, version: str) -> tuple[str, ...]:
+        return classes.get((model, version), ())
+
+    return {
+        row.line_id: Deployment(
+            line_id=row.line_id,
+            model_name=row.model_name,
+            triton_model=row.triton_model,
+            production_version=row.production_version,
+            canary_version=row.canary_version,
+            canary_share=row.canary_share,
+            production_classes=classes_of(row.model_name, row.production_version),
+            canary_classes=classes_of(row.model_name, row.canary_version),
+        )
+        for row in session.execute(select(deployments)).all()
+    }

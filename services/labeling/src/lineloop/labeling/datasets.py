@@ -1,0 +1,233 @@
+"""Immutable dataset versions: manifest.jsonl in S3 with its sha256, cut by policy or on request.
+
+A manifest is a pure function of the effective labels (one line per frame,
+sorted by frame id, no timestamps of the cut), so the same labels always give
+the same bytes and hash. Splits come from the frame's sha256 alone, so a frame
+never moves between train/val/test across versions; model-made labels never
+enter the test split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from lineloop.bus import Bus
+from lineloop.labeling import state
+from lineloop.labeling.labels import LabelRejected, utcnow
+from lineloop.labeling.queue import as_utc
+from lineloop.labeling.settings import LabelingSettings
+from lineloop.storage.objects import ObjectStore, sha256_hex
+from lineloop.storage.sql import Database
+from lineloop.v1.common_pb2 import ObjectRef
+from lineloop.v1.events_pb2 import DatasetVersioned, LabelSource
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAMES = {
+    LabelSource.LABEL_SOURCE_HUMAN: "human",
+    LabelSource.LABEL_SOURCE_MODEL: "model",
+    LabelSource.LABEL_SOURCE_IMPORT: "import",
+}
+POLICY_ACTOR = "labeling-policy"
+
+
+def split_of(sha256: str, val: float, test: float) -> str:
+    """train / val / test from the first 64 bits of the frame's sha256."""
+    x = int(sha256[:16], 16) / 2**64
+    if x < test:
+        return "test"
+    if x < test + val:
+        return "val"
+    return "train"
+
+
+def version_name(number: int) -> str:
+    return f"v{number:04d}"
+
+
+def manifest_key(dataset: str, version: str) -> str:
+    return f"{dataset}/{version}/manifest.jsonl"
+
+
+@dataclass
+class Manifest:
+    data: bytes
+    sha256: str
+    class_counts: dict[str, int]
+    split_counts: dict[str, int]
+
+
+def build_manifest(entries, cfg: LabelingSettings) -> Manifest:
+    """entries: (frame row, effective LabelCreated), any order."""
+    lines = []
+    class_counts: dict[str, int] = {}
+    split_counts: dict[str, int] = {}
+    for frame, label in sorted(entries, key=lambda e: e[0].frame_id):
+        split = split_of(frame.sha256, cfg.split_val, cfg.split_test)
+        if split == "test" and label.source not in state.HUMAN_SOURCES:
+            continue  # the test split is human ground truth only
+        lines.append(json.dumps({
+            "frame_id": frame.frame_id,
+            "line_id": frame.line_id,
+            "camera_id": frame.camera_id,
+            "bucket": frame.image_bucket,
+            "key": frame.image_key,
+            "sha256": frame.sha256,
+            "label": label.label_class,
+            "label_source": SOURCE_NAMES.get(label.source, "unknown"),
+            "split": split,
+            "captured_at": as_utc(frame.captured_at).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }, sort_keys=True, separators=(",", ":")))
+        class_counts[label.label_class] = class_counts.get(label.label_class, 0) + 1
+        split_counts[split] = split_counts.get(split, 0) + 1
+    data = "".join(line + "\n" for line in lines).encode()
+    return Manifest(data, sha256_hex(data), class_counts, split_counts)
+
+
+class CutBusy(Exception):
+    """Another replica is cutting this dataset right now."""
+
+
+class Datasets:
+    """Cutting versions (on request and by policy) and reading them back."""
+
+    def __init__(self, cfg: LabelingSettings, db: Database, bus: Bus, objects: ObjectStore) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.bus = bus
+        self.objects = objects
+        self._task: asyncio.Task | None = None
+
+    async def cut(
+        self, dataset: str, line_id: str, *, requested_by: str, reason: str, min_new_labels: int = 0,
+    ) -> tuple[DatasetVersioned | None, bool]:
+        """Cut a new version if the labels changed; (the version, whether it is new).
+
+        With `min_new_labels`, cut only when at least that many human labels arrived
+        since the head (checked under the claim, so replicas agree). Returns the
+        head unchanged when the manifest would be identical to it.
+        """
+        if not dataset:
+            raise LabelRejected(grpc.StatusCode.INVALID_ARGUMENT, "MISSING_DATASET", "give a dataset name or a line id")
+        token = uuid.uuid4().hex
+        now = utcnow()
+        async with self.db.write() as s:
+            claimed = state.claim_dataset(s, dataset, token, now, now + timedelta(seconds=self.cfg.cut_lock_s))
+        if not claimed:
+            raise CutBusy(f"dataset {dataset!r} is being cut by another request or replica; try again shortly")
+        try:
+            return await self._cut_claimed(dataset, line_id, token, requested_by, reason, min_new_labels)
+        finally:
+            async with self.db.write() as s:
+                state.release_dataset(s, dataset, token)
+
+    async def _cut_claimed(
+        self, dataset: str, line_id: str, token: str, requested_by: str, reason: str, min_new_labels: int
+    ) -> tuple[DatasetVersioned | None, bool]:
+        with self.db.session() as s:
+            head = state.head(s, dataset)
+            if head is not None and head.line_id != line_id:
+                raise LabelRejected(
+                    grpc.StatusCode.INVALID_ARGUMENT, "DATASET_LINE_MISMATCH",
+                    f"dataset {dataset!r} is cut from line {head.line_id or '(all lines)'!r}, not {line_id or '(all lines)'!r}",
+                )
+            if min_new_labels and state.new_human_labels(s, line_id, head.label_watermark if head else 0) < min_new_labels:
+                return (DatasetVersioned.FromString(head.event) if head else None), False
+            watermark = state.max_label_seq(s)
+            entries = state.effective_labels(s, line_id, watermark)
+        manifest = build_manifest(entries, self.cfg)
+        if head is not None and head.manifest_sha256 == manifest.sha256:
+            return DatasetVersioned.FromString(head.event), False
+        if not manifest.data:
+            return None, False
+        number = head.number + 1 if head else 1
+        version = version_name(number)
+        key = manifest_key(dataset, version)
+        bucket = self.cfg.datasets_bucket
+        # The DB row is the commit point: a crash before it leaves an object the next cut overwrites.
+        stored = await self.objects.aio.put_bytes(bucket, key, manifest.data, "application/x-ndjson")
+        await self.objects.aio.put_bytes(
+            bucket, f"{key}.sha256", f"{manifest.sha256}  manifest.jsonl\n".encode(), "text/plain"
+        )
+        created = Timestamp()
+        now = utcnow()
+        created.FromDatetime(now)
+        event = DatasetVersioned(
+            dataset=dataset, version=version, parent_version=head.version if head else "",
+            manifest=ObjectRef(bucket=bucket, key=key, sha256=stored.sha256, size_bytes=stored.size_bytes),
+            classes=self.cfg.classes, class_counts=manifest.class_counts, split_counts=manifest.split_counts,
+            line_id=line_id, created_by=requested_by, reason=reason, created_at=created,
+        )
+        async with self.db.write() as s:
+            if not state.still_claimed(s, dataset, token, now):
+                raise CutBusy(f"the claim on dataset {dataset!r} expired during the cut; nothing was recorded")
+            s.execute(state.dataset_versions.insert().values(
+                dataset=dataset, number=number, version=version, line_id=line_id, manifest_sha256=manifest.sha256,
+                label_watermark=watermark, created_at=now, event=event.SerializeToString(),
+            ))
+            self.bus.add_to_outbox(s, event)
+        self.bus.relay.wake()
+        log.info("dataset %s %s cut: %d frames (%s)", dataset, version, sum(manifest.split_counts.values()), reason)
+        return event, True
+
+    # ---- policy -------------------------------------------------------------
+
+    async def apply_policy(self) -> list[DatasetVersioned]:
+        """One pass of the cut policy over every line with labels; returns the versions cut."""
+        cut = []
+        now = utcnow()
+        with self.db.session() as s:
+            lines = state.labelled_lines(s)
+            plans = []
+            for line in lines:
+                head = state.head(s, line)
+                new = state.new_human_labels(s, line, head.label_watermark if head else 0)
+                drifting = bool(state.active_drifts(s, line, now))
+                threshold = self.cfg.cut_min_new_labels_drift if drifting else self.cfg.cut_min_new_labels
+                if new >= threshold:
+                    plans.append((line, threshold, f"policy: {new} new human labels >= {threshold}"
+                                  + (" (drift active)" if drifting else "")))
+                elif self.cfg.cut_schedule_s and new and (
+                    head is None or now - as_utc(head.created_at) >= timedelta(seconds=self.cfg.cut_schedule_s)
+                ):
+                    plans.append((line, 1, f"schedule: every {self.cfg.cut_schedule_s:g}s, {new} new human labels"))
+        for line, threshold, reason in plans:
+            try:
+                version, new_version = await self.cut(
+                    line, line, requested_by=POLICY_ACTOR, reason=reason, min_new_labels=threshold
+                )
+            except CutBusy:
+                continue  # another replica is on it
+            if new_version and version is not None:
+                cut.append(version)
+        return cut
+
+    async def _policy_loop(self) -> None:
+        while True:
+            try:
+                await self.apply_policy()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dataset cut policy failed; retrying")
+            await asyncio.sleep(self.cfg.policy_interval_s)
+
+    async def start_policy(self) -> None:
+        self._task = asyncio.create_task(self._policy_loop(), name="dataset-cut-policy")
+
+    async def stop_policy(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,144 @@
+"""The review queue: which frames are worth a human's time, in what order, leased to whom.
+
+A frame's stored `base_score` is the uncertainty of its prediction (margin or
+entropy), or a uniform draw from its id when there is no prediction. At each
+NextTasks call the best candidates are re-ranked with what changes over time:
+class balance of the human labels so far, camera diversity, and a boost for
+frames in the scope of an active drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from lineloop.labeling import state
+from lineloop.labeling.settings import LabelingSettings
+from lineloop.v1.common_pb2 import Prediction, PredictionStatus
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything lineloop stores is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def usable_prediction(*candidates: Prediction) -> Prediction | None:
+    """The first prediction with status OK and scores (cloud before edge)."""
+    for pred in candidates:
+        if pred.status == PredictionStatus.PREDICTION_STATUS_OK and pred.scores:
+            return pred
+    return None
+
+
+def uncertainty(pred: Prediction, kind: str) -> float:
+    """0 = certain, 1 = as unsure as it gets. Margin: 1 - (p1 - p2); entropy: normalised."""
+    probs = sorted((max(0.0, p) for p in pred.scores.values()), reverse=True)
+    total = sum(probs)
+    if total <= 0:
+        return 1.0
+    probs = [p / total for p in probs]
+    if kind == "entropy":
+        if len(probs) < 2:
+            return 0.0
+        return -sum(p * math.log(p) for p in probs if p > 0) / math.log(len(probs))
+    second = probs[1] if len(probs) > 1 else 0.0
+    return 1.0 - (probs[0] - second)
+
+
+def uniform_draw(frame_id: str) -> float:
+    """A stable uniform number in [0, 1) from the frame id: frames without a prediction are sampled uniformly."""
+    return int.from_bytes(hashlib.sha256(frame_id.encode()).digest()[:8], "big") / 2**64
+
+
+def base_score(pred: Prediction | None, frame_id: str, kind: str) -> tuple[float, str]:
+    if pred is None:
+        return uniform_draw(frame_id), "uniform"
+    return uncertainty(pred, kind), kind
+
+
+@dataclass
+class Ranked:
+    row: object
+    priority: float
+    why: str
+
+
+def in_drift_scope(row, drift) -> bool:
+    return (
+        row.line_id == drift.line_id
+        and as_utc(row.captured_at) >= as_utc(drift.since)
+        and (not drift.camera_id or row.camera_id == drift.camera_id)
+        and (not drift.model_version or (row.model_name, row.model_version) == (drift.model_name, drift.model_version))
+    )
+
+
+def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg: LabelingSettings) -> list[Ranked]:
+    """Order candidates by value to the model, highest first; `why` says what contributed."""
+    top_class = max(by_class.values(), default=0)
+    top_camera = max(by_camera.values(), default=0)
+    ranked = []
+    for row in rows:
+        parts = [f"{row.score_kind}={row.base_score:.2f}"]
+        priority = cfg.weight_uncertainty * row.base_score
+        if row.predicted_class and top_class:
+            # Under-represented predicted classes first: 1 for a class nobody labelled yet.
+            balance = 1.0 - by_class.get(row.predicted_class, 0) / top_class
+            priority += cfg.weight_class_balance * balance
+            parts.append(f"balance={balance:.2f}")
+        if top_camera:
+            diversity = 1.0 - by_camera.get(row.camera_id, 0) / top_camera
+            priority += cfg.weight_camera_diversity * diversity
+            parts.append(f"camera={diversity:.2f}")
+        hits = [d for d in drifts if in_drift_scope(row, d)]
+        if hits:
+            priority += cfg.drift_boost
+            parts.append(f"drift:{hits[0].drift_id}")
+        ranked.append(Ranked(row, priority, " ".join(parts)))
+    ranked.sort(key=lambda r: (-r.priority, r.row.frame_id))
+    return ranked
+
+
+def spread_cameras(ranked: list[Ranked], cfg: LabelingSettings) -> list[Ranked]:
+    """Within one batch, each further frame of an already-picked camera counts a little less."""
+    picked: dict[str, int] = {}
+    out = []
+    remaining = list(ranked)
+    while remaining:
+        best = max(
+            remaining,
+            key=lambda r: (r.priority - cfg.weight_camera_diversity * 0.5 * picked.get(r.row.camera_id, 0), -remaining.index(r)),
+        )
+        remaining.remove(best)
+        picked[best.row.camera_id] = picked.get(best.row.camera_id, 0) + 1
+        out.append(best)
+    return out
+
+
+def next_tasks(
+    s: Session, cfg: LabelingSettings, annotator: str, line_id: str, max_tasks: int, now: datetime
+) -> list[tuple[Ranked, str, datetime]]:
+    """Lease up to `max_tasks` of the most valuable free frames to `annotator`; (ranked, lease_id, expiry)."""
+    drifts = state.active_drifts(s, line_id, now)
+    rows = {r.frame_id: r for r in state.queue_candidates(s, line_id, now, cfg.queue_candidates)}
+    for drift in drifts:
+        for r in state.drift_candidates(s, drift, now, cfg.queue_candidates):
+            rows.setdefault(r.frame_id, r)
+    by_class, by_camera = state.human_label_counts(s, line_id)
+    ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg)
+    # Only the head of the ranking can end up in this batch; spreading it is enough.
+    ranked = spread_cameras(ranked[: max_tasks * 4], cfg) + ranked[max_tasks * 4:]
+    expires = now + timedelta(seconds=cfg.lease_s)
+    leased = []
+    for candidate in ranked:
+        if len(leased) == max_tasks:
+            break
+        lease_id = uuid.uuid4().hex
+        # Another annotator (or replica) may have taken it since we read: the update says.
+        if state.try_lease(s, candidate.row.frame_id, lease_id, annotator, now, expires):
+            leased.append((candidate, lease_id, expires))
+    return leased

@@ -1,0 +1,54 @@
+"""Labeling settings: `LINELOOP_LABELING_*` (shared addresses come from `LINELOOP_*`)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from lineloop.runtime import ServiceSettings, service_config
+
+
+class LabelingSettings(ServiceSettings):
+    service_name: ClassVar[str] = "labeling"
+    model_config = service_config("labeling")
+
+    grpc_port: int = 50052
+    metrics_port: int | None = 9102
+
+    classes: list[str] = Field(default_factory=lambda: ["ok", "bruise", "rot", "scab"])
+
+    # Review queue: priority = uncertainty + balance + camera + drift terms, each weighted.
+    uncertainty: Literal["margin", "entropy"] = "margin"
+    weight_uncertainty: float = 1.0
+    weight_class_balance: float = 0.3
+    weight_camera_diversity: float = 0.2
+    drift_boost: float = 1.0
+    # Candidates re-ranked per NextTasks call (the best by stored uncertainty, plus drift-scoped ones).
+    queue_candidates: int = 500
+    lease_s: float = 600.0
+    max_tasks_per_call: int = 100
+    image_url_expiry_s: int = 3600
+
+    # Model predictions at or above this top score become model labels (never in a test split); >1 disables.
+    auto_accept_threshold: float = 0.98
+
+    # Drift: how long a drift.detected.v1 keeps boosting its frames and lowering the cut threshold.
+    drift_active_s: float = 3600.0
+
+    # Dataset-cut policy, checked every `policy_interval_s` for every line with labels.
+    policy_interval_s: float = 10.0
+    cut_min_new_labels: int = 200
+    cut_min_new_labels_drift: int = 50
+    cut_schedule_s: float = 0.0          # 0: no scheduled cuts; else cut when this old and anything is new
+    cut_lock_s: float = 120.0            # a replica's claim on cutting one dataset
+    split_val: float = 0.1
+    split_test: float = 0.1
+    datasets_bucket: str = "lineloop-datasets"
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("classes must be a non-empty list of distinct names")
+        return value

@@ -1,0 +1,331 @@
+"""Labeling state: frames in the review queue, leases, label history, drifts, dataset versions.
+
+Works on SQLite and PostgreSQL. Leases and dataset-cut claims are conditional
+UPDATEs (`... WHERE nobody holds it`), so several replicas on one PostgreSQL
+database never hand out the same frame or cut the same version twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from lineloop.v1.events_pb2 import DatasetVersioned, LabelCreated, LabelSource
+
+SCHEMA_COMPONENT = "labeling"
+SCHEMA_VERSION = 1
+HUMAN_SOURCES = (LabelSource.LABEL_SOURCE_HUMAN, LabelSource.LABEL_SOURCE_IMPORT)
+
+metadata = MetaData()
+
+frames = Table(
+    "labeling_frames",
+    metadata,
+    Column("frame_id", String(128), primary_key=True),
+    Column("line_id", String(128), nullable=False),
+    Column("camera_id", String(128), nullable=False),
+    Column("image_bucket", String(255), nullable=False),
+    Column("image_key", String(1024), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("captured_at", DateTime(timezone=True), nullable=False),
+    Column("prediction", LargeBinary, nullable=False),     # lineloop.v1.Prediction, empty when none
+    Column("predicted_class", String(64), nullable=False),  # "" without a prediction
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    # Uncertainty of the prediction, or a uniform draw from the frame id when there is none.
+    Column("base_score", Float, nullable=False),
+    Column("score_kind", String(16), nullable=False),
+    Column("in_queue", Boolean, nullable=False),           # False once a human labelled it
+    Column("lease_id", String(64), nullable=True),
+    Column("leased_by", String(128), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Index("ix_labeling_frames_queue", "in_queue", "line_id", "base_score"),
+    Index("ix_labeling_frames_sha", "sha256"),
+)
+
+leases = Table(
+    "labeling_leases",
+    metadata,
+    Column("lease_id", String(64), primary_key=True),
+    Column("frame_id", String(128), nullable=False),
+    Column("annotator", String(128), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+labels = Table(
+    "labeling_labels",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("label_id", String(64), nullable=False, unique=True),
+    Column("frame_id", String(128), nullable=False, index=True),
+    Column("line_id", String(128), nullable=False),
+    Column("camera_id", String(128), nullable=False),
+    Column("label_class", String(64), nullable=False),
+    Column("source", Integer, nullable=False),
+    Column("annotator", String(128), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # What makes a repeat a duplicate: `lease:<id>`, `labelstudio:<task>:<annotation>`, `model:<frame>`.
+    Column("dedupe_key", String(255), nullable=True, unique=True),
+    Column("event", LargeBinary, nullable=False),          # the LabelCreated as published
+    Index("ix_labeling_labels_line_seq", "line_id", "seq"),
+)
+
+drifts = Table(
+    "labeling_drifts",
+    metadata,
+    Column("drift_id", String(128), primary_key=True),
+    Column("line_id", String(128), nullable=False, index=True),
+    Column("camera_id", String(128), nullable=False),      # "" = the whole line
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),         # frames captured from here are boosted
+    Column("active_until", DateTime(timezone=True), nullable=False),
+)
+
+dataset_versions = Table(
+    "labeling_dataset_versions",
+    metadata,
+    Column("dataset", String(128), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("version", String(32), nullable=False),
+    Column("line_id", String(128), nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("label_watermark", BigInteger, nullable=False),  # highest labels.seq the cut saw
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("event", LargeBinary, nullable=False),           # the DatasetVersioned as published
+)
+
+# One row per dataset: which replica is cutting it right now (a lease, like a task's).
+dataset_claims = Table(
+    "labeling_dataset_claims",
+    metadata,
+    Column("dataset", String(128), primary_key=True),
+    Column("token", String(64), nullable=True),
+    Column("until", DateTime(timezone=True), nullable=True),
+)
+
+
+# ---- frames ------------------------------------------------------------------
+
+def frame(s: Session, frame_id: str):
+    return s.execute(select(frames).where(frames.c.frame_id == frame_id)).first()
+
+
+def queue_candidates(s: Session, line_id: str, now: datetime, limit: int):
+    """Unleased frames waiting for a human label, best stored score first."""
+    query = select(frames).where(frames.c.in_queue, _free(now)).order_by(frames.c.base_score.desc(), frames.c.frame_id)
+    if line_id:
+        query = query.where(frames.c.line_id == line_id)
+    return s.execute(query.limit(limit)).all()
+
+
+def drift_candidates(s: Session, drift, now: datetime, limit: int):
+    """Unleased queued frames in a drift's scope (its line, camera, model, since when)."""
+    query = select(frames).where(
+        frames.c.in_queue, _free(now), frames.c.line_id == drift.line_id, frames.c.captured_at >= drift.since
+    )
+    if drift.camera_id:
+        query = query.where(frames.c.camera_id == drift.camera_id)
+    if drift.model_version:
+        query = query.where(frames.c.model_name == drift.model_name, frames.c.model_version == drift.model_version)
+    return s.execute(query.order_by(frames.c.base_score.desc(), frames.c.frame_id).limit(limit)).all()
+
+
+def _free(now: datetime):
+    return or_(frames.c.lease_id.is_(None), frames.c.lease_expires_at < now)
+
+
+def try_lease(s: Session, frame_id: str, lease_id: str, annotator: str, now: datetime, expires: datetime) -> bool:
+    """Take the frame if it is still queued and nobody holds a live lease on it (atomic per row)."""
+    taken = s.execute(
+        update(frames)
+        .where(frames.c.frame_id == frame_id, frames.c.in_queue, _free(now))
+        .values(lease_id=lease_id, leased_by=annotator, lease_expires_at=expires)
+    ).rowcount
+    if taken:
+        s.execute(leases.insert().values(
+            lease_id=lease_id, frame_id=frame_id, annotator=annotator, issued_at=now, expires_at=expires,
+        ))
+    return bool(taken)
+
+
+def lease(s: Session, lease_id: str):
+    return s.execute(select(leases).where(leases.c.lease_id == lease_id)).first()
+
+
+def take_out_of_queue(s: Session, frame_id: str) -> None:
+    s.execute(
+        update(frames).where(frames.c.frame_id == frame_id)
+        .values(in_queue=False, lease_id=None, leased_by=None, lease_expires_at=None)
+    )
+
+
+# ---- labels ------------------------------------------------------------------
+
+def label_by_dedupe_key(s: Session, key: str) -> LabelCreated | None:
+    row = s.execute(select(labels.c.event).where(labels.c.dedupe_key == key)).first()
+    return LabelCreated.FromString(row.event) if row else None
+
+
+def add_label(s: Session, label: LabelCreated, dedupe_key: str | None) -> None:
+    s.execute(labels.insert().values(
+        label_id=label.label_id, frame_id=label.frame_id, line_id=label.line_id, camera_id=label.camera_id,
+        label_class=label.label_class, source=label.source, annotator=label.annotator, note=label.note,
+        created_at=label.created_at.ToDatetime(tzinfo=UTC), dedupe_key=dedupe_key,
+        event=label.SerializeToString(),
+    ))
+
+
+def label_history(s: Session, frame_id: str) -> list[LabelCreated]:
+    rows = s.execute(select(labels.c.event).where(labels.c.frame_id == frame_id).order_by(labels.c.seq)).all()
+    return [LabelCreated.FromString(r.event) for r in rows]
+
+
+def effective(history: list[LabelCreated]) -> LabelCreated | None:
+    """The latest human label, else the latest model label."""
+    human = [label for label in history if label.source in HUMAN_SOURCES]
+    if human:
+        return human[-1]
+    return history[-1] if history else None
+
+
+def effective_labels(s: Session, line_id: str, up_to_seq: int):
+    """(frame row, effective LabelCreated) of every labelled frame of the line (all lines if empty)."""
+    query = (
+        select(labels.c.frame_id, labels.c.event, labels.c.source)
+        .where(labels.c.seq <= up_to_seq)
+        .order_by(labels.c.frame_id, labels.c.seq)
+    )
+    if line_id:
+        query = query.where(labels.c.line_id == line_id)
+    by_frame: dict[str, list[LabelCreated]] = {}
+    for row in s.execute(query):
+        by_frame.setdefault(row.frame_id, []).append(LabelCreated.FromString(row.event))
+    if not by_frame:
+        return []
+    frame_rows = {
+        r.frame_id: r for r in s.execute(select(frames).where(frames.c.frame_id.in_(list(by_frame)))).all()
+    }
+    return [(frame_rows[f], effective(h)) for f, h in sorted(by_frame.items()) if f in frame_rows]
+
+
+def human_label_counts(s: Session, line_id: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Effective-human-label counts per class and per camera (what the queue balances against)."""
+    query = select(labels.c.label_class, labels.c.camera_id, func.count()).where(labels.c.source.in_(HUMAN_SOURCES))
+    if line_id:
+        query = query.where(labels.c.line_id == line_id)
+    by_class: dict[str, int] = {}
+    by_camera: dict[str, int] = {}
+    for cls, camera, n in s.execute(query.group_by(labels.c.label_class, labels.c.camera_id)):
+        by_class[cls] = by_class.get(cls, 0) + n
+        by_camera[camera] = by_camera.get(camera, 0) + n
+    return by_class, by_camera
+
+
+def max_label_seq(s: Session) -> int:
+    return s.execute(select(func.coalesce(func.max(labels.c.seq), 0))).scalar_one()
+
+
+def new_human_labels(s: Session, line_id: str, after_seq: int) -> int:
+    query = select(func.count()).select_from(labels).where(
+        labels.c.seq > after_seq, labels.c.source.in_(HUMAN_SOURCES)
+    )
+    if line_id:
+        query = query.where(labels.c.line_id == line_id)
+    return s.execute(query).scalar_one()
+
+
+def labelled_lines(s: Session) -> list[str]:
+    return list(s.execute(select(labels.c.line_id).distinct().order_by(labels.c.line_id)).scalars())
+
+
+# ---- drifts ------------------------------------------------------------------
+
+def active_drifts(s: Session, line_id: str, now: datetime):
+    query = select(drifts).where(drifts.c.active_until > now)
+    if line_id:
+        query = query.where(drifts.c.line_id == line_id)
+    return s.execute(query.order_by(drifts.c.drift_id)).all()
+
+
+# ---- datasets ----------------------------------------------------------------
+
+def head(s: Session, dataset: str):
+    return s.execute(
+        select(dataset_versions).where(dataset_versions.c.dataset == dataset)
+        .order_by(dataset_versions.c.number.desc()).limit(1)
+    ).first()
+
+
+def dataset_version(s: Session, dataset: str, version: str) -> DatasetVersioned | None:
+    row = s.execute(
+        select(dataset_versions.c.event).where(dataset_versions.c.dataset == dataset, dataset_versions.c.version == version)
+    ).first()
+    return DatasetVersioned.FromString(row.event) if row else None
+
+
+def list_versions(s: Session, dataset: str) -> list[DatasetVersioned]:
+    query = select(dataset_versions.c.event).order_by(dataset_versions.c.dataset, dataset_versions.c.number)
+    if dataset:
+        query = query.where(dataset_versions.c.dataset == dataset)
+    return [DatasetVersioned.FromString(r.event) for r in s.execute(query)]
+
+
+def claim_dataset(s: Session, dataset: str, token: str, now: datetime, until: datetime) -> bool:
+    """Take the right to cut `dataset` until `until`, unless another live claim holds it."""
+    if s.execute(select(dataset_claims.c.dataset).where(dataset_claims.c.dataset == dataset)).first() is None:
+        try:
+            with s.begin_nested():
+                s.execute(dataset_claims.insert().values(dataset=dataset, token=None, until=None))
+        except IntegrityError:
+            pass  # another replica created the row first
+    return bool(s.execute(
+        update(dataset_claims)
+        .where(
+            dataset_claims.c.dataset == dataset,
+            or_(dataset_claims.c.token.is_(None), dataset_claims.c.until < now),
+        )
+        .values(token=token, until=until)
+    ).rowcount)
+
+
+def release_dataset(s: Session, dataset: str, token: str) -> bool:
+    return bool(s.execute(
+        update(dataset_claims)
+        .where(and_(dataset_claims.c.dataset == dataset, dataset_claims.c.token == token))
+        .values(token=None, until=None)
+    ).rowcount)
+
+
+
+def still_claimed(s: Session, dataset: str, token: str, now: datetime) -> bool:
+    """True when `token` still holds a live claim (checked again in the transaction that records the cut)."""
+    return s.execute(
+        select(dataset_claims.c.dataset)
+        .where(dataset_claims.c.dataset == dataset, dataset_claims.c.token == token, dataset_claims.c.until > now)
+        .with_for_update()
+    ).first() is not None

@@ -1,0 +1,73 @@
+"""Training data: manifest frames from the local cache, decoded, resized and augmented.
+
+Augmentation is drawn from a generator seeded by (seed, epoch, index), so a run is
+reproducible whatever the number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from lineloop.model.preprocess import decode_rgb, to_model_input
+
+
+class FrameDataset(Dataset):
+    """(image [3,S,S] float32 0..1, class index) for cached frame files."""
+
+    def __init__(self, paths: list[Path], labels: list[int], size: int, *, augment: bool, seed: int) -> None:
+        if len(paths) != len(labels):
+            raise ValueError("paths and labels differ in length")
+        self.paths = [str(p) for p in paths]
+        self.labels = labels
+        self.size = size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        with open(self.paths[index], "rb") as f:
+            image = torch.from_numpy(to_model_input(decode_rgb(f.read()), self.size))
+        if self.augment:
+            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
+            image = augment(image, g)
+        return image, self.labels[index]
+
+
+def augment(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Flips, a small crop (85-100 % of the side) resized back, small colour/brightness jitter."""
+    _, h, w = image.shape
+    u = torch.rand(8, generator=g)
+    if u[0] < 0.5:
+        image = image.flip(2)
+    if u[1] < 0.5:
+        image = image.flip(1)
+    scale = 0.85 + 0.15 * float(u[2])
+    ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
+    top, left = int((h - ch) * float(u[3])), int((w - cw) * float(u[4]))
+    if (ch, cw) != (h, w):
+        crop = image[:, top:top + ch, left:left + cw].unsqueeze(0)
+        image = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).squeeze(0)
+    brightness = (float(u[5]) - 0.5) * 0.16           # +-0.08
+    contrast = 1.0 + (float(u[6]) - 0.5) * 0.2         # 0.9..1.1
+    colour = 1.0 + (torch.rand(3, 1, 1, generator=g) - 0.5) * 0.1  # +-5 % per channel
+    mean = image.mean()
+    image = (image - mean) * contrast + mean + brightness
+    return (image * colour).clamp_(0.0, 1.0)
+
+
+def class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights: defects are rare on a real line."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)

@@ -1,9 +1,11 @@
-"""Print the repository paths a service image installs: the package and every lineloop-* package it needs.
+"""Print the requirement lines a service image installs: the service and every lineloop-*
+package it needs, as repository paths (with the extras asked for, e.g. `./libs/model[torch]`).
 
 Service packages depend on each other by distribution name (`lineloop-runtime`); pip can only
 resolve those names when the local paths are given in the same command, so the image build runs
-`pip install $(python deploy/docker/local_requirements.py services/<name>)`. Reading the
-pyproject files keeps each image at exactly the libraries its service declares.
+`python deploy/docker/local_requirements.py services/<name> > requirements.local.txt` and then
+one `pip install -r requirements.local.txt`. Reading the pyproject files keeps each image at
+exactly the libraries its service declares.
 
 Usage: python deploy/docker/local_requirements.py services/<name> [--root REPO]
 """
@@ -18,7 +20,8 @@ from pathlib import Path
 
 # Where installable lineloop packages live; deploy/local (the embedded stack) never goes in an image.
 PACKAGE_GLOBS = ("libs/*/pyproject.toml", "services/*/pyproject.toml")
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# name, optional [extra,...]; version specifiers and markers after that are not needed here.
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
 
 
 def _normalize(name: str) -> str:
@@ -30,15 +33,28 @@ def _project(pyproject: Path) -> dict:
         return tomllib.load(f)["project"]
 
 
-def dependency_names(package_dir: Path) -> list[str]:
-    """Normalized distribution names of a package's runtime dependencies (extras dropped)."""
-    names = []
-    for requirement in _project(package_dir / "pyproject.toml").get("dependencies", []):
-        match = _NAME.match(requirement)
+def requirements(package_dir: Path, extras: frozenset[str] = frozenset()) -> list[tuple[str, frozenset[str]]]:
+    """(normalized name, extras) of a package's runtime dependencies, plus those of `extras`."""
+    project = _project(package_dir / "pyproject.toml")
+    lines = list(project.get("dependencies", []))
+    optional = project.get("optional-dependencies", {})
+    for extra in sorted(extras):
+        if extra not in optional:
+            raise ValueError(f"{package_dir} has no extra [{extra}]")
+        lines += optional[extra]
+    parsed = []
+    for line in lines:
+        match = _REQUIREMENT.match(line)
         if match is None:
-            raise ValueError(f"{package_dir}: unparsable dependency {requirement!r}")
-        names.append(_normalize(match.group(1)))
-    return names
+            raise ValueError(f"{package_dir}: unparsable dependency {line!r}")
+        wanted = frozenset(_normalize(e) for e in (match.group(2) or "").split(",") if e.strip())
+        parsed.append((_normalize(match.group(1)), wanted))
+    return parsed
+
+
+def dependency_names(package_dir: Path, extras: frozenset[str] = frozenset()) -> list[str]:
+    """Normalized distribution names a package needs (with the given extras)."""
+    return [name for name, _ in requirements(package_dir, extras)]
 
 
 def local_packages(root: Path) -> dict[str, Path]:
@@ -50,18 +66,34 @@ def local_packages(root: Path) -> dict[str, Path]:
     return packages
 
 
+def local_closure_with_extras(root: Path, package_dir: Path) -> dict[Path, frozenset[str]]:
+    """The package and every local package it needs, transitively, with the extras each is asked for."""
+    packages = local_packages(root)
+    wanted: dict[Path, frozenset[str]] = {}
+    pending: list[tuple[Path, frozenset[str]]] = [(Path(package_dir), frozenset())]
+    while pending:
+        current, extras = pending.pop()
+        if current in wanted and extras <= wanted[current]:
+            continue
+        wanted[current] = wanted.get(current, frozenset()) | extras
+        for name, needed_extras in requirements(root / current, wanted[current]):
+            if name in packages:
+                pending.append((packages[name], needed_extras))
+    first = Path(package_dir)
+    return {first: wanted[first], **{path: wanted[path] for path in sorted(wanted) if path != first}}
+
+
 def local_closure(root: Path, package_dir: Path) -> list[Path]:
     """The package and every local package it needs, transitively, in a stable order."""
-    packages = local_packages(root)
-    closure: list[Path] = []
-    pending = [Path(package_dir)]
-    while pending:
-        current = pending.pop()
-        if current in closure:
-            continue
-        closure.append(current)
-        pending.extend(packages[name] for name in dependency_names(root / current) if name in packages)
-    return [closure[0], *sorted(closure[1:])]
+    return list(local_closure_with_extras(root, package_dir))
+
+
+def requirement_lines(root: Path, package_dir: Path) -> list[str]:
+    lines = []
+    for path, extras in local_closure_with_extras(root, package_dir).items():
+        suffix = f"[{','.join(sorted(extras))}]" if extras else ""
+        lines.append(f"./{path.as_posix()}{suffix}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.root / args.package_dir / "pyproject.toml").is_file():
         parser.error(f"{args.package_dir} has no pyproject.toml under {args.root}")
-    print(" ".join(f"./{path.as_posix()}" for path in local_closure(args.root, args.package_dir)))
+    print("\n".join(requirement_lines(args.root, args.package_dir)))
     return 0
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from lineloop.stack import probes
 from lineloop.stack.config import HOST, StackConfig
@@ -133,13 +134,14 @@ class ServiceFleet:
         return [results[name] for name in names or list(SERVICE_PORTS)]
 
     def down(self, report: Report = lambda line: None) -> list[ServiceResult]:
-        results = []
-        for name in SERVICE_PORTS:
+        def stop(name: str) -> ServiceResult:
             stopped = self._process(name).stop(timeout=15.0)
-            results.append(ServiceResult(name, "stopped" if stopped else "not running"))
             if stopped:
                 report(f"{name}: stopped")
-        return results
+            return ServiceResult(name, "stopped" if stopped else "not running")
+
+        with ThreadPoolExecutor(max_workers=len(SERVICE_PORTS)) as pool:
+            return list(pool.map(stop, SERVICE_PORTS))
 
     def status(self) -> list[dict]:
         rows = []

@@ -108,7 +108,7 @@ class Bus:
         self.broker = KafkaBroker(
             bootstrap, client_id=source, acks="all", linger_ms=5, logger=log, log_level=logging.DEBUG,
         )
-        self.relay = outbox.OutboxRelay(db, self.broker) if db is not None else None
+        self.relay = outbox.OutboxRelay(db, self.broker, source=source) if db is not None else None
         self._registrations: list[_Registration] = []
         self._started = False
 
@@ -146,7 +146,7 @@ class Bus:
 
     async def _process(self, reg: _Registration, record: ConsumerRecord) -> None:
         headers = header_dict(record.headers)
-        labels = {"topic": reg.et.topic, "group": reg.group}
+        labels = {"topic": reg.et.topic, "ce_type": reg.et.ce_type, "group": reg.group}
         try:
             message, env = decode(reg.et, record.value, headers)
         except Reject as rej:
@@ -236,7 +236,7 @@ class Bus:
         }
         dlq_headers.setdefault("content-type", "application/octet-stream")
         await self.broker.publish(record.value or b"", topic=reg.et.dlq_topic, key=record.key, headers=dlq_headers)
-        metrics.events_dead_lettered.add(1, {"topic": reg.et.topic, "reason": reason})
+        metrics.events_dead_lettered.add(1, {"topic": reg.et.topic, "ce_type": reg.et.ce_type, "reason": reason})
 
     # ---- publishing ---------------------------------------------------------
 
@@ -249,7 +249,7 @@ class Bus:
             span.set_attribute("messaging.destination.name", et.topic)
             span.set_attribute("messaging.message.id", headers["ce_id"])
             await self.broker.publish(msg.SerializeToString(), topic=et.topic, key=key or et.key_of(msg), headers=headers)
-        metrics.events_published.add(1, {"topic": et.topic, "via": "direct"})
+        metrics.events_published.add(1, {"topic": et.topic, "ce_type": et.ce_type, "via": "direct"})
         return headers["ce_id"]
 
     def add_to_outbox(self, session: Session, msg: Message) -> str:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from lineloop.bus.cloudevents import make_headers
-from lineloop.contracts.topics import event_type
+from lineloop.contracts.topics import BY_TOPIC, event_type
 from lineloop.storage.sql import Database, utcnow
 from lineloop.telemetry import metrics
 
@@ -104,8 +104,11 @@ class OutboxRelay:
     with SKIP LOCKED, so each is sent by one relay at a time.
     """
 
-    def __init__(self, db: Database, broker: KafkaBroker, *, batch_size: int = 500, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, db: Database, broker: KafkaBroker, *, source: str, batch_size: int = 500, interval_s: float = 1.0
+    ) -> None:
         self._db = db
+        self._source = source
         self._broker = broker
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -162,6 +165,7 @@ class OutboxRelay:
                         await self._send(rows)
                         self._delete(s, rows)
             if not rows:
+                metrics.outbox_pending.set(pending(self._db), {"service": self._source})
                 return sent
             sent += len(rows)
 
@@ -184,7 +188,7 @@ class OutboxRelay:
         ]
         await asyncio.gather(*futures)
         for row in rows:
-            metrics.events_published.add(1, {"topic": row.topic, "via": "outbox"})
+            metrics.events_published.add(1, {"topic": row.topic, "ce_type": BY_TOPIC[row.topic].ce_type, "via": "outbox"})
 
     @staticmethod
     def _delete(s: Session, rows: list) -> None:

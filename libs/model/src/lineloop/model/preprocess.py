@@ -1,31 +1,15 @@
-"""Image -> model input, the same for training, gate evaluation and export checks.
-
-Stands in for `lineloop.vision.to_model_input` until that lands; it is the only
-place in lineloop.model that turns pixels into tensors, so switching is one import.
-"""
+"""Stored frame bytes -> model input, with lineloop.vision's one transform."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image
+
+from lineloop.vision import decode_image, to_model_input
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Decode image bytes (JPEG/PNG) to RGB; raises ValueError on undecodable data."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except Exception as err:  # PIL raises several unrelated types for bad data
-        raise ValueError(f"undecodable image: {err}") from err
+def frame_input(data: bytes, size: int) -> np.ndarray:
+    """Encoded frame (JPEG/PNG) -> float32 [3, size, size] in 0..1.
 
-
-def to_model_input(image: Image.Image, size: int) -> np.ndarray:
-    """RGB image -> float32 [3, size, size] in 0..1 (bilinear resize, no crop)."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    Raises lineloop.vision.ImageRejected (a ValueError) for bytes that are no usable image.
+    """
+    return to_model_input(decode_image(data).image, size)

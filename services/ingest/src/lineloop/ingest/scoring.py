@@ -20,7 +20,7 @@ from opentelemetry import metrics
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from lineloop.ingest.state import Deployment
+from lineloop.ingest.state import Deployment, load_deployments
 from lineloop.vision import to_model_input
 from lineloop.v1.common_pb2 import Prediction, PredictionSource, PredictionStatus
 
@@ -129,9 +129,6 @@ class TritonScorer:
         self._batchers: dict[tuple[str, str], _Batcher] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    async def start(self) -> None:
-        self.client = triton.InferenceServerClient(self.url)
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -175,7 +172,8 @@ class TritonScorer:
         classes = deployment.canary_classes if canary else deployment.production_classes
         model = deployment.triton_model
         if self.client is None:
-            return missing("scorer not started", "not_started")
+            # Made on first use, on the loop that scores (grpc.aio channels belong to one loop).
+            self.client = triton.InferenceServerClient(self.url)
         started = time.perf_counter()
         try:
             batcher = await self._batcher(model, version)
@@ -204,3 +202,28 @@ class TritonScorer:
             latency_ms=(time.perf_counter() - started) * 1000.0,
             canary=canary,
         )
+
+
+class ServingPicture:
+    """The line → deployment map from the database, re-read every `refresh_s`.
+
+    Replicas share the database, and only one of them applies each
+    models.promoted.v1 event, so each replica re-reads what the others recorded.
+    """
+
+    def __init__(self, db, refresh_s: float) -> None:
+        self._db = db
+        self._refresh_s = refresh_s
+        self._snapshot: dict[str, Deployment] = {}
+        self._loaded_at = float("-inf")
+
+    def invalidate(self) -> None:
+        self._loaded_at = float("-inf")
+
+    def __call__(self) -> dict[str, Deployment]:
+        now = time.monotonic()
+        if now - self._loaded_at >= self._refresh_s:
+            with self._db.session() as session:
+                self._snapshot = load_deployments(session)
+            self._loaded_at = now
+        return self._snapshot

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from lineloop.model.preprocess import decode_rgb, to_model_input
+from lineloop.model.preprocess import frame_input
 
 
 class FrameDataset(Dataset):
@@ -37,7 +37,7 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         with open(self.paths[index], "rb") as f:
-            image = torch.from_numpy(to_model_input(decode_rgb(f.read()), self.size))
+            image = torch.from_numpy(frame_input(f.read(), self.size))
         if self.augment:
             g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
             image = augment(image, g)

@@ -1,0 +1,299 @@
+"""docker-compose.yml and its configuration files under deploy/compose/."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import yaml
+
+HEALTHCHECK = ["CMD", "python", "-m", "lineloop.runtime.healthcheck"]
+
+
+def _docker_compose() -> str:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose binary not installed (Debian: apt-get install -y docker-compose)")
+    return binary
+
+
+def _compose_config(repo: Path, *files: str) -> subprocess.CompletedProcess:
+    command = [_docker_compose()]
+    for file in files:
+        command += ["-f", file]
+    # A clean environment: the file's own ${VAR:-default}s must be enough to validate.
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run([*command, "config", "-q"], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [("docker-compose.yml",), ("docker-compose.yml", "deploy/compose/gpu.yml")],
+    ids=["stack", "stack+gpu"],
+)
+def test_docker_compose_validates_the_file(repo, files):
+    result = _compose_config(repo, *files)
+    assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_rejects_an_invalid_file(repo, tmp_path):
+    # The validation above means something only if this docker-compose checks the keys we rely on.
+    broken = (repo / "docker-compose.yml").read_text().replace("capabilities: [gpu]", "capability: [gpu]")
+    (tmp_path / "docker-compose.yml").write_text(broken)
+    result = _compose_config(tmp_path, "docker-compose.yml")
+    assert result.returncode != 0
+    assert "capability" in result.stderr
+
+
+def test_readme_port_tables_name_every_service(conventions):
+    assert set(conventions.grpc_ports) == set(conventions.services)
+    assert set(conventions.metrics_ports) == set(conventions.services)
+
+
+def test_every_service_is_built_from_its_dockerfile(compose, conventions, repo):
+    for service in conventions.services:
+        definition = compose["services"].get(service)
+        assert definition is not None, f"docker-compose.yml has no service {service}"
+        assert definition["build"]["context"] == "."
+        assert definition["build"]["dockerfile"] == f"services/{service}/Dockerfile"
+        assert (repo / definition["build"]["dockerfile"]).is_file()
+        assert definition["image"].split(":")[0] == f"lineloop/{service}"
+
+
+def test_service_environment_follows_the_readme(compose, conventions):
+    for service in conventions.services:
+        env = compose["services"][service]["environment"]
+        own = conventions.service_env(service)
+        lineloop_names = {name for name in env if name.startswith(("LINELOOP_", "OTEL_"))}
+        assert lineloop_names == conventions.shared_env | own, service
+        prefix = f"LINELOOP_{service.upper()}_"
+        assert int(env[prefix + "GRPC_PORT"]) == conventions.grpc_ports[service]
+        assert int(env[prefix + "METRICS_PORT"]) == conventions.metrics_ports[service]
+        assert env["LINELOOP_STATE_DIR"] == "/data"
+
+
+def test_each_service_uses_its_own_postgres_database(compose, conventions):
+    postgres_databases = compose["services"]["postgres"]["environment"]["LINELOOP_DATABASES"].split()
+    assert sorted(postgres_databases) == sorted(conventions.services)
+    for service in conventions.services:
+        url = compose["services"][service]["environment"][f"LINELOOP_{service.upper()}_DATABASE_URL"]
+        parts = urlsplit(url)
+        assert parts.scheme == "postgresql+psycopg"
+        assert parts.username == service
+        assert parts.hostname == "postgres"
+        assert parts.path == f"/{service}"
+
+
+def test_service_addresses_point_at_compose_services(compose, conventions):
+    services = compose["services"]
+    for service in conventions.services:
+        env = services[service]["environment"]
+        hosts = {
+            "LINELOOP_KAFKA_BOOTSTRAP": env["LINELOOP_KAFKA_BOOTSTRAP"].split(":")[0],
+            "LINELOOP_S3_ENDPOINT": urlsplit(env["LINELOOP_S3_ENDPOINT"]).hostname,
+            "LINELOOP_TRITON_GRPC": env["LINELOOP_TRITON_GRPC"].split(":")[0],
+            "LINELOOP_TRITON_HTTP": env["LINELOOP_TRITON_HTTP"].split(":")[0],
+            "OTEL_EXPORTER_OTLP_ENDPOINT": urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"]).hostname,
+        }
+        for name, host in hosts.items():
+            assert host in services, f"{service}: {name} names {host!r}, not a compose service"
+
+
+def test_service_healthchecks_ask_the_grpc_health_service(compose, conventions):
+    for service in conventions.services:
+        check = compose["services"][service]["healthcheck"]
+        assert check["test"] == [*HEALTHCHECK, str(conventions.grpc_ports[service])], service
+
+
+def test_services_start_after_their_dependencies_are_healthy(compose, conventions):
+    services = compose["services"]
+    for service in conventions.services:
+        depends_on = services[service]["depends_on"]
+        assert depends_on["kafka"]["condition"] == "service_healthy"
+        assert depends_on["postgres"]["condition"] == "service_healthy"
+        assert depends_on["minio-buckets"]["condition"] == "service_completed_successfully"
+        for dependency, rule in depends_on.items():
+            if rule["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{service} waits on {dependency}, which has no healthcheck"
+    for scorer in ("ingest", "registry"):
+        assert services[scorer]["depends_on"]["triton"]["condition"] == "service_healthy"
+
+
+def test_services_publish_their_grpc_ports(compose, conventions):
+    for service in conventions.services:
+        port = conventions.grpc_ports[service]
+        assert f"{port}:{port}" in compose["services"][service]["ports"]
+
+
+def test_services_write_only_to_data_and_tmp(compose, conventions):
+    for service in conventions.services:
+        definition = compose["services"][service]
+        assert definition["read_only"] is True
+        assert "/tmp" in definition["tmpfs"]
+        assert [volume.split(":")[1] for volume in definition["volumes"]] == ["/data"]
+
+
+def test_bucket_job_creates_the_readme_buckets(compose, conventions):
+    job = compose["services"]["minio-buckets"]
+    created = {target.split("/", 1)[1] for target in job["command"] if target.startswith("lineloop/")}
+    assert created == set(conventions.buckets)
+    assert "--ignore-existing" in job["command"]
+    alias = urlsplit(job["environment"]["MC_HOST_lineloop"])
+    assert (alias.hostname, alias.port) == ("minio", 9000)
+
+
+def test_kafka_runs_kraft_with_a_healthcheck(compose, conventions):
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    partitions = compose["services"]["ingest"]["environment"]["LINELOOP_TOPIC_PARTITIONS"]
+    assert env["KAFKA_NUM_PARTITIONS"] == partitions
+    assert "kafka-broker-api-versions.sh" in kafka["healthcheck"]["test"][1]
+
+
+def test_triton_serves_the_s3_repository_on_a_gpu(compose):
+    triton = compose["services"]["triton"]
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", triton["image"])
+    command = triton["command"]
+    assert "--model-control-mode=explicit" in command
+    minio = urlsplit(compose["services"]["ingest"]["environment"]["LINELOOP_S3_ENDPOINT"])
+    assert f"--model-repository=s3://{minio.hostname}:{minio.port}/lineloop-triton" in command
+    env = triton["environment"]
+    shared = compose["services"]["ingest"]["environment"]
+    assert env["AWS_ACCESS_KEY_ID"] == shared["LINELOOP_S3_ACCESS_KEY"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == shared["LINELOOP_S3_SECRET_KEY"]
+    assert env["AWS_DEFAULT_REGION"] == shared["LINELOOP_S3_REGION"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+
+
+def test_third_party_images_are_pinned(compose):
+    for name, definition in compose["services"].items():
+        if "build" in definition:
+            continue
+        image = definition["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned image {image}"
+
+
+def test_bind_mounted_files_exist(compose, repo):
+    for name, definition in compose["services"].items():
+        for volume in definition.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (repo / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_prometheus_scrapes_every_service_and_triton(compose, conventions, repo):
+    config = yaml.safe_load((repo / "deploy/compose/prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    for service in conventions.services:
+        assert f"{service}:{conventions.metrics_ports[service]}" in targets
+    assert "triton:8002" in targets
+    for target in targets:
+        assert target.split(":")[0] in compose["services"], f"scrape target {target} is not a compose service"
+
+
+def test_otel_collector_pipelines_are_complete(compose, repo):
+    config = yaml.safe_load((repo / "deploy/compose/otel-collector.yaml").read_text())
+    for name, pipeline in config["service"]["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in config[kind], f"pipeline {name} uses undefined {kind[:-1]} {component}"
+    assert "traces" in config["service"]["pipelines"]
+    jaeger = config["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0]
+    assert jaeger in compose["services"]
+    otlp_port = int(config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1])
+    service_endpoint = urlsplit(compose["services"]["ingest"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert (service_endpoint.hostname, service_endpoint.port) == ("otel-collector", otlp_port)
+
+
+def test_grafana_is_provisioned_with_the_lineloop_dashboard(compose, repo):
+    grafana = compose["services"]["grafana"]
+    mounts = dict(volume.split(":")[:2] for volume in grafana["volumes"])
+    provisioning = repo / "deploy/compose/grafana/provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources/lineloop.yaml").read_text())["datasources"]
+    uids = {source["uid"]: source for source in datasources}
+    assert {source["type"] for source in datasources} == {"prometheus", "jaeger"}
+    for source in datasources:
+        assert urlsplit(source["url"]).hostname in compose["services"]
+
+    providers = yaml.safe_load((provisioning / "dashboards/lineloop.yaml").read_text())["providers"]
+    dashboard_dir = providers[0]["options"]["path"]
+    host_dir = next(source for source, target in mounts.items() if target == dashboard_dir)
+    dashboards = list((repo / host_dir).glob("*.json"))
+    assert dashboards, f"no dashboard JSON under {host_dir}"
+
+    dashboard = json.loads((repo / host_dir / "lineloop-overview.json").read_text())
+    expressions = []
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] in uids
+        assert panel["targets"], panel["title"]
+        expressions += [target["expr"] for target in panel["targets"]]
+    joined = "\n".join(expressions)
+    for metric in (
+        "lineloop_events_consumed_total",
+        "lineloop_events_published_total",
+        "kafka_consumergroup_lag",
+        "lineloop_handler_duration_seconds_bucket",
+        "lineloop_drift_score",
+        "lineloop_model_live_accuracy",
+    ):
+        assert metric in joined, f"dashboard has no panel on {metric}"
+
+
+def test_postgres_init_script_gives_each_service_its_own_database(compose, repo, postgres):
+    from lineloop.stack.postgres import HOST, SUPERUSER
+
+    script = repo / "deploy/compose/postgres/init-databases.sh"
+    mounts = dict(volume.split(":")[:2] for volume in compose["services"]["postgres"]["volumes"])
+    assert mounts[f"./{script.relative_to(repo)}"].startswith("/docker-entrypoint-initdb.d/")
+
+    # Unique names: the session's cluster is shared with other tests.
+    suffix = uuid.uuid4().hex[:8]
+    names = [f"{service}_{suffix}" for service in compose["services"]["postgres"]["environment"]["LINELOOP_DATABASES"].split()]
+    env = {
+        "PATH": f"{postgres.bin_dir}:{os.environ['PATH']}",
+        "PGHOST": HOST,
+        "PGPORT": str(postgres.port),
+        "POSTGRES_USER": SUPERUSER,
+        "LINELOOP_DATABASES": " ".join(names),
+        "LINELOOP_DATABASE_PASSWORD": "test-password",
+    }
+    try:
+        result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        with psycopg.connect(postgres.admin_dsn(), autocommit=True) as admin:
+            owners = dict(
+                admin.execute(
+                    "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba"
+                    " WHERE d.datname = ANY(%s)",
+                    (names,),
+                ).fetchall()
+            )
+            assert owners == {name: name for name in names}
+            other, own = names[0], names[1]
+            can_connect = admin.execute(
+                "SELECT has_database_privilege(%s, %s, 'CONNECT'), has_database_privilege(%s, %s, 'CONNECT')",
+                (own, own, own, other),
+            ).fetchone()
+            assert can_connect == (True, False)
+    finally:
+        with psycopg.connect(postgres.admin_dsn(), autocommit=True) as admin:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                admin.execute(f'DROP ROLE IF EXISTS "{name}"')

@@ -1,0 +1,278 @@
+"""deploy/k8s: the Kustomize base, the autoscaling component and the dev/production overlays.
+
+Rendered with `kubectl kustomize`; built-in kinds are validated offline against the
+Kubernetes OpenAPI schemas (kubernetes-validate, strict: unknown fields fail). KEDA's
+ScaledObject is a custom resource with no schema here, so its required fields (those of the
+keda.sh/v1alpha1 CRD) are checked below by hand."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+
+KUBERNETES_VERSION = "1.32.0"
+RENDERS = ("base", "overlays/dev", "overlays/production")
+KEDA_API = "keda.sh/v1alpha1"
+
+
+@pytest.fixture(scope="module")
+def rendered(repo) -> dict[str, list[dict]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: it renders the Kustomize overlays offline")
+    out = {}
+    for target in RENDERS:
+        result = subprocess.run(
+            [kubectl, "kustomize", str(repo / "deploy/k8s" / target)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, f"kubectl kustomize {target}: {result.stderr}"
+        out[target] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return out
+
+
+def _objects(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def _config(docs: list[dict]) -> dict[str, str]:
+    return _objects(docs, "ConfigMap")["lineloop-config"]["data"]
+
+
+def _container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("target", RENDERS)
+def test_builtin_objects_match_the_kubernetes_schemas(rendered, target):
+    for doc in rendered[target]:
+        if doc["apiVersion"] == KEDA_API:
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_check_catches_an_unknown_field(rendered):
+    deployment = dict(_objects(rendered["base"], "Deployment")["ingest"])
+    broken = yaml.safe_load(yaml.safe_dump(deployment).replace("readOnlyRootFilesystem", "readOnlyRootFS"))
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("target", RENDERS)
+def test_every_service_has_deployment_service_and_account(rendered, conventions, target):
+    docs = rendered[target]
+    for kind in ("Deployment", "Service", "ServiceAccount"):
+        assert set(conventions.services) <= set(_objects(docs, kind)), f"{target}: a service lacks its {kind}"
+
+
+@pytest.mark.parametrize("target", RENDERS)
+def test_deployments_probe_grpc_health_and_expose_metrics(rendered, conventions, target):
+    docs = rendered[target]
+    services = _objects(docs, "Service")
+    for name in conventions.services:
+        deployment = _objects(docs, "Deployment")[name]
+        container = _container(deployment)
+        grpc, metrics = conventions.grpc_ports[name], conventions.metrics_ports[name]
+        assert {port["name"]: port["containerPort"] for port in container["ports"]} == {"grpc": grpc, "metrics": metrics}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == grpc, f"{name} {probe}"
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics)
+        service_ports = {port["name"]: port["port"] for port in services[name]["spec"]["ports"]}
+        assert service_ports == {"grpc": grpc, "metrics": metrics}
+        selector = services[name]["spec"]["selector"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= labels.items(), f"Service {name} does not select its pods"
+
+
+@pytest.mark.parametrize("target", RENDERS)
+def test_pods_are_non_root_with_a_read_only_root(rendered, conventions, target):
+    for name in conventions.services:
+        pod = _objects(rendered[target], "Deployment")[name]["spec"]["template"]["spec"]
+        container = _container(_objects(rendered[target], "Deployment")[name])
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["serviceAccountName"] == name
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+        assert set(mounts) == {"/data", "/tmp"}
+        assert all("emptyDir" in volumes[volume] for volume in mounts.values())
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name}: {bound}"
+
+
+@pytest.mark.parametrize("target", RENDERS)
+def test_environment_follows_the_readme(rendered, conventions, target):
+    docs = rendered[target]
+    config = _config(docs)
+    # Credentials come from Secrets; every other shared setting from the ConfigMap.
+    credentials = {"LINELOOP_S3_ACCESS_KEY", "LINELOOP_S3_SECRET_KEY"}
+    assert set(config) == set(conventions.shared_env) - credentials
+    assert config["LINELOOP_STATE_DIR"] == "/data"
+    for name in conventions.services:
+        container = _container(_objects(docs, "Deployment")[name])
+        assert container["envFrom"] == [{"configMapRef": {"name": "lineloop-config"}}]
+        env = {item["name"]: item for item in container["env"]}
+        assert set(env) == conventions.service_env(name) | credentials, name
+        prefix = f"LINELOOP_{name.upper()}_"
+        assert env[prefix + "GRPC_PORT"]["value"] == str(conventions.grpc_ports[name])
+        assert env[prefix + "METRICS_PORT"]["value"] == str(conventions.metrics_ports[name])
+        for secret_env in credentials | {prefix + "DATABASE_URL"}:
+            assert "secretKeyRef" in env[secret_env]["valueFrom"], f"{name}: {secret_env} must come from a Secret"
+
+
+def test_secret_templates_cover_every_reference(rendered, repo):
+    templates = {
+        doc["metadata"]["name"]: set(doc["stringData"])
+        for doc in yaml.safe_load_all((repo / "deploy/k8s/base/secrets.yaml").read_text())
+        if doc
+    }
+    for target, docs in rendered.items():
+        for deployment in _objects(docs, "Deployment").values():
+            for item in _container(deployment).get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in templates.get(ref["name"], set()), (
+                        f"{target}: {deployment['metadata']['name']} reads {ref['name']}/{ref['key']}, no template"
+                    )
+
+
+def test_dev_fills_the_secrets_and_production_leaves_them_out(rendered):
+    dev_secrets = _objects(rendered["overlays/dev"], "Secret")
+    assert dev_secrets, "dev renders the Secrets with dev credentials"
+    for name, secret in dev_secrets.items():
+        assert "REPLACE_ME" not in secret["stringData"].values(), f"dev Secret {name} still holds the placeholder"
+    for name, secret in dev_secrets.items():
+        if name.endswith("-database"):
+            service = name.removeprefix("lineloop-").removesuffix("-database")
+            assert urlsplit(secret["stringData"]["url"]).path == f"/{service}"
+    assert not _objects(rendered["overlays/production"], "Secret")
+
+
+def test_images_match_the_compose_images(rendered, compose, conventions):
+    for target, docs in rendered.items():
+        for name in conventions.services:
+            image = _container(_objects(docs, "Deployment")[name])["image"]
+            assert image.split(":")[0] == compose["services"][name]["image"].split(":")[0], f"{target}: {name}"
+
+
+def _check_scaled_object(scaled: dict, deployments: dict, config: dict) -> None:
+    """The keda.sh/v1alpha1 ScaledObject CRD's required fields, plus lineloop's rules."""
+    name = scaled["metadata"]["name"]
+    spec = scaled["spec"]
+    assert isinstance(spec["scaleTargetRef"]["name"], str)
+    assert spec["scaleTargetRef"]["name"] in deployments, f"{name} scales a missing Deployment"
+    assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    for field in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
+        if field in spec:
+            assert isinstance(spec[field], int), f"{name}: {field} must be an integer"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    # More consumers than partitions would sit idle.
+    assert spec["maxReplicaCount"] <= int(config["LINELOOP_TOPIC_PARTITIONS"])
+    assert spec["triggers"], f"{name} has no trigger"
+    for trigger in spec["triggers"]:
+        assert isinstance(trigger["type"], str)
+        assert all(isinstance(value, str) for value in trigger["metadata"].values()), f"{name}: metadata values are strings"
+    kafka = [trigger for trigger in spec["triggers"] if trigger["type"] == "kafka"]
+    assert len(kafka) == 1, f"{name}: one kafka trigger"
+    metadata = kafka[0]["metadata"]
+    assert metadata["consumerGroup"] == spec["scaleTargetRef"]["name"]
+    assert metadata["bootstrapServers"] == config["LINELOOP_KAFKA_BOOTSTRAP"]
+    assert metadata.get("allowIdleConsumers", "false") == "false"
+    if any(trigger["type"] in ("cpu", "memory") for trigger in spec["triggers"]):
+        container = _container(deployments[spec["scaleTargetRef"]["name"]])
+        assert "cpu" in container["resources"]["requests"], f"{name}: a CPU trigger needs CPU requests"
+
+
+def test_production_scales_consumers_on_kafka_lag(rendered):
+    docs = rendered["overlays/production"]
+    deployments = _objects(docs, "Deployment")
+    scaled_objects = [doc for doc in docs if doc["apiVersion"] == KEDA_API]
+    assert {doc["kind"] for doc in scaled_objects} == {"ScaledObject"}
+    assert len(scaled_objects) >= 5
+    for scaled in scaled_objects:
+        _check_scaled_object(scaled, deployments, _config(docs))
+
+
+def test_the_scaled_object_check_catches_a_mismatch(rendered):
+    docs = rendered["overlays/production"]
+    scaled = yaml.safe_load(yaml.safe_dump(_objects(docs, "ScaledObject")["ingest"]))
+    scaled["spec"]["maxReplicaCount"] = 4
+    with pytest.raises(AssertionError):
+        _check_scaled_object(scaled, _objects(docs, "Deployment"), _config(docs))
+
+
+@pytest.mark.parametrize("target", RENDERS)
+def test_one_owner_for_each_replica_count(rendered, target):
+    docs = rendered[target]
+    keda = {doc["spec"]["scaleTargetRef"]["name"] for doc in docs if doc["kind"] == "ScaledObject"}
+    hpa = {doc["spec"]["scaleTargetRef"]["name"] for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"}
+    assert not keda & hpa, f"{target}: KEDA and an HPA both scale {keda & hpa}"
+    for doc in docs:
+        if doc["kind"] == "HorizontalPodAutoscaler":
+            assert doc["spec"]["maxReplicas"] <= int(_config(docs)["LINELOOP_TOPIC_PARTITIONS"])
+            assert [metric["resource"]["name"] for metric in doc["spec"]["metrics"]] == ["cpu"]
+    for name, deployment in _objects(docs, "Deployment").items():
+        if name in keda | hpa:
+            assert "replicas" not in deployment["spec"], f"{target}: {name} is autoscaled and sets replicas"
+        elif target != "base":
+            assert "replicas" in deployment["spec"], f"{target}: nothing sets the replicas of {name}"
+
+
+def test_production_autoscales_every_service(rendered, conventions):
+    docs = rendered["overlays/production"]
+    scaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in docs if doc["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}
+    assert scaled == set(conventions.services)
+
+
+def test_production_runs_gpu_work_on_gpu_nodes(rendered):
+    docs = rendered["overlays/production"]
+    deployments = _objects(docs, "Deployment")
+    for name in ("training", "compiler", "triton"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        assert _container(deployments[name])["resources"]["limits"]["nvidia.com/gpu"] == 1, name
+        assert pod["nodeSelector"]["nvidia.com/gpu.present"] == "true", name
+        assert any(toleration["key"] == "nvidia.com/gpu" for toleration in pod["tolerations"]), name
+    for name in ("ingest", "labeling", "registry", "monitor"):
+        assert "nvidia.com/gpu" not in _container(deployments[name])["resources"].get("limits", {}), name
+
+
+def test_production_triton_serves_the_s3_repository(rendered):
+    docs = rendered["overlays/production"]
+    config = _config(docs)
+    triton = _container(_objects(docs, "Deployment")["triton"])
+    assert "--model-control-mode=explicit" in triton["args"]
+    s3 = urlsplit(config["LINELOOP_S3_ENDPOINT"])
+    assert f"--model-repository=s3://{s3.hostname}:{s3.port}/lineloop-triton" in triton["args"]
+    env = {item["name"]: item["valueFrom"] for item in triton["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "lineloop-s3", "key": "access-key"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": "lineloop-s3", "key": "secret-key"}
+    service_ports = {port["name"]: port["port"] for port in _objects(docs, "Service")["triton"]["spec"]["ports"]}
+    grpc_host, grpc_port = config["LINELOOP_TRITON_GRPC"].split(":")
+    http_host, http_port = config["LINELOOP_TRITON_HTTP"].split(":")
+    assert grpc_host.split(".")[0] == http_host.split(".")[0] == "triton"
+    assert (service_ports["grpc"], service_ports["http"]) == (int(grpc_port), int(http_port))
+
+
+def test_dev_runs_one_replica_without_autoscalers(rendered, conventions):
+    docs = rendered["overlays/dev"]
+    assert not [doc for doc in docs if doc["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")]
+    for name in conventions.services:
+        assert _objects(docs, "Deployment")[name]["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
+def test_overlays_put_everything_in_their_namespace(rendered, target):
+    docs = rendered[target]
+    (namespace,) = _objects(docs, "Namespace")
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == namespace, f"{doc['kind']} {doc['metadata']['name']}"

@@ -1,0 +1,119 @@
+"""gRPC IngestService: UploadFrames (client streaming) and GetFrame."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+from sqlalchemy.exc import IntegrityError
+
+from lineloop.bus import Bus
+from lineloop.ingest import state
+from lineloop.ingest.pipeline import SAFE_ID, Pipeline, Prepared, Recorded, Refused
+from lineloop.ingest.settings import IngestSettings
+from lineloop.runtime import abort
+from lineloop.storage.objects import AsyncObjectStore
+from lineloop.storage.sql import Database
+from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
+from lineloop.v1.events_pb2 import RejectReason
+
+log = logging.getLogger(__name__)
+
+
+class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(
+        self, settings: IngestSettings, pipeline: Pipeline, db: Database, bus: Bus, objects: AsyncObjectStore
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.db = db
+        self.bus = bus
+        self.objects = objects
+
+    async def UploadFrames(
+        self, request_iterator: AsyncIterator[ingest_pb2.UploadFrameRequest], context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.UploadFramesResponse:
+        """Frames are prepared as they stream in (several at once) and recorded in order."""
+        window = asyncio.Semaphore(self.settings.max_concurrent_frames)
+        in_flight: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+
+        async def prepare(frame):
+            try:
+                return await self.pipeline.prepare(frame)
+            finally:
+                window.release()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    await in_flight.put(asyncio.create_task(prepare(request.frame)))
+            finally:
+                await in_flight.put(None)
+
+        reader = asyncio.create_task(read())
+        response = ingest_pb2.UploadFramesResponse()
+        try:
+            while (task := await in_flight.get()) is not None:
+                outcome = await task
+                recorded = await self._record(outcome)
+                response.results.append(_result(outcome, recorded))
+            await reader  # a broken client stream surfaces here
+        finally:
+            reader.cancel()
+            self.bus.relay.wake()
+        for result in response.results:
+            if not result.accepted:
+                response.rejected += 1
+            else:
+                response.accepted += 1
+                response.duplicates += result.duplicate
+        return response
+
+    async def _record(self, outcome: Prepared | Refused) -> Recorded:
+        for attempt in (1, 2):
+            try:
+                async with self.db.write() as session:
+                    recorded = self.pipeline.record(session, outcome, path="grpc")
+                    event = recorded.ingested or recorded.rejected
+                    if event is not None:
+                        self.bus.add_to_outbox(session, event)
+                return recorded
+            except IntegrityError:
+                # Another replica indexed the same frame or image meanwhile: read it again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def GetFrame(
+        self, request: ingest_pb2.GetFrameRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.Frame:
+        if not SAFE_ID.match(request.frame_id) or ".." in request.frame_id:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID",
+                        f"frame_id {request.frame_id[:80]!r} is not a valid frame id", service="ingest")
+        with self.db.session() as session:
+            frame = state.find_frame(session, request.frame_id)
+        if frame is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, "FRAME_NOT_FOUND",
+                        f"no frame {request.frame_id!r} has been ingested", service="ingest",
+                        frame_id=request.frame_id)
+        url = await self.objects.presigned_get(
+            frame.image.bucket, frame.image.key, timedelta(seconds=self.settings.presigned_url_ttl_s)
+        )
+        return ingest_pb2.Frame(frame=frame, presigned_url=url)
+
+
+def _result(outcome: Prepared | Refused, recorded: Recorded) -> ingest_pb2.UploadResult:
+    frame_id = outcome.frame.frame_id
+    if recorded.rejected is not None:
+        return ingest_pb2.UploadResult(
+            frame_id=frame_id, accepted=False, reason=recorded.rejected.reason, detail=recorded.rejected.detail
+        )
+    event = recorded.ingested or recorded.repeat_of
+    return ingest_pb2.UploadResult(
+        frame_id=frame_id, accepted=True, reason=RejectReason.REJECT_REASON_UNSPECIFIED,
+        duplicate=event.duplicate, detail="already ingested" if recorded.repeat_of is not None else "",
+    )

@@ -1,0 +1,280 @@
+"""The one path every frame takes, whether it came over Kafka or gRPC.
+
+`prepare` does the slow, stateless part and may run for many frames at once:
+validate, fetch or take the image, verify its sha256, decode with limits,
+compute quality statistics, store it content-addressed, score it on Triton.
+`record` is the short database part, run in the caller's transaction: frame
+index, duplicate detection, and the event to publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics, trace
+from sqlalchemy.orm import Session
+
+from lineloop.ingest import state
+from lineloop.ingest.scoring import TritonScorer
+from lineloop.ingest.settings import IngestSettings
+from lineloop.storage.objects import (
+    AsyncObjectStore,
+    ObjectNotFound,
+    Sha256Mismatch,
+    StoredObject,
+)
+from lineloop.telemetry import metrics as shared_metrics
+from lineloop.v1.common_pb2 import ObjectRef, Prediction, QualityStats
+from lineloop.v1.events_pb2 import FrameCaptured, FrameIngested, FrameRejected, RejectReason
+from lineloop.vision import SUPPORTED_CONTENT_TYPES, DecodeLimits, Failure, ImageRejected, decode_image, quality_stats
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+_meter = metrics.get_meter("lineloop.ingest")
+frames_total = _meter.create_counter(
+    "lineloop.ingest.frames", unit="{frame}",
+    description="Frames through the pipeline. Attributes: path (kafka|grpc), outcome (ingested|duplicate|rejected|repeat).",
+)
+stage_duration = _meter.create_histogram(
+    "lineloop.ingest.stage.duration", unit="s", description="Time per pipeline stage. Attributes: stage.",
+    explicit_bucket_boundaries_advisory=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+
+# Ids become object keys, metric labels and file names downstream: a safe charset only.
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_DECODE_REASONS = {
+    Failure.UNDECODABLE: RejectReason.REJECT_REASON_UNDECODABLE_IMAGE,
+    Failure.UNSUPPORTED_FORMAT: RejectReason.REJECT_REASON_UNSUPPORTED_FORMAT,
+    Failure.TOO_LARGE: RejectReason.REJECT_REASON_IMAGE_TOO_LARGE,
+}
+
+
+class FrameRefused(Exception):
+    """A frame that fails validation: it becomes a frames.rejected.v1 event."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{RejectReason.Name(reason)}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A frame that passed validation: stored, measured and scored, not yet recorded."""
+
+    frame: FrameCaptured
+    stored: StoredObject
+    content_type: str
+    width: int
+    height: int
+    quality: QualityStats
+    prediction: Prediction
+
+
+@dataclasses.dataclass
+class Refused:
+    frame: FrameCaptured
+    reason: RejectReason
+    detail: str
+
+
+@dataclasses.dataclass
+class Recorded:
+    """What `record` did: the event to publish (None when the frame id was already recorded)."""
+
+    ingested: FrameIngested | None = None
+    rejected: FrameRejected | None = None
+    repeat_of: FrameIngested | None = None  # the same frame id, recorded before
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value:
+        raise FrameRefused(RejectReason.REJECT_REASON_INVALID_ID, f"{name} is missing")
+    if not SAFE_ID.match(value) or ".." in value:
+        raise FrameRefused(
+            RejectReason.REJECT_REASON_INVALID_ID,
+            f"{name} {value[:80]!r} is not 1-128 characters of letters, digits and _.:- (no '..', '/')",
+        )
+
+
+class Pipeline:
+    def __init__(self, settings: IngestSettings, objects: AsyncObjectStore, scorer: TritonScorer) -> None:
+        self.settings = settings
+        self.objects = objects
+        self.scorer = scorer
+        self.limits = DecodeLimits(
+            max_bytes=settings.max_image_bytes, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels
+        )
+        self._lines = frozenset(settings.lines)
+        self._upload_buckets = frozenset(settings.upload_buckets)
+
+    # ---- the stateless part ------------------------------------------------------
+
+    async def prepare(self, frame: FrameCaptured) -> Prepared | Refused:
+        with tracer.start_as_current_span("ingest prepare") as span:
+            span.set_attribute("lineloop.frame_id", frame.frame_id[:128])
+            try:
+                return await self._prepare(frame)
+            except FrameRefused as refused:
+                span.set_attribute("lineloop.reject_reason", RejectReason.Name(refused.reason))
+                return Refused(frame, refused.reason, refused.detail)
+
+    async def _prepare(self, frame: FrameCaptured) -> Prepared:
+        t0 = time.perf_counter()
+        self._validate(frame)
+        data, declared_sha = await self._image_bytes(frame)
+        t1 = time.perf_counter()
+        decoded = await asyncio.to_thread(self._decode, data)
+        image, quality = decoded
+        t2 = time.perf_counter()
+        stored, prediction = await asyncio.gather(
+            self._store(data, image.extension, image.content_type, declared_sha),
+            self._score(frame, image.image),
+        )
+        t3 = time.perf_counter()
+        stage_duration.record(t1 - t0, {"stage": "fetch"})
+        stage_duration.record(t2 - t1, {"stage": "decode"})
+        stage_duration.record(t3 - t2, {"stage": "store_and_score"})
+        return Prepared(frame, stored, image.content_type, image.width, image.height, quality, prediction)
+
+    def _validate(self, frame: FrameCaptured) -> None:
+        for name in ("frame_id", "line_id", "camera_id", "gateway_id"):
+            _check_id(name, getattr(frame, name))
+        if self._lines and frame.line_id not in self._lines:
+            raise FrameRefused(RejectReason.REJECT_REASON_UNKNOWN_LINE, f"line {frame.line_id!r} is not configured here")
+        if frame.HasField("captured_at"):
+            captured = frame.captured_at.ToDatetime(tzinfo=UTC)
+            latest = datetime.now(UTC) + timedelta(seconds=self.settings.max_clock_skew_s)
+            if captured > latest:
+                raise FrameRefused(
+                    RejectReason.REJECT_REASON_CAPTURE_TIME_IN_FUTURE,
+                    f"captured_at {captured.isoformat()} is more than {self.settings.max_clock_skew_s:g} s ahead of ingest's clock",
+                )
+        if frame.content_type and frame.content_type.split(";")[0].strip().lower() not in SUPPORTED_CONTENT_TYPES:
+            raise FrameRefused(
+                RejectReason.REJECT_REASON_UNSUPPORTED_FORMAT,
+                f"content_type {frame.content_type[:80]!r}; supported: {', '.join(sorted(SUPPORTED_CONTENT_TYPES))}",
+            )
+
+    async def _image_bytes(self, frame: FrameCaptured) -> tuple[bytes, str | None]:
+        which = frame.WhichOneof("image")
+        if which == "inline_image":
+            data = frame.inline_image
+            if len(data) > self.settings.max_inline_bytes:
+                raise FrameRefused(
+                    RejectReason.REJECT_REASON_IMAGE_TOO_LARGE,
+                    f"inline image is {len(data)} bytes, the limit is {self.settings.max_inline_bytes}; upload it and send image_ref",
+                )
+            if not data:
+                raise FrameRefused(RejectReason.REJECT_REASON_MISSING_IMAGE, "inline_image is empty")
+            return data, None
+        if which != "image_ref":
+            raise FrameRefused(RejectReason.REJECT_REASON_MISSING_IMAGE, "frame has neither image_ref nor inline_image")
+        ref = frame.image_ref
+        if ref.bucket not in self._upload_buckets:
+            raise FrameRefused(
+                RejectReason.REJECT_REASON_IMAGE_NOT_FOUND,
+                f"image_ref bucket {ref.bucket[:64]!r} is not an upload bucket ({', '.join(sorted(self._upload_buckets))})",
+            )
+        if not ref.key or ref.key.startswith("/") or ".." in ref.key.split("/") or len(ref.key) > 1024:
+            raise FrameRefused(RejectReason.REJECT_REASON_INVALID_ID, f"image_ref key {ref.key[:80]!r} is not a plain object key")
+        sha = ref.sha256.lower()
+        if not SHA256_HEX.match(sha):
+            raise FrameRefused(
+                RejectReason.REJECT_REASON_SHA256_MISMATCH, f"image_ref sha256 {ref.sha256[:80]!r} is not 64 hex digits"
+            )
+        try:
+            info = await self.objects.stat(ref.bucket, ref.key)
+            if info.size_bytes > self.settings.max_image_bytes:
+                raise FrameRefused(
+                    RejectReason.REJECT_REASON_IMAGE_TOO_LARGE,
+                    f"{ref.bucket}/{ref.key} is {info.size_bytes} bytes, the limit is {self.settings.max_image_bytes}",
+                )
+            data = await self.objects.get_bytes(ref.bucket, ref.key, expected_sha256=sha)
+        except ObjectNotFound as exc:
+            raise FrameRefused(RejectReason.REJECT_REASON_IMAGE_NOT_FOUND, str(exc)) from exc
+        except Sha256Mismatch as exc:
+            raise FrameRefused(
+                RejectReason.REJECT_REASON_SHA256_MISMATCH,
+                f"{ref.bucket}/{ref.key} hashes to {exc.actual}, the frame says {exc.expected}",
+            ) from exc
+        return data, sha
+
+    def _decode(self, data: bytes):
+        try:
+            image = decode_image(data, self.limits)
+        except ImageRejected as exc:
+            raise FrameRefused(_DECODE_REASONS[exc.failure], exc.detail) from exc
+        q = quality_stats(image.image)
+        return image, QualityStats(**q.as_dict())
+
+    async def _store(self, data: bytes, ext: str, content_type: str, sha: str | None) -> StoredObject:
+        started = time.perf_counter()
+        stored = await self.objects.put_content_addressed(
+            self.settings.frames_bucket, data, ext, content_type, expected_sha256=sha
+        )
+        stage_duration.record(time.perf_counter() - started, {"stage": "store"})
+        return stored
+
+    async def _score(self, frame: FrameCaptured, image) -> Prediction:
+        started = time.perf_counter()
+        prediction = await self.scorer.score(frame.frame_id, frame.line_id, image)
+        stage_duration.record(time.perf_counter() - started, {"stage": "score"})
+        return prediction
+
+    # ---- the database part ------------------------------------------------------
+
+    def record(self, session: Session, outcome: Prepared | Refused, *, path: str, source_event_id: str = "") -> Recorded:
+        """Index the frame (or build its rejection) in `session`'s transaction.
+
+        A frame id seen before is not recorded again (a gateway retry, or two
+        replicas after a rebalance): the first result stands.
+        """
+        frame = outcome.frame
+        now = Timestamp()
+        now.GetCurrentTime()
+        if isinstance(outcome, Refused):
+            frames_total.add(1, {"path": path, "outcome": "rejected"})
+            shared_metrics.rejections.add(1, {"service": "ingest", "reason": RejectReason.Name(outcome.reason)})
+            log.info("frame %r rejected: %s: %s", frame.frame_id[:128], RejectReason.Name(outcome.reason), outcome.detail)
+            rejected = FrameRejected(
+                frame_id=frame.frame_id, line_id=frame.line_id, camera_id=frame.camera_id,
+                gateway_id=frame.gateway_id, reason=outcome.reason, detail=outcome.detail,
+                rejected_at=now, source_event_id=source_event_id,
+            )
+            if frame.HasField("captured_at"):
+                rejected.captured_at.CopyFrom(frame.captured_at)
+            return Recorded(rejected=rejected)
+        existing = state.find_frame(session, frame.frame_id)
+        if existing is not None:
+            frames_total.add(1, {"path": path, "outcome": "repeat"})
+            return Recorded(repeat_of=existing)
+        sha = outcome.stored.sha256
+        first = state.first_frame_with(session, sha)
+        if first is None:
+            state.add_image(session, sha, frame.frame_id)
+        event = FrameIngested(
+            frame_id=frame.frame_id, line_id=frame.line_id, camera_id=frame.camera_id, gateway_id=frame.gateway_id,
+            ingested_at=now,
+            image=ObjectRef(bucket=outcome.stored.bucket, key=outcome.stored.key, sha256=sha,
+                            size_bytes=outcome.stored.size_bytes),
+            content_type=outcome.content_type, width=outcome.width, height=outcome.height,
+            quality=outcome.quality, prediction=outcome.prediction,
+            duplicate=first is not None, duplicate_of=first or "",
+            attributes=dict(frame.attributes),
+        )
+        if frame.HasField("captured_at"):
+            event.captured_at.CopyFrom(frame.captured_at)
+        if frame.HasField("edge_prediction"):
+            event.edge_prediction.CopyFrom(frame.edge_prediction)
+        state.add_frame(session, event, frame.captured_at.ToDatetime(tzinfo=UTC) if frame.HasField("captured_at") else None)
+        frames_total.add(1, {"path": path, "outcome": "duplicate" if first else "ingested"})
+        return Recorded(ingested=event)

@@ -1,0 +1,155 @@
+"""Ingest against the real embedded stack: broker, S3 store, Triton."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+import pytest_asyncio
+from prometheus_client import REGISTRY
+
+from lineloop.runtime import error_info
+from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
+from lineloop.v1.common_pb2 import ObjectRef, Prediction, PredictionSource, PredictionStatus
+from lineloop.v1.events_pb2 import RejectReason
+
+from conftest import (  # type: ignore[import-not-found]  # tests/ dir, importlib mode
+    EventReader,
+    frame,
+    ingest_settings,
+    jpeg,
+    object_store,
+    publish,
+    running_ingest,
+    uid,
+)
+from test_support import png_header_only, skip_group_to_end  # type: ignore[import-not-found]
+
+R = RejectReason
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ingest(stack, tmp_path_factory):
+    settings = ingest_settings(stack, tmp_path_factory.mktemp("ingest") / "ingest.db")
+    await skip_group_to_end(stack, settings.consumer_group)
+    async with running_ingest(settings) as service:
+        yield service
+
+
+async def upload(service, frames) -> ingest_pb2.UploadFramesResponse:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        return await stub.UploadFrames(iter([ingest_pb2.UploadFrameRequest(frame=f) for f in frames]))
+
+
+async def test_json_over_kafka_and_grpc_upload_take_the_same_path(ingest, stack, line):
+    image, other = jpeg(seed=11), jpeg(seed=12)
+    store = object_store(stack)
+    uploaded = store.put_bytes("lineloop-frames", f"uploads/{uid('u')}.jpg", other, "image/jpeg")
+    first = frame(image, line=line)
+    edge = Prediction(status=PredictionStatus.PREDICTION_STATUS_OK, source=PredictionSource.PREDICTION_SOURCE_EDGE,
+                      model_name="edge", model_version="3", predicted_class="ok", scores={"ok": 0.9})
+    first.edge_prediction.CopyFrom(edge)
+    async with EventReader(stack) as events:
+        await publish(stack, [first], as_json=True)
+        await events.wait_for([first.frame_id])
+        again = frame(image, line=line, camera="cam-2")
+        referenced = frame(line=line, image_ref=ObjectRef(bucket=uploaded.bucket, key=uploaded.key, sha256=uploaded.sha256))
+        response = await upload(ingest, [again, referenced])
+        await events.wait_for([again.frame_id, referenced.frame_id])
+
+        assert (response.accepted, response.rejected, response.duplicates) == (2, 0, 1)
+        (a,), (b,), (c,) = events.ingested[first.frame_id], events.ingested[again.frame_id], events.ingested[referenced.frame_id]
+        sha = hashlib.sha256(image).hexdigest()
+        assert a.image.sha256 == sha and a.image.key == f"{sha[:2]}/{sha}.jpg" and a.image.bucket == "lineloop-frames"
+        assert not a.duplicate and b.duplicate and b.duplicate_of == first.frame_id
+        # Same bytes through Kafka-JSON and gRPC: the same stored object, statistics and prediction.
+        for field in ("image", "content_type", "width", "height", "quality", "prediction"):
+            assert getattr(a, field) == getattr(b, field), field
+        assert a.edge_prediction == edge and not b.HasField("edge_prediction")
+        assert a.prediction.status == PredictionStatus.PREDICTION_STATUS_MISSING
+        assert "no model deployed" in a.prediction.missing_reason
+        assert (a.width, a.height, a.content_type) == (64, 64, "image/jpeg")
+        assert 0 < a.quality.brightness_mean < 255 and a.quality.sharpness > 0
+        assert c.image.key == f"{uploaded.sha256[:2]}/{uploaded.sha256}.jpg" and not c.duplicate
+        assert store.get_bytes(c.image.bucket, c.image.key) == other
+
+        # A gateway retrying a frame id: accepted, but not ingested a second time.
+        repeat = await upload(ingest, [again])
+        assert repeat.results[0].accepted and repeat.results[0].detail == "already ingested"
+        await events.settle(1.5)
+        assert len(events.ingested[again.frame_id]) == 1
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.grpc_port}") as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        got = await stub.GetFrame(ingest_pb2.GetFrameRequest(frame_id=referenced.frame_id))
+        assert got.frame == c
+        with urllib.request.urlopen(got.presigned_url, timeout=10) as reply:
+            assert reply.read() == other
+        for bad, code, reason in (("../etc/passwd", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ID"),
+                                  (uid("nope"), grpc.StatusCode.NOT_FOUND, "FRAME_NOT_FOUND")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetFrame(ingest_pb2.GetFrameRequest(frame_id=bad))
+            assert err.value.code() == code and error_info(err.value).reason == reason
+
+
+def bad_frames(stack, line: str) -> list[tuple[object, int]]:
+    good = jpeg(seed=21)
+    store = object_store(stack)
+    stored = store.put_bytes("lineloop-frames", f"uploads/{uid('u')}.jpg", good, "image/jpeg")
+    gif = __import__("io").BytesIO()
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(gif, format="GIF")
+    return [
+        (frame(good[: len(good) // 3], line=line), R.REJECT_REASON_UNDECODABLE_IMAGE),
+        (frame(png_header_only(20000, 20000), line=line, ), R.REJECT_REASON_IMAGE_TOO_LARGE),
+        (frame(line=line, image_ref=ObjectRef(bucket=stored.bucket, key=stored.key, sha256="0" * 64)),
+         R.REJECT_REASON_SHA256_MISMATCH),
+        (frame(good, line=line, frame_id=f"../{uid('x')}"), R.REJECT_REASON_INVALID_ID),
+        (frame(good, line=line, camera="cam/../../1"), R.REJECT_REASON_INVALID_ID),
+        (frame(good, line=line, captured_at=_ts(datetime.now(UTC) + timedelta(hours=2))),
+         R.REJECT_REASON_CAPTURE_TIME_IN_FUTURE),
+        (frame(line=line, image_ref=ObjectRef(bucket="lineloop-frames", key=f"uploads/{uid('gone')}.jpg",
+                                              sha256=stored.sha256)), R.REJECT_REASON_IMAGE_NOT_FOUND),
+        (frame(gif.getvalue(), line=line), R.REJECT_REASON_UNSUPPORTED_FORMAT),
+        (frame(line=line), R.REJECT_REASON_MISSING_IMAGE),
+    ]
+
+
+def _ts(when: datetime):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    ts = Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def rejections(reason: int) -> float:
+    value = REGISTRY.get_sample_value("lineloop_rejections_total", {"service": "ingest", "reason": R.Name(reason)})
+    return value or 0.0
+
+
+async def test_each_bad_frame_is_rejected_with_its_reason_and_ingest_keeps_going(ingest, stack, line):
+    over_kafka, over_grpc = bad_frames(stack, line), bad_frames(stack, line)
+    before = {reason: rejections(reason) for _, reason in over_kafka}
+    after_good = frame(jpeg(seed=22), line=line)
+    async with EventReader(stack) as events:
+        await publish(stack, [f for f, _ in over_kafka] + [after_good])
+        response = await upload(ingest, [f for f, _ in over_grpc])
+        await events.wait_for([f.frame_id for f, _ in over_kafka + over_grpc] + [after_good.frame_id])
+    for f, reason in over_kafka + over_grpc:
+        (rejected,) = events.rejected[f.frame_id]
+        assert (rejected.reason, rejected.line_id) == (reason, line), (R.Name(reason), rejected.detail)
+        assert rejected.detail and f.frame_id not in events.ingested
+    by_kafka = {f.frame_id: r for f, r in over_kafka}
+    assert all(events.rejected[fid][0].source_event_id for fid in by_kafka)
+    assert [(r.accepted, r.reason) for r in response.results] == [(False, reason) for _, reason in over_grpc]
+    assert response.rejected == len(over_grpc)
+    assert "20000x20000" in events.rejected[over_kafka[1][0].frame_id][0].detail
+    # Nothing else was affected: the good frame behind them went through.
+    assert len(events.ingested[after_good.frame_id]) == 1
+    for reason in {r for _, r in over_kafka}:
+        expected = 2 * sum(1 for _, r in over_kafka if r == reason)
+        assert rejections(reason) - before[reason] == expected, R.Name(reason)

@@ -1,0 +1,43 @@
+"""Training service settings: environment `LINELOOP_TRAINING_*`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+from lineloop.runtime import ServiceSettings, service_config
+
+
+class TrainingSettings(ServiceSettings):
+    service_name: ClassVar[str] = "training"
+    model_config = service_config("training")
+
+    grpc_port: int = 50053
+    metrics_port: int | None = 9103
+    # The model a dataset trains: `{dataset}` is replaced by the dataset name.
+    model_name_pattern: str = "{dataset}"
+    # Defaults for every run; a request's params override them (see trainer.TrainParams).
+    default_params: dict[str, str] = {}
+    # DataLoader worker processes; -1: one per core beyond the training thread's.
+    loader_workers: int = -1
+    # torch intra-op threads; 0: every core.
+    torch_threads: int = 0
+    # Frames are kept here under their sha256 (shared by every run of this replica).
+    cache_dir: Path | None = None
+    # Where the production model is looked up for warm starts; empty: always from scratch.
+    registry_grpc: str = "127.0.0.1:50054"
+    # How often the worker looks for queued runs and cancel requests.
+    poll_interval_s: float = 1.0
+
+    @property
+    def frame_cache_dir(self) -> Path:
+        return self.cache_dir or (self.stack.state_dir / "training" / "frame-cache")
+
+    def workers(self) -> int:
+        if self.loader_workers >= 0:
+            return self.loader_workers
+        return max(0, (os.cpu_count() or 1) - 1)
+
+    def model_for(self, dataset: str) -> str:
+        return self.model_name_pattern.format(dataset=dataset)

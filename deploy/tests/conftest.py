@@ -23,6 +23,7 @@ class Conventions:
     shared_env: frozenset[str]
     buckets: frozenset[str]
     embedded_only_buckets: frozenset[str]
+    defaults: dict[str, str]
 
     def service_env(self, service: str) -> set[str]:
         prefix = f"LINELOOP_{service.upper()}_"
@@ -60,6 +61,7 @@ def conventions() -> Conventions:
         shared_env=frozenset(re.findall(r"`((?:LINELOOP|OTEL)_[A-Z0-9_]+)`", shared)),
         buckets=frozenset(set(re.findall(r"`([a-z0-9-]+)`", buckets)) - embedded_only),
         embedded_only_buckets=frozenset(embedded_only),
+        defaults=dict(re.findall(r"`(LINELOOP_[A-Z0-9_]+)` \(([^)]*)\)", shared)),
     )
 
 

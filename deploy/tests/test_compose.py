@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -71,10 +72,12 @@ def test_every_service_is_built_from_its_dockerfile(compose, conventions, repo):
 def test_service_environment_follows_the_readme(compose, conventions):
     for service in conventions.services:
         env = compose["services"][service]["environment"]
-        own = conventions.service_env(service)
-        lineloop_names = {name for name in env if name.startswith(("LINELOOP_", "OTEL_"))}
-        assert lineloop_names == conventions.shared_env | own, service
         prefix = f"LINELOOP_{service.upper()}_"
+        lineloop_names = {name for name in env if name.startswith(("LINELOOP_", "OTEL_"))}
+        assert conventions.shared_env | conventions.service_env(service) <= lineloop_names, service
+        # Beyond the shared settings, a service reads only its own prefix.
+        unknown = {name for name in lineloop_names - conventions.shared_env if not name.startswith(prefix)}
+        assert not unknown, f"{service} gets settings it does not read: {unknown}"
         assert int(env[prefix + "GRPC_PORT"]) == conventions.grpc_ports[service]
         assert int(env[prefix + "METRICS_PORT"]) == conventions.metrics_ports[service]
         assert env["LINELOOP_STATE_DIR"] == "/data"
@@ -107,6 +110,14 @@ def test_service_addresses_point_at_compose_services(compose, conventions):
             assert host in services, f"{service}: {name} names {host!r}, not a compose service"
 
 
+def test_addresses_of_other_services_use_their_grpc_ports(compose, conventions):
+    for service in conventions.services:
+        for name, value in compose["services"][service]["environment"].items():
+            match = re.fullmatch(r"([a-z]+):(\d+)", str(value))
+            if match and match.group(1) in conventions.grpc_ports:
+                assert int(match.group(2)) == conventions.grpc_ports[match.group(1)], f"{service}: {name}={value}"
+
+
 def test_service_healthchecks_ask_the_grpc_health_service(compose, conventions):
     for service in conventions.services:
         check = compose["services"][service]["healthcheck"]
@@ -131,6 +142,32 @@ def test_services_publish_their_grpc_ports(compose, conventions):
     for service in conventions.services:
         port = conventions.grpc_ports[service]
         assert f"{port}:{port}" in compose["services"][service]["ports"]
+
+
+def test_host_ports_are_the_embedded_defaults(compose, conventions):
+    # A CLI on the host with the README defaults talks to this stack as to the embedded one.
+    published = {
+        int(port.split(":")[0]): (name, int(port.split(":")[1]))
+        for name, definition in compose["services"].items()
+        for port in definition.get("ports", [])
+    }
+    defaults = conventions.defaults
+    expected = {
+        "LINELOOP_KAFKA_BOOTSTRAP": ("kafka", None),
+        "LINELOOP_S3_ENDPOINT": ("minio", 9000),
+        "LINELOOP_TRITON_GRPC": ("triton", 8001),
+        "LINELOOP_TRITON_HTTP": ("triton", 8000),
+    }
+    for setting, (service, container_port) in expected.items():
+        address = urlsplit(defaults[setting] if "://" in defaults[setting] else f"tcp://{defaults[setting]}")
+        assert address.port in published, f"nothing published on {setting}'s default port {address.port}"
+        assert published[address.port][0] == service
+        if container_port is not None:
+            assert published[address.port][1] == container_port
+    kafka = compose["services"]["kafka"]["environment"]
+    external_port = published[urlsplit(f"tcp://{defaults['LINELOOP_KAFKA_BOOTSTRAP']}").port][1]
+    assert f"EXTERNAL://:{external_port}" in kafka["KAFKA_LISTENERS"]
+    assert re.search(r"EXTERNAL://\$\{LINELOOP_KAFKA_ADVERTISED_HOST:-127\.0\.0\.1\}:9092", kafka["KAFKA_ADVERTISED_LISTENERS"])
 
 
 def test_services_write_only_to_data_and_tmp(compose, conventions):
@@ -250,10 +287,65 @@ def test_grafana_is_provisioned_with_the_lineloop_dashboard(compose, repo):
         "lineloop_events_published_total",
         "kafka_consumergroup_lag",
         "lineloop_handler_duration_seconds_bucket",
-        "lineloop_drift_score",
-        "lineloop_model_live_accuracy",
+        "lineloop_monitor_drift_score",
+        "lineloop_monitor_live_accuracy",
     ):
         assert metric in joined, f"dashboard has no panel on {metric}"
+
+
+_CREATE = {"create_counter", "create_up_down_counter", "create_histogram", "create_gauge"}
+
+
+def _instruments_in_source(repo: Path) -> list[tuple[str, str, str]]:
+    """(create_* method, name, unit) of every OpenTelemetry instrument the packages create."""
+    found = []
+    for path in [*repo.glob("libs/*/src/**/*.py"), *repo.glob("services/*/src/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _CREATE:
+                if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                    unit = next((k.value.value for k in node.keywords if k.arg == "unit" and isinstance(k.value, ast.Constant)), "")
+                    found.append((node.func.attr, node.args[0].value, unit))
+    return found
+
+
+def _prometheus_names(instruments: list[tuple[str, str, str]]) -> set[str]:
+    """The series names the services' own Prometheus exporter gives these instruments."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reader = PrometheusMetricReader(disable_target_info=True)
+    # The reader registers itself globally; read it through a private registry instead. It has
+    # no thread to stop, and shutting it down would unregister it from the global one again.
+    REGISTRY.unregister(reader._collector)
+    registry = CollectorRegistry()
+    registry.register(reader._collector)
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    meter = provider.get_meter("dashboard-check")
+    for method, name, unit in instruments:
+        instrument = getattr(meter, method)(name, unit=unit)
+        (instrument.add if "counter" in method else instrument.record if method == "create_histogram" else instrument.set)(1)
+    return {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+
+
+def test_dashboard_queries_only_metrics_the_code_exports(repo):
+    instruments = _instruments_in_source(repo)
+    assert any(name == "lineloop.events.consumed" for _, name, _ in instruments), "instrument scan found nothing"
+    exported = _prometheus_names(instruments)
+    dashboard = json.loads((repo / "deploy/compose/grafana/dashboards/lineloop-overview.json").read_text())
+    queried = {
+        metric
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for metric in re.findall(r"\b(lineloop_[a-z0-9_]+)", target["expr"])
+    }
+    assert queried, "the dashboard queries no lineloop metric"
+    assert queried <= exported, f"no instrument exports {sorted(queried - exported)}"
 
 
 def test_postgres_init_script_gives_each_service_its_own_database(compose, repo, postgres):
@@ -297,3 +389,11 @@ def test_postgres_init_script_gives_each_service_its_own_database(compose, repo,
             for name in names:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def test_credential_defaults_are_the_readme_defaults(repo, conventions):
+    # The compose file substitutes ${NAME:-default}; its defaults must be the documented ones.
+    text = (repo / "docker-compose.yml").read_text()
+    for setting in ("LINELOOP_S3_ACCESS_KEY", "LINELOOP_S3_SECRET_KEY", "LINELOOP_S3_REGION"):
+        defaults = set(re.findall(rf"\$\{{{setting}:-([^}}]*)\}}", text))
+        assert defaults == {conventions.defaults[setting]}, f"{setting} defaults to {defaults}"

@@ -104,6 +104,7 @@ def test_healthcheck_exposed_ports_and_env_follow_the_readme(instructions, conve
                 env.update(zip(command.value[::2], command.value[1::2]))
         prefix = f"LINELOOP_{service.upper()}_"
         assert env["LINELOOP_STATE_DIR"] == "/data"
+        assert env[prefix + "BIND_HOST"] == "0.0.0.0", f"{service} would listen on the container's loopback only"
         assert env[prefix + "GRPC_PORT"] == str(grpc)
         assert env[prefix + "METRICS_PORT"] == str(metrics)
         assert env["HOME"] == "/tmp", f"{service}: caches must land in /tmp on a read-only root"
@@ -143,7 +144,9 @@ def test_install_uses_the_constraints_and_exactly_the_needed_packages(instructio
         assert pip_runs and all("-c deploy/constraints.txt" in run for run in pip_runs), service
         assert not any(re.search(r"\s(-e|--editable)\s", run) for run in pip_runs), f"{service}: editable install"
         (package_install,) = [run for run in pip_runs if "local_requirements.py" in run]
-        assert f"local_requirements.py services/{service})" in package_install
+        listing = re.search(r"local_requirements\.py (\S+) > (\S+)", package_install)
+        assert listing and listing.group(1) == f"services/{service}", f"{service} installs another package's closure"
+        assert f"pip install -c deploy/constraints.txt -r {listing.group(2)}" in package_install
         copied = {command.value[0] for command in commands if command.cmd == "COPY" and not command.flags}
         for path in resolver.local_closure(repo, Path("services") / service):
             assert any(path == Path(source) or Path(source) in path.parents for source in copied), (
@@ -154,16 +157,33 @@ def test_install_uses_the_constraints_and_exactly_the_needed_packages(instructio
 def test_local_closure_follows_declared_dependencies(repo, resolver, conventions):
     packages = resolver.local_packages(repo)
     for service in conventions.services:
-        closure = resolver.local_closure(repo, Path("services") / service)
-        assert closure[0] == Path("services") / service
-        assert all(path.parts[0] == "libs" for path in closure[1:]), f"{service} would install another service"
-        for path in closure:
-            for name in resolver.dependency_names(repo / path):
+        closure = resolver.local_closure_with_extras(repo, Path("services") / service)
+        assert next(iter(closure)) == Path("services") / service
+        assert all(path.parts[0] == "libs" for path in list(closure)[1:]), f"{service} would install another service"
+        for path, extras in closure.items():
+            for name, wanted in resolver.requirements(repo / path, extras):
                 if name in packages:
                     assert packages[name] in closure, f"{service}: {path} needs {name}, missing from the closure"
+                    assert wanted <= closure[packages[name]], f"{service}: {name}{sorted(wanted)} loses its extras"
     # Only what is declared: nothing beyond the transitive lineloop dependencies.
     runtime = resolver.local_closure(repo, Path("libs/runtime"))
     assert Path("libs/cli") not in runtime and Path("libs/vision") not in runtime
+
+
+def test_the_closure_carries_extras_to_the_requirement_lines(repo, resolver, tmp_path):
+    # A throwaway tree: app needs lib-a[fast]; lib-a's [fast] extra needs lib-b.
+    def package(path: str, name: str, dependencies: list[str], optional: str = "") -> None:
+        (tmp_path / path).mkdir(parents=True)
+        (tmp_path / path / "pyproject.toml").write_text(
+            f"[project]\nname = {name!r}\ndependencies = {dependencies!r}\n{optional}"
+        )
+
+    package("services/app", "lineloop-app", ["lineloop-a[fast]>=0.1", "requests"])
+    package("libs/a", "lineloop-a", ["numpy"], '[project.optional-dependencies]\nfast = ["lineloop-b"]\n')
+    package("libs/b", "lineloop-b", [])
+    package("libs/unused", "lineloop-unused", [])
+    lines = resolver.requirement_lines(tmp_path, Path("services/app"))
+    assert lines == ["./services/app", "./libs/a[fast]", "./libs/b"]
 
 
 def test_the_resolver_command_prints_installable_paths(repo):
@@ -171,16 +191,16 @@ def test_the_resolver_command_prints_installable_paths(repo):
         ["python3", "deploy/docker/local_requirements.py", "services/ingest"], cwd=repo, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
-    paths = result.stdout.split()
-    assert paths[0] == "./services/ingest"
-    assert all((repo / path / "pyproject.toml").is_file() for path in paths)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "./services/ingest"
+    assert all((repo / line.split("[")[0] / "pyproject.toml").is_file() for line in lines)
 
 
 def _external_requirements(repo: Path, resolver, service: str) -> set[str]:
     packages = resolver.local_packages(repo)
     names = set()
-    for path in resolver.local_closure(repo, Path("services") / service):
-        names |= {name for name in resolver.dependency_names(repo / path) if name not in packages}
+    for path, extras in resolver.local_closure_with_extras(repo, Path("services") / service).items():
+        names |= {name for name in resolver.dependency_names(repo / path, extras) if name not in packages}
     return names
 
 
@@ -203,3 +223,18 @@ def test_the_build_context_leaves_out_local_state(repo):
         assert _ignored(path, patterns), f".dockerignore lets {path} into the build context"
     for path in ("libs/bus/pyproject.toml", "deploy/constraints.txt", "deploy/docker/local_requirements.py"):
         assert not _ignored(path, patterns), f".dockerignore drops {path}, which images need"
+
+
+def test_service_dockerfiles_differ_only_in_name_ports_and_torch(repo, conventions):
+    # Six buildable files from one pattern: a fix made to one must reach all of them.
+    def normalized(service: str) -> str:
+        text = (repo / "services" / service / "Dockerfile").read_text()
+        text = re.sub(r"# torch comes from.*?\n(?:#.*\n)*ARG TORCH_INDEX_URL=.*\nRUN .*\btorch\n", "", text)
+        text = text.replace(str(conventions.grpc_ports[service]), "<GRPC>")
+        text = text.replace(str(conventions.metrics_ports[service]), "<METRICS>")
+        return text.replace(service.upper(), "<SERVICE>").replace(service, "<service>")
+
+    texts = {service: normalized(service) for service in conventions.services}
+    reference = texts["ingest"]
+    for service, text in texts.items():
+        assert text == reference, f"services/{service}/Dockerfile drifted from the others"

@@ -7,6 +7,7 @@ keda.sh/v1alpha1 CRD) are checked below by hand."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,8 +122,15 @@ def test_environment_follows_the_readme(rendered, conventions, target):
         container = _container(_objects(docs, "Deployment")[name])
         assert container["envFrom"] == [{"configMapRef": {"name": "lineloop-config"}}]
         env = {item["name"]: item for item in container["env"]}
-        assert set(env) == conventions.service_env(name) | credentials, name
         prefix = f"LINELOOP_{name.upper()}_"
+        assert conventions.service_env(name) | credentials <= set(env), name
+        # Beyond the shared settings, a service reads only its own prefix.
+        unknown = {key for key in set(env) - credentials if not key.startswith(prefix)}
+        assert not unknown, f"{name} gets settings it does not read: {unknown}"
+        for key, item in env.items():
+            address = re.fullmatch(r"([a-z]+):(\d+)", item.get("value", ""))
+            if address and address.group(1) in conventions.grpc_ports:
+                assert int(address.group(2)) == conventions.grpc_ports[address.group(1)], f"{name}: {key}"
         assert env[prefix + "GRPC_PORT"]["value"] == str(conventions.grpc_ports[name])
         assert env[prefix + "METRICS_PORT"]["value"] == str(conventions.metrics_ports[name])
         for secret_env in credentials | {prefix + "DATABASE_URL"}:
@@ -192,12 +200,13 @@ def _check_scaled_object(scaled: dict, deployments: dict, config: dict) -> None:
         assert "cpu" in container["resources"]["requests"], f"{name}: a CPU trigger needs CPU requests"
 
 
-def test_production_scales_consumers_on_kafka_lag(rendered):
+def test_production_scales_every_consumer_on_kafka_lag(rendered, conventions):
     docs = rendered["overlays/production"]
     deployments = _objects(docs, "Deployment")
     scaled_objects = [doc for doc in docs if doc["apiVersion"] == KEDA_API]
     assert {doc["kind"] for doc in scaled_objects} == {"ScaledObject"}
-    assert len(scaled_objects) >= 5
+    # Every service consumes in its own group, so every one scales on its lag.
+    assert {doc["spec"]["scaleTargetRef"]["name"] for doc in scaled_objects} == set(conventions.services)
     for scaled in scaled_objects:
         _check_scaled_object(scaled, deployments, _config(docs))
 
@@ -276,3 +285,18 @@ def test_overlays_put_everything_in_their_namespace(rendered, target):
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == namespace, f"{doc['kind']} {doc['metadata']['name']}"
+
+
+def test_production_keeps_a_pod_of_each_replicated_service_during_drains(rendered):
+    docs = rendered["overlays/production"]
+    floors = {doc["spec"]["scaleTargetRef"]["name"]: doc["spec"]["minReplicaCount"] for doc in docs if doc["kind"] == "ScaledObject"}
+    floors |= {doc["spec"]["scaleTargetRef"]["name"]: doc["spec"]["minReplicas"] for doc in docs if doc["kind"] == "HorizontalPodAutoscaler"}
+    budgets = _objects(docs, "PodDisruptionBudget")
+    deployments = _objects(docs, "Deployment")
+    for name, floor in floors.items():
+        if floor < 2:
+            continue
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        covering = [b for b in budgets.values() if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert covering, f"{name} runs {floor} replicas with no PodDisruptionBudget"
+        assert all(b["spec"]["minAvailable"] < floor for b in covering), f"{name}: a budget that blocks every drain"

@@ -1,7 +1,8 @@
 """The postgres fixtures give working, isolated databases; database_url covers both engines."""
 
+import sqlite3
+
 import psycopg
-import pytest
 
 
 def test_postgres_url_is_a_fresh_database(postgres_url):
@@ -20,3 +21,10 @@ def test_database_url_param_names_its_engine(database_url, request):
     assert database_url.startswith(expected)
     if engine == "postgres":
         assert request.node.get_closest_marker("postgres") is not None
+        connection = psycopg.connect(database_url.replace("+psycopg", ""))
+    else:
+        connection = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    with connection:
+        connection.execute("create table labels (frame text, label text)")
+        connection.execute("insert into labels values ('f1', 'rot')")
+        assert connection.execute("select label from labels").fetchall() == [("rot",)]

@@ -124,7 +124,7 @@ async def wait_known(stub: LabelingServiceStub, frame_ids: list[str], timeout_s:
         await asyncio.sleep(0.2)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def helpers():
     """Module-level helpers for tests (importlib mode cannot import conftest)."""
 

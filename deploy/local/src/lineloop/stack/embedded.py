@@ -121,6 +121,7 @@ class EmbeddedStack:
             for spec in (kafka_spec, triton_spec, s3_spec):
                 if spec.name in started:
                     self._process(spec).stop(spec.stop_timeout)
+                    spec.cleanup()
             raise
         return {name: self.startup_seconds[name] for name in started}
 
@@ -165,6 +166,7 @@ class EmbeddedStack:
 
         def stop(spec: servers.ServerSpec) -> str | None:
             if self._process(spec).stop(spec.stop_timeout):
+                spec.cleanup()
                 report(f"{spec.name}: stopped")
                 return spec.name
             report(f"{spec.name}: not running")

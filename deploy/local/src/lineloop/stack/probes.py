@@ -32,6 +32,15 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def unix_socket_live(path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def s3_ready(endpoint: str) -> bool:
     # An anonymous ListBuckets is refused (403) once the S3 gateway is up: that is an answer.
     return http_status(endpoint + "/") is not None

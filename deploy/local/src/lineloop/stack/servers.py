@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class ServerSpec:
     ready: Callable[[], bool]
     stop_timeout: float
     prepare: Callable[[], None] = lambda: None  # files the server needs before it starts
+    cleanup: Callable[[], None] = lambda: None  # what it leaves behind after it stopped
 
 
 class MissingBinary(RuntimeError):
@@ -68,6 +70,7 @@ def seaweedfs(config: StackConfig) -> ServerSpec:
     }
 
     def prepare() -> None:
+        remove_dead_weed_sockets(config)
         (config.logs_dir / "weed").mkdir(parents=True, exist_ok=True)
         (state / "s3").mkdir(parents=True, exist_ok=True)
         s3_config.write_text(json.dumps(identities))
@@ -110,7 +113,25 @@ def seaweedfs(config: StackConfig) -> ServerSpec:
         ready=lambda: probes.s3_ready(config.s3_endpoint),
         stop_timeout=15.0,
         prepare=prepare,
+        cleanup=lambda: remove_dead_weed_sockets(config),
     )
+
+
+def remove_dead_weed_sockets(config: StackConfig) -> None:
+    """SeaweedFS puts gRPC unix sockets at /tmp/seaweedfs-<server>-grpc-<port>.sock (not
+    configurable) and leaves some behind on exit; a stale one stops the next start on that
+    port. Removes ours when nothing listens on them."""
+    weed = config.weed
+    for server, port in (
+        ("master", weed.master_grpc),
+        ("volume", weed.volume_grpc),
+        ("filer", weed.filer_grpc),
+        ("s3", weed.s3_grpc),
+        ("admin", weed.admin_grpc),
+    ):
+        path = Path(tempfile.gettempdir()) / f"seaweedfs-{server}-grpc-{port}.sock"
+        if path.is_socket() and not probes.unix_socket_live(path):
+            path.unlink(missing_ok=True)
 
 
 def tansu(config: StackConfig) -> ServerSpec:

@@ -38,17 +38,15 @@ def _show(v: DatasetVersioned) -> None:
     console.print(f"  created   {s['created_at']} by {v.created_by}: {v.reason}")
     table = Table(title=f"{s['frames']} frames")
     table.add_column("class")
-    splits = sorted(v.split_counts, key=["train", "val", "test"].index)
+    splits = ["train", "val", "test"]
     for split in splits:
         table.add_column(split, justify="right")
     table.add_column("total", justify="right")
     # The event carries per-class and per-split totals; the class x split table needs the manifest.
     by = _class_split(_manifest(v))
     for cls in list(v.classes) + sorted(set(v.class_counts) - set(v.classes)):
-        if v.class_counts.get(cls, 0) == 0 and cls not in v.classes:
-            continue
         table.add_row(cls, *[str(by.get((cls, sp), 0)) for sp in splits], str(v.class_counts.get(cls, 0)))
-    table.add_row("[bold]total[/bold]", *[str(v.split_counts[sp]) for sp in splits], str(s["frames"]))
+    table.add_row("[bold]total[/bold]", *[str(v.split_counts.get(sp, 0)) for sp in splits], str(s["frames"]))
     console.print(table)
 
 

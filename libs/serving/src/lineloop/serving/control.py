@@ -121,4 +121,7 @@ class TritonControl:
             raise ServingError("smoke test: non-finite outputs")
         if not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3):
             raise ServingError(f"smoke test: probabilities do not sum to 1: {probabilities.sum(axis=1)}")
+        if batch > 1 and np.all(embedding == embedding[0]):
+            # What a backend that misreads its input buffer looks like (see templates/model.py).
+            raise ServingError("smoke test: different images got identical embeddings; the input is not reaching the model")
         return prediction

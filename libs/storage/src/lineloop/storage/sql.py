@@ -50,6 +50,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(ts: datetime) -> datetime:
+    """SQLite returns naive datetimes; lineloop writes them in UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
 class Database:
     """One service's SQL database: an engine, sessions and versioned schemas."""
 

@@ -154,6 +154,8 @@ class TritonScorer:
             meta = await self.client.get_model_metadata(model, version, client_timeout=self.timeout_s)
             config = (await self.client.get_model_config(model, version, client_timeout=self.timeout_s)).config
         except InferenceServerException as exc:
+            if "UNAVAILABLE" in str(exc.status()):
+                raise  # Triton itself is unreachable, not the model
             raise _ModelUnavailable(f"Triton has no ready model {model}:{version}: {exc.message()}") from exc
         shape = next((list(i.shape) for i in meta.inputs if i.name == INPUT), None)
         if shape is None or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[2] <= 0:
@@ -184,8 +186,11 @@ class TritonScorer:
         except InferenceServerException as exc:
             # Triton down or refusing: the frame goes on without a prediction.
             self._batchers.pop((model, version), None)
-            status = exc.status() or "error"
-            return missing(f"Triton {status} scoring with {model}:{version}: {exc.message()}", "triton_error")
+            status = str(exc.status() or "error").removeprefix("StatusCode.")
+            return missing(
+                f"Triton at {self.url} {status} scoring with {model}:{version}: {exc.message()}",
+                "triton_unavailable" if status == "UNAVAILABLE" else "triton_error",
+            )
         except Exception as exc:
             log.exception("scoring %s with %s:%s failed", frame_id, model, version)
             return missing(f"scoring with {model}:{version} failed: {type(exc).__name__}: {exc}", "error")

@@ -166,8 +166,12 @@ def load_deployments(session: Session) -> dict[str, Deployment]:
         for row in session.execute(select(model_classes)).all()
     }
 
+    by_model = {model: names for (model, _), names in classes.items()}
+
     def classes_of(model: str, version: str) -> tuple[str, ...]:
-        return classes.get((model, version), ())
+        # A version promoted before ingest ran is known only by name: versions of one
+        # model share their class list unless their own promotion said otherwise.
+        return classes.get((model, version), by_model.get(model, ()))
 
     return {
         row.line_id: Deployment(

@@ -17,6 +17,7 @@ from lineloop.runtime import abort
 from lineloop.storage.objects import ObjectStore
 from lineloop.storage.sql import Database
 from lineloop.v1 import labeling_pb2 as pb
+from lineloop.v1.events_pb2 import DatasetVersioned
 from lineloop.v1.labeling_pb2_grpc import LabelingServiceServicer
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class LabelingApi(LabelingServiceServicer):
                 found = state.dataset_version(s, request.dataset, request.version)
             else:
                 row = state.head(s, request.dataset)
-                found = None if row is None else pb.DatasetVersioned.FromString(row.event)
+                found = None if row is None else DatasetVersioned.FromString(row.event)
         if found is None:
             what = f"{request.dataset!r} version {request.version!r}" if request.version else repr(request.dataset)
             return await abort(context, grpc.StatusCode.NOT_FOUND, "UNKNOWN_DATASET", f"no dataset {what}",

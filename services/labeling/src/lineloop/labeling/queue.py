@@ -106,16 +106,17 @@ def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg:
 def spread_cameras(ranked: list[Ranked], cfg: LabelingSettings) -> list[Ranked]:
     """Within one batch, each further frame of an already-picked camera counts a little less."""
     picked: dict[str, int] = {}
+    remaining = list(enumerate(ranked))
     out = []
-    remaining = list(ranked)
     while remaining:
         best = max(
             remaining,
-            key=lambda r: (r.priority - cfg.weight_camera_diversity * 0.5 * picked.get(r.row.camera_id, 0), -remaining.index(r)),
+            key=lambda item: (item[1].priority - cfg.weight_camera_diversity * 0.5 * picked.get(item[1].row.camera_id, 0),
+                              -item[0]),
         )
         remaining.remove(best)
-        picked[best.row.camera_id] = picked.get(best.row.camera_id, 0) + 1
-        out.append(best)
+        picked[best[1].row.camera_id] = picked.get(best[1].row.camera_id, 0) + 1
+        out.append(best[1])
     return out
 
 
@@ -138,7 +139,10 @@ def next_tasks(
         if len(leased) == max_tasks:
             break
         lease_id = uuid.uuid4().hex
-        # Another annotator (or replica) may have taken it since we read: the update says.
-        if state.try_lease(s, candidate.row.frame_id, lease_id, annotator, now, expires):
+        # Locked with SKIP LOCKED first: a frame another replica is leasing right now is passed
+        # over, never waited on; the conditional update then fails if someone took it since we read.
+        if state.lock_if_free(s, candidate.row.frame_id, now) and state.try_lease(
+            s, candidate.row.frame_id, lease_id, annotator, now, expires
+        ):
             leased.append((candidate, lease_id, expires))
     return leased

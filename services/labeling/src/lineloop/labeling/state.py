@@ -159,6 +159,18 @@ def _free(now: datetime):
     return or_(frames.c.lease_id.is_(None), frames.c.lease_expires_at < now)
 
 
+def lock_if_free(s: Session, frame_id: str, now: datetime) -> bool:
+    """Row-lock the frame for this transaction if it is free and nobody else holds the lock (PostgreSQL).
+
+    SQLite has one writer at a time, so there the lock clause is a no-op and the read is enough.
+    """
+    return s.execute(
+        select(frames.c.frame_id)
+        .where(frames.c.frame_id == frame_id, frames.c.in_queue, _free(now))
+        .with_for_update(skip_locked=True)
+    ).first() is not None
+
+
 def try_lease(s: Session, frame_id: str, lease_id: str, annotator: str, now: datetime, expires: datetime) -> bool:
     """Take the frame if it is still queued and nobody holds a live lease on it (atomic per row)."""
     taken = s.execute(

@@ -32,6 +32,12 @@ def _quiet_consumed_capsules(default_hook):
 sys.unraisablehook = _quiet_consumed_capsules(sys.unraisablehook)
 
 
+def _as_array(tensor):
+    # Through DLPack, not tensor.as_numpy(): with numpy >= 2 in the stub, as_numpy() hands
+    # back a wrong buffer (every row the same), seen with tritonserver 2.51.
+    return np.from_dlpack(tensor)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -48,7 +54,7 @@ class TritonPythonModel:
         # Dynamic batching hands several requests at once: run them as one batch, answer each.
         batches, responses = [], [None] * len(requests)
         for index, request in enumerate(requests):
-            images = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
+            images = _as_array(pb_utils.get_input_tensor_by_name(request, INPUT))
             if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
                 responses[index] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(

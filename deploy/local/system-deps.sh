@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# System packages the tests and deployment checks need beyond the venv:
+# PostgreSQL (initdb/pg_ctl for the `postgres` test fixtures) and docker-compose (offline
+# `config` validation of the compose file). Idempotent: installs only what is missing,
+# and only when it can (root with apt-get); otherwise says what is missing and why.
+set -euo pipefail
+
+missing=()
+pg_bin_found() {
+    command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+pg_bin_found || missing+=(postgresql)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "system-deps: postgresql and docker-compose present"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: missing ${missing[*]}; install them as root with apt-get (skipping: not root or no apt-get)" >&2
+    exit 0
+fi
+
+echo "system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "system-deps: installed ${missing[*]}"

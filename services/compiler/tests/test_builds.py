@@ -1,0 +1,124 @@
+"""Builds and their verification on a real (small, trained) model, without the stack."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from lineloop.compiler.onnx_builds import BuildError, fp32_dynamic, int8_static
+from lineloop.compiler.profiles import Tolerance, load_profiles
+from lineloop.compiler.tensorrt_builds import PlanRunner, build_plan, capability
+from lineloop.compiler.testing import demo_data, train_demo_model
+from lineloop.compiler.verify import OnnxRunner, verify
+from lineloop.model.export import export_onnx
+
+
+@functools.cache
+def _model():
+    data = demo_data(frames=300)
+    return data, export_onnx(train_demo_model(data, epochs=10))
+
+
+def test_default_profiles_are_valid_configuration():
+    catalogue = load_profiles()
+    assert catalogue.cloud_targets == ("triton-onnx",)
+    int8 = catalogue.get("onnxruntime-cpu-int8")
+    assert (int8.runtime, int8.precision, int8.calibration_frames > 0) == ("onnxruntime-cpu", "int8", True)
+    trt = catalogue.get("tensorrt-int8-sm87-trt10.3")
+    assert (trt.gpu_arch, trt.tensorrt_version, trt.artifact_name) == ("sm_87", "10.3", "model.plan")
+    with pytest.raises(KeyError, match="unknown target profile 'nope'"):
+        catalogue.get("nope")
+
+
+def test_profile_file_errors_name_the_profile(tmp_path):
+    path = tmp_path / "profiles.yaml"
+    path.write_text("profiles:\n  edge-trt:\n    runtime: tensorrt\n    precision: fp16\n"
+                    "    tolerance: {min_top1_agreement: 1, max_abs_error: 0.1}\n")
+    with pytest.raises(ValueError, match="edge-trt.*gpu_arch and tensorrt_version"):
+        load_profiles(path)
+
+
+def test_fp32_build_has_a_dynamic_batch_and_matches_the_reference_exactly():
+    data, source = _model()
+    built = fp32_dynamic(source)
+    batch_dim = onnx.load_from_string(built).graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param == "batch"
+    held_out, _ = data.split("test")
+    result = verify(OnnxRunner(source), OnnxRunner(built), held_out, load_profiles().get("triton-onnx").tolerance, 8,
+                    single_runs=20, batch_runs=5)
+    assert result.passed, result.failures
+    assert result.top1_agreement == 1.0 and result.max_abs_error <= 1e-6
+    assert result.latency_p99_ms >= result.latency_p50_ms > 0 and result.throughput_per_s > 0
+
+
+def test_int8_build_is_quantised_and_verified_against_the_fp32_reference():
+    data, source = _model()
+    calibration, _ = data.split("train")
+    built = int8_static(source, calibration[:64])
+    ops = {node.op_type for node in onnx.load_from_string(built).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    held_out, _ = data.split("test")
+    result = verify(OnnxRunner(source), OnnxRunner(built), held_out, Tolerance(0.9, 0.3), 1,
+                    single_runs=20, batch_runs=5)
+    assert result.passed, result.failures
+    assert 0 < result.max_abs_error <= 0.3  # quantised: close, not identical
+
+
+def test_broken_export_is_rejected_with_the_numbers():
+    data, source = _model()
+    broken = onnx.load_from_string(fp32_dynamic(source))
+    # A classic export bug: the classifier head's rows come out in another class order.
+    head = next(init for init in broken.graph.initializer if numpy_helper.to_array(init).ndim == 2
+                and numpy_helper.to_array(init).shape[0] == 4)
+    head.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head)[::-1].copy(), head.name))
+    held_out, _ = data.split("test")
+    result = verify(OnnxRunner(source), OnnxRunner(broken.SerializeToString()), held_out,
+                    load_profiles().get("triton-onnx").tolerance, 8, single_runs=5, batch_runs=2)
+    assert not result.passed
+    assert result.top1_agreement < 1.0 and result.max_abs_error > 1e-4
+    assert any(f.startswith("max abs score difference") for f in result.failures)
+
+
+def test_a_model_outside_the_serving_contract_is_refused():
+    data, source = _model()
+    model = onnx.load_from_string(source)
+    model.graph.output[1].name = "features"
+    with pytest.raises(BuildError, match="serving contract"):
+        fp32_dynamic(model.SerializeToString())
+
+
+def test_tensorrt_capability_is_reported_never_faked():
+    import torch
+
+    check = capability(load_profiles().get("tensorrt-int8-sm87-trt10.3"))
+    if torch.cuda.is_available():
+        assert check.gpu_arch.startswith("sm_")
+    else:
+        assert (check.available, check.reason) == (False, "unavailable: no CUDA device")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tensorrt_plan_matches_the_reference_on_this_gpu(precision, tmp_path):
+    import dataclasses
+
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    base = load_profiles().get(f"tensorrt-{precision}-sm87-trt10.3")
+    profile = dataclasses.replace(base, gpu_arch=f"sm_{major}{minor}", tensorrt_version=".".join(trt.__version__.split(".")[:2]))
+    assert capability(profile).available
+    data, source = _model()
+    calibration, _ = data.split("train")
+    plan = build_plan(fp32_dynamic(source), profile, data.input_size, calibration if precision == "int8" else None,
+                      tmp_path / "timing.cache")
+    assert (tmp_path / "timing.cache").stat().st_size > 0
+    held_out, _ = data.split("test")
+    result = verify(OnnxRunner(source), PlanRunner(plan), held_out, profile.tolerance, profile.batch_size)
+    assert result.passed, result.failures
+    assert np.isfinite(result.max_abs_error)

@@ -1,0 +1,108 @@
+"""`lineloop labels ...` and `lineloop datasets ...` as a person runs them, against a running service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+
+from lineloop.bus import Bus
+from lineloop.labeling import queue
+from lineloop.storage.objects import ObjectStore
+from lineloop.v1 import labeling_pb2 as pb
+
+
+async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    # A subprocess, awaited: the service under test runs on this same event loop.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lineloop.cli.main", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path):
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    truth = {}
+    frames = []
+    for i, cls in enumerate(["ok", "ok", "bruise", "rot", "scab", "ok", "rot", "bruise"]):
+        msg = helpers.frame_event(line, f"cam-{i % 2}", {"ok": 0.6, "bruise": 0.2, "rot": 0.1, "scab": 0.1})
+        objects.put_bytes("lineloop-sim", f"truth/{msg.frame_id}.json", json.dumps({
+            "frame_id": msg.frame_id, "line_id": line, "camera_id": msg.camera_id, "label": cls, "drift": False,
+        }).encode(), "application/json")
+        truth[msg.frame_id] = cls
+        frames.append(msg)
+    # No ground truth for this one; its id draws low, so the operator meets it last.
+    frames.append(helpers.frame_event(line, "cam-9", None, frame_id=next(
+        f for f in (f"nt-{line}-{k}" for k in range(1000)) if queue.uniform_draw(f) < 0.1)))
+    cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", cut_min_new_labels=6)
+    publisher = Bus(stack.kafka_bootstrap, source="lineloop/test-gateway")
+    await publisher.start()
+    try:
+        for msg in frames:
+            await publisher.publish(msg)
+    finally:
+        await publisher.stop()
+    async with helpers.running_labeling(cfg) as (service, stub):
+        await helpers.wait_known(stub, [m.frame_id for m in frames])
+        env = {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}"}
+
+        rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--max", "6", "--seed", "1", "--json")
+        assert rc == 0, err
+        assert json.loads(out) == {"submitted": 6, "wrong_on_purpose": 0, "no_truth": 0, "refused": 0, "refusals": {}}
+
+        async def versions():
+            return (await stub.ListDatasets(pb.ListDatasetsRequest(dataset=line))).versions
+        for _ in range(150):
+            if await versions():
+                break
+            await asyncio.sleep(0.2)
+        rc, out, err = await cli(env, "datasets", "show", line, "--json")
+        assert rc == 0, err
+        shown = json.loads(out)
+        assert (shown["version"], shown["frames"], shown["created_by"]) == ("v0001", 6, "labeling-policy")
+        manifest_classes = {k.split("/")[0] for k in shown["class_split_counts"]}
+        assert manifest_classes <= set(truth.values()) and sum(shown["class_counts"].values()) == 6
+
+        rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--error-rate", "1", "--json")
+        assert rc == 0, err
+        second = json.loads(out)
+        assert (second["submitted"], second["wrong_on_purpose"], second["no_truth"]) == (2, 2, 1)
+
+        rc, out, err = await cli(env, "datasets", "cut", "--line", line, "--reason", "after QA", "--json")
+        assert rc == 0, err
+        assert (json.loads(out)["version"], json.loads(out)["parent_version"]) == ("v0002", "v0001")
+        rc, out, err = await cli(env, "datasets", "diff", line, "v0001", "v0002", "--json")
+        assert rc == 0, err
+        diff = json.loads(out)
+        assert len(diff["added"]) == 2 and diff["removed"] == [] and diff["moved_split"] == []
+        rc, out, err = await cli(env, "datasets", "list", "--dataset", line, "--json")
+        assert [v["version"] for v in json.loads(out)] == ["v0001", "v0002"]
+        rc, out, _ = await cli(env, "datasets", "show", line)
+        assert rc == 0 and "v0002" in out and "train" in out
+        print(out)  # the sample in the closing note
+
+        wrong = diff["added"][0]
+        rc, out, err = await cli(env, "labels", "history", wrong, "--json")
+        history = json.loads(out)
+        assert rc == 0 and history["effective"]["label_class"] != truth[wrong]
+        assert history["effective"]["annotator"] == "sim-qa"
+
+        rc, out, err = await cli(env, "labels", "submit", wrong, "mould", "--annotator", "qa-lead")
+        assert rc == 1 and "INVALID_ARGUMENT" in err and "unknown class 'mould'" in err
+        rc, out, err = await cli(env, "labels", "submit", wrong, truth[wrong], "--annotator", "qa-lead", "--json")
+        assert rc == 0 and json.loads(out)["label"]["label_class"] == truth[wrong]
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"tasks": []}')
+        rc, out, err = await cli(env, "labels", "import-labelstudio", str(bad))
+        assert rc == 1 and "expected a JSON array of tasks" in err
+        rc, out, err = await cli(env, "labels", "next", "--annotator", "x", "--line", line, "--json")
+        assert rc == 0 and json.loads(out) == []  # the truthless frame is still leased to sim-qa
+
+    rc, out, err = await cli({**env, "LINELOOP_LABELING_GRPC": "127.0.0.1:1"}, "datasets", "list")
+    assert rc == 1 and "not reachable" in err
+

@@ -1,0 +1,90 @@
+"""The dataset-cut policy and cut claims on the real database (SQLite, PostgreSQL) and S3 store."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lineloop.bus import Bus, outbox
+from lineloop.labeling import labels, state
+from lineloop.labeling.datasets import CutBusy, Datasets
+from lineloop.labeling.settings import LabelingSettings
+from lineloop.storage.objects import ObjectStore
+from lineloop.v1.events_pb2 import DatasetVersioned
+
+
+def events(db) -> list[DatasetVersioned]:
+    with db.session() as s:
+        rows = s.execute(outbox.outbox.select().where(outbox.outbox.c.topic == "datasets.versioned.v1")
+                         .order_by(outbox.outbox.c.id)).all()
+    return [DatasetVersioned.FromString(r.value) for r in rows]
+
+
+async def label(db, frame_ids, cls="rot"):
+    async with db.write() as s:
+        for frame_id in frame_ids:
+            labels.submit(s, frame_id=frame_id, label_class=cls, annotator="alice", note="", lease_id="",
+                          classes=["ok", "bruise", "rot", "scab"], now=datetime.now(UTC),
+                          emit=lambda msg: outbox.add(s, msg, source="test"))
+
+
+async def test_policy_cuts_on_count_lower_count_under_drift_and_schedule(stack, labeling_db, ingest_into, helpers):
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    cfg = LabelingSettings(database_url="sqlite://", cut_min_new_labels=5, cut_min_new_labels_drift=3,
+                           auto_accept_threshold=1.1)
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    bus = Bus(stack.kafka_bootstrap, source="lineloop/labeling", db=labeling_db)  # outbox only; not started
+    policy = Datasets(cfg, labeling_db, bus, objects)
+    frames = [helpers.frame_event(line, "cam-1", {"ok": 0.5, "rot": 0.5}) for _ in range(12)]
+    for msg in frames:
+        await ingest_into(cfg, msg)
+
+    await label(labeling_db, [m.frame_id for m in frames[:4]])
+    assert await policy.apply_policy() == []                       # 4 < 5
+    await label(labeling_db, [frames[4].frame_id])
+    [v1] = await policy.apply_policy()                              # 5 >= 5
+    assert (v1.dataset, v1.version, v1.created_by) == (line, "v0001", "labeling-policy")
+    assert v1.reason == "policy: 5 new human labels >= 5"
+    assert await policy.apply_policy() == []                       # nothing new since v0001
+
+    await label(labeling_db, [m.frame_id for m in frames[5:8]])
+    assert await policy.apply_policy() == []                       # 3 < 5 without drift
+    now = datetime.now(UTC)
+    async with labeling_db.write() as s:
+        s.execute(state.drifts.insert().values(
+            drift_id=f"d-{line}", line_id=line, camera_id="", model_name="", model_version="",
+            since=now - timedelta(minutes=5), active_until=now + timedelta(minutes=5)))
+    [v2] = await policy.apply_policy()                              # 3 >= 3 while drift is active
+    assert (v2.version, v2.parent_version, v2.reason) == ("v0002", "v0001", "policy: 3 new human labels >= 3 (drift active)")
+
+    await label(labeling_db, [frames[8].frame_id])
+    assert await policy.apply_policy() == []
+    scheduled = Datasets(cfg.model_copy(update={"cut_schedule_s": 0.001}), labeling_db, bus, objects)
+    [v3] = await scheduled.apply_policy()
+    assert v3.version == "v0003" and v3.reason.startswith("schedule:")
+    assert [e.version for e in events(labeling_db)] == ["v0001", "v0002", "v0003"]
+    assert sum(v3.split_counts.values()) == 9
+    manifest = objects.get_bytes(v3.manifest.bucket, v3.manifest.key, expected_sha256=v3.manifest.sha256)
+    assert len(manifest.splitlines()) == 9
+
+
+async def test_a_dataset_is_cut_by_one_claimant_at_a_time(stack, labeling_db, ingest_into, helpers):
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    cfg = LabelingSettings(database_url="sqlite://", auto_accept_threshold=1.1)
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    datasets = Datasets(cfg, labeling_db, Bus(stack.kafka_bootstrap, source="lineloop/labeling", db=labeling_db), objects)
+    msg = helpers.frame_event(line, "cam-1", {"ok": 0.5, "rot": 0.5})
+    await ingest_into(cfg, msg)
+    await label(labeling_db, [msg.frame_id])
+    now = datetime.now(UTC)
+    async with labeling_db.write() as s:
+        assert state.claim_dataset(s, line, "other-replica", now, now + timedelta(minutes=1))
+    with pytest.raises(CutBusy):
+        await datasets.cut(line, line, requested_by="test", reason="")
+    assert events(labeling_db) == []
+    async with labeling_db.write() as s:
+        assert state.release_dataset(s, line, "other-replica")
+    version, new = await datasets.cut(line, line, requested_by="test", reason="")
+    assert new and version.version == "v0001" and len(events(labeling_db)) == 1

@@ -1,0 +1,35 @@
+"""The monitor service: watches what ingest and labeling report, detects drift, asks for retraining."""
+
+from __future__ import annotations
+
+from lineloop.monitor import state
+from lineloop.monitor.api import MonitorApi
+from lineloop.monitor.handlers_frames_ingested import make_handler
+from lineloop.monitor.handlers_frames_rejected import on_frame_rejected
+from lineloop.monitor.handlers_labels_created import on_label_created
+from lineloop.monitor.handlers_models_promoted import on_model_promoted
+from lineloop.monitor.settings import MonitorSettings
+from lineloop.runtime import Service
+from lineloop.v1 import events_pb2, monitor_pb2_grpc
+
+GROUP = "monitor"
+
+
+def build(settings: MonitorSettings) -> Service:
+    service = Service("monitor", settings)
+    service.migrate("lineloop.monitor", state.SCHEMA_VERSION, state.metadata)
+    bus = service.bus
+    bus.handler(events_pb2.FrameIngested, group=GROUP)(make_handler(settings))
+    bus.handler(events_pb2.FrameRejected, group=GROUP)(on_frame_rejected)
+    bus.handler(events_pb2.LabelCreated, group=GROUP)(on_label_created)
+    bus.handler(events_pb2.ModelPromoted, group=GROUP)(on_model_promoted)
+    service.add_grpc(monitor_pb2_grpc.add_MonitorServiceServicer_to_server, MonitorApi(service.db, settings))
+    return service
+
+
+def main() -> None:
+    build(MonitorSettings()).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Monitor settings (env prefix LINELOOP_MONITOR_)."""
+
+from __future__ import annotations
+
+from lineloop.runtime import ServiceSettings, service_config
+
+
+class MonitorSettings(ServiceSettings):
+    service_name = "monitor"
+    model_config = service_config("monitor")
+
+    grpc_port: int = 50056
+    metrics_port: int | None = 9106
+
+    # The reference window is the first frames a line sends after start-up or
+    # after a promotion; the current window is the newest frames.
+    reference_frames: int = 200
+    current_frames: int = 100
+    evaluate_every: int = 25
+    # Population stability index per quality statistic; > 0.25 is the usual "shifted" line.
+    psi_threshold: float = 0.25
+    # Live accuracy (human labels vs the prediction made at ingest) below this drifts.
+    min_live_accuracy: float = 0.8
+    min_labels_for_accuracy: int = 20
+    # After a drift is reported, a line stays "drifting" for this long and no
+    # second retraining is requested for it.
+    drift_cooldown_s: float = 600.0
+    request_training: bool = True
+    default_model_name: str = "apple-inspector"

@@ -1,0 +1,141 @@
+"""The monitor on the real broker: a dirty lens becomes drift.detected + training.requested."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+
+from lineloop.bus import Bus
+from lineloop.contracts.topics import event_type
+from lineloop.monitor.main import build
+from lineloop.monitor.settings import MonitorSettings
+from lineloop.runtime import StackSettings, error_info
+from lineloop.v1 import common_pb2, events_pb2, monitor_pb2, monitor_pb2_grpc
+
+FAST = {"kafka_session_timeout_ms": 6000, "kafka_heartbeat_interval_ms": 1000}
+
+
+def frame(line: str, i: int, rng: np.random.Generator, *, sharpness: float) -> events_pb2.FrameIngested:
+    msg = events_pb2.FrameIngested(frame_id=f"{line}-{i}", line_id=line, camera_id=f"cam-{i % 2}")
+    msg.ingested_at.GetCurrentTime()
+    q = msg.quality
+    q.brightness_mean, q.brightness_std, q.contrast = rng.normal(120, 5), rng.normal(40, 2), rng.normal(0.3, 0.02)
+    q.sharpness = rng.normal(sharpness, sharpness * 0.1)
+    q.mean_r, q.mean_g, q.mean_b = rng.normal(150, 5), rng.normal(90, 5), rng.normal(60, 5)
+    p = msg.prediction
+    p.status, p.model_name, p.model_version = common_pb2.PREDICTION_STATUS_OK, "apples", "3"
+    p.predicted_class = "ok"
+    p.scores["ok"], p.scores["rot"] = 0.9, 0.1
+    return msg
+
+
+@pytest.fixture
+async def monitor(stack, tmp_path):
+    settings = MonitorSettings(
+        grpc_port=0, metrics_port=None, database_url=f"sqlite:///{tmp_path / 'monitor.db'}",
+        reference_frames=100, current_frames=50, evaluate_every=10, min_labels_for_accuracy=5, **FAST,
+        stack=StackSettings(kafka_bootstrap=stack.kafka_bootstrap, s3_endpoint=stack.s3_endpoint,
+                            s3_access_key=stack.s3_access_key, s3_secret_key=stack.s3_secret_key, log_format="console"),
+    )
+    service = build(settings)
+    async with service.running():
+        yield service
+
+
+async def collect(stack, message_type, predicate, timeout=40.0) -> list:
+    """Events of `message_type` matching `predicate`, read by a throwaway consumer bus."""
+    found: list = []
+    reader = Bus(stack.kafka_bootstrap, source="test/reader", session_timeout_ms=6000, heartbeat_interval_ms=1000)
+
+    @reader.handler(message_type, group=f"reader-{uuid.uuid4()}")
+    async def keep(msg, ctx):
+        if predicate(msg):
+            found.append(msg)
+
+    await reader.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not found and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+    finally:
+        await reader.stop()
+    return found
+
+
+async def test_a_dirty_lens_is_reported_once_and_retraining_is_requested(stack, monitor):
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(1)
+    producer = Bus(stack.kafka_bootstrap, source="test/ingest")
+    await producer.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{monitor.grpc_port}")
+    stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+    alerts = stub.WatchAlerts(monitor_pb2.WatchAlertsRequest(line_id=line))
+    try:
+        for i in range(160):  # the reference window (100) and clean current windows
+            await producer.publish(frame(line, i, rng, sharpness=900.0))
+        for i in range(160, 240):  # the lens gets dirty: sharpness collapses
+            await producer.publish(frame(line, i, rng, sharpness=150.0))
+        alert = await asyncio.wait_for(alerts.read(), 60)
+    finally:
+        await producer.stop()
+
+    assert alert.line_id == line and alert.feature == "sharpness"
+    assert alert.kind == events_pb2.DRIFT_KIND_INPUT and alert.score > alert.threshold
+    drift = await collect(stack, events_pb2.DriftDetected, lambda m: m.line_id == line)
+    requests = await collect(stack, events_pb2.TrainingRequested, lambda m: m.dataset == line)
+    assert [d.drift_id for d in drift] == [alert.drift_id]  # the cooldown keeps it to one report
+    assert requests[0].model_name == "apples" and requests[0].reason == "drift:sharpness"
+
+    report = await stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(line_id=line))
+    by_feature = {f.feature: f for f in report.features}
+    assert by_feature["sharpness"].drifted and by_feature["sharpness"].current_mean < 300
+    assert not by_feature["brightness_mean"].drifted
+    health = await stub.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=line))
+    assert health.drift_active and health.frames_ingested == 240
+    assert health.versions[0].model_version == "3" and health.versions[0].class_mix["ok"] == 1.0
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id="no-such-line"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_info(err.value).reason == "UNKNOWN_LINE"
+    alerts.cancel()
+    await channel.close()
+
+
+async def test_human_labels_give_live_accuracy_per_version(stack, monitor):
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(2)
+    producer = Bus(stack.kafka_bootstrap, source="test/producer")
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.publish(frame(line, i, rng, sharpness=900.0))
+        for i in range(10):  # the model said "ok" everywhere; humans say 4 are rotten
+            label = "rot" if i < 4 else "ok"
+            source = events_pb2.LABEL_SOURCE_HUMAN
+            await producer.publish(events_pb2.LabelCreated(frame_id=f"{line}-{i}", line_id=line, label_class=label, source=source))
+        await producer.publish(events_pb2.LabelCreated(frame_id=f"{line}-5", line_id=line, label_class="rot",
+                                                       source=events_pb2.LABEL_SOURCE_MODEL))  # not ground truth
+    finally:
+        await producer.stop()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{monitor.grpc_port}") as channel:
+        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        for _ in range(100):
+            try:
+                health = await stub.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=line))
+                if health.versions and health.versions[0].frames_labelled == 10:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.3)
+    assert health.versions[0].frames_labelled == 10
+    assert health.versions[0].live_accuracy == pytest.approx(0.6)
+
+
+def test_topics_the_monitor_reads_and_writes_exist_in_the_contract():
+    for msg in (events_pb2.FrameIngested, events_pb2.FrameRejected, events_pb2.LabelCreated,
+                events_pb2.ModelPromoted, events_pb2.DriftDetected, events_pb2.TrainingRequested):
+        assert event_type(msg).topic.endswith(".v1")

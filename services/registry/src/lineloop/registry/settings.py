@@ -1,0 +1,40 @@
+"""Registry settings: environment `LINELOOP_REGISTRY_*`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from lineloop.runtime import ServiceSettings, service_config
+
+
+class RegistrySettings(ServiceSettings):
+    service_name: ClassVar[str] = "registry"
+    model_config = service_config("registry")
+
+    grpc_port: int = 50054
+    # Kafka consumer group of every handler; replicas of one deployment share it.
+    consumer_group: str = "registry"
+    metrics_port: int | None = 9104
+    # Policy: a passing candidate becomes the canary, the canary production after
+    # `canary_min_frames` served frames; with no production yet, a candidate that
+    # meets the floors becomes production directly.
+    auto_promote: bool = True
+    canary_share: float = 0.1
+    canary_min_frames: int = 200
+    # Gate tolerances (absolute, in metric units): how far a candidate may fall behind production.
+    tolerance_accuracy: float = 0.0
+    tolerance_ok_false_positive_rate: float = 0.0
+    tolerance_recall: float = 0.05
+    # Bootstrap floors, for the first production version.
+    floor_accuracy: float = 0.8
+    floor_ok_false_positive_rate: float = 0.1
+    # A promotion that has not finished deploying after this long is taken to have crashed.
+    promotion_lease_s: float = 300.0
+    poll_interval_s: float = 1.0
+    eval_threads: int = 0  # 0: every core
+    cache_dir: Path | None = None
+
+    @property
+    def frame_cache_dir(self) -> Path:
+        return self.cache_dir or (self.stack.state_dir / "registry" / "frame-cache")

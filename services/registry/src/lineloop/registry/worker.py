@@ -1,0 +1,140 @@
+"""The registry's background work, driven by its state (so a restart resumes it):
+gate candidates that are waiting, then apply the `auto_promote` policy."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics as otel_metrics
+from sqlalchemy import select, update
+
+from lineloop.registry import state
+from lineloop.registry.gate import Evaluator, GateError, decide
+from lineloop.registry.settings import RegistrySettings
+from lineloop.registry.stages import RegistryError, Stages
+from lineloop.runtime import Service
+from lineloop.v1.events_pb2 import GateDecision, ModelRegistered
+
+log = logging.getLogger(__name__)
+_meter = otel_metrics.get_meter("lineloop.registry")
+gate_decisions = _meter.create_counter("lineloop_registry_gate_decisions_total", description="Gate outcomes")
+AUTO = "registry:auto_promote"
+
+
+class RegistryWorker:
+    def __init__(self, service: Service, settings: RegistrySettings, stages: Stages) -> None:
+        self.service = service
+        self.settings = settings
+        self.stages = stages
+        self.evaluator = Evaluator(service.objects, settings)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="registry-worker")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self.gate_pending()
+                if self.settings.auto_promote:
+                    await self.apply_policy()
+            except Exception:
+                log.exception("registry worker pass failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            except TimeoutError:
+                pass
+
+    async def gate_pending(self) -> None:
+        with self.service.db.session() as s:
+            pending = [dict(r) for r in s.execute(select(state.versions).where(state.versions.c.gate_state == "pending")
+                                                  .order_by(state.versions.c.number)).mappings()]
+        for row in pending:
+            if self._stopping:
+                return
+            await self._gate(row)
+
+    async def _gate(self, row: dict) -> None:
+        model_name, version = row["model_name"], row["version"]
+        with self.service.db.session() as s:
+            prod = state.get_version_row(s, model_name, "production")
+        try:
+            test = await self.evaluator.test_split(row["dataset"], row["dataset_version"], row["dataset_sha256"])
+            onnx = state.onnx_ref(row)
+            candidate = await self.evaluator.evaluate(onnx.bucket, onnx.key, onnx.sha256, row["classes"], row["input_size"], test)
+            baseline = None
+            if prod is not None:
+                ref = state.onnx_ref(prod)
+                baseline = await self.evaluator.evaluate(ref.bucket, ref.key, ref.sha256, prod["classes"], prod["input_size"], test)
+            decision = decide(candidate, baseline, self.settings, baseline_version=prod["version"] if prod else "",
+                              dataset_version=f"{row['dataset']}/{row['dataset_version']}")
+        except GateError as err:
+            decision = GateDecision(passed=False, reason=f"gate could not run: {err}",
+                                    dataset_version=f"{row['dataset']}/{row['dataset_version']}")
+        stage = "candidate" if decision.passed else "rejected"
+        async with self.service.db.write() as s:
+            moved = s.execute(update(state.versions).where(
+                state.versions.c.model_name == model_name, state.versions.c.version == version,
+                state.versions.c.gate_state == "pending",
+            ).values(gate_state="decided", gate=decision.SerializeToString(), stage=stage)).rowcount
+            if not moved:
+                return  # another replica decided it first
+            if not decision.passed:
+                state.add_transition(s, model_name, version, "candidate", "rejected", "registry:gate", decision.reason,
+                                     decision.candidate)
+            registered_at = Timestamp()
+            registered_at.GetCurrentTime()
+            self.service.bus.add_to_outbox(s, ModelRegistered(
+                model_name=model_name, version=version, run_id=row["run_id"], dataset=row["dataset"],
+                dataset_version=row["dataset_version"], parent_version=row["parent_version"],
+                stage=state.STAGE_OF[stage], gate=decision, onnx=state.onnx_ref(row), classes=row["classes"],
+                input_size=row["input_size"], registered_at=registered_at))
+        self.service.bus.relay.wake()
+        gate_decisions.add(1, {"passed": str(decision.passed).lower()})
+        log.info("gate for %s v%s: %s", model_name, version, decision.reason)
+
+    async def apply_policy(self) -> None:
+        with self.service.db.session() as s:
+            fresh = [dict(r) for r in s.execute(select(state.versions).where(
+                state.versions.c.gate_state == "decided", state.versions.c.stage == "candidate",
+                state.versions.c.auto_policy_done == 0).order_by(state.versions.c.number)).mappings()]
+            canaries = [dict(r) for r in s.execute(select(state.versions).where(
+                state.versions.c.stage == "staging",
+                state.versions.c.frames_served >= self.settings.canary_min_frames)).mappings()]
+        for row in fresh:
+            with self.service.db.session() as s:
+                has_prod = state.get_version_row(s, row["model_name"], "production") is not None
+            if has_prod:
+                await self._auto(row, "staging", "passed the gate: canary at the configured share")
+            else:
+                await self._auto(row, "production", "bootstrap: first version to meet the floors")
+        for row in canaries:
+            await self._auto(row, "production", f"canary served {row['frames_served']} frames "
+                                                f"(policy: {self.settings.canary_min_frames})")
+
+    async def _auto(self, row: dict, to: str, reason: str) -> None:
+        try:
+            await self.stages.change(row["model_name"], row["version"], to, actor=AUTO, reason=reason)
+        except RegistryError as err:
+            if err.reason in ("CONCURRENT_PROMOTION", "DEPLOYMENT_FAILED", "PROMOTION_LEASE_LOST", "STAGE_CHANGED"):
+                log.warning("auto-promotion of %s v%s to %s postponed: %s", row["model_name"], row["version"], to, err.message)
+                return  # retried on the next pass
+            log.warning("auto-promotion of %s v%s to %s refused: %s", row["model_name"], row["version"], to, err.message)
+        async with self.service.db.write() as s:
+            s.execute(update(state.versions).where(state.versions.c.model_name == row["model_name"],
+                                                   state.versions.c.version == row["version"])
+                      .values(auto_policy_done=1))

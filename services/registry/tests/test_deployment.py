@@ -1,0 +1,204 @@
+"""Registry -> Triton and edge fleets on the real stack, with real compiler builds.
+
+Promotion loads the verified triton-onnx build into Triton as a numbered version, waits for
+readiness and a smoke inference, and only then publishes; the previous production version
+answers throughout; a rollback serves the previous version again; production rolls out a
+signed edge build per fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+
+from lineloop.bus import Bus
+from lineloop.compiler.builds import BuildEnvironment, run_build
+from lineloop.compiler.profiles import load_profiles
+from lineloop.compiler.signing import DEV_PUBLIC_KEY, load_signer
+from lineloop.compiler.testing import demo_data, register_event, train_demo_model, upload_dataset
+from lineloop.compiler.verify import OnnxRunner
+from lineloop.edge import Fleet, load_trusted_keys, verify_manifest
+from lineloop.model.export import export_onnx
+from lineloop.registry import handlers_models_compiled, state
+from lineloop.registry.deployment import DeploymentSettings, TritonDeployer
+from lineloop.registry.settings import RegistrySettings
+from lineloop.registry.stages import RegistryError, Stages
+from lineloop.runtime import Service, StackSettings
+from lineloop.serving import ServingError, TritonControl
+from lineloop.storage.sql import utcnow
+from lineloop.v1.events_pb2 import BUILD_STATUS_OK, EdgeRollout, GateDecision, ModelPromoted
+
+FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+@functools.cache
+def _models():
+    data = demo_data(frames=300)
+    return data, [export_onnx(train_demo_model(data, epochs=e, seed=s)) for e, s in ((10, 0), (6, 7))]
+
+
+def _registry(stack, tmp_path, fleets) -> tuple[Service, Stages]:
+    settings = RegistrySettings(
+        grpc_port=0, metrics_port=None, database_url=f"sqlite:///{tmp_path / 'registry.db'}", auto_promote=False,
+        kafka_session_timeout_ms=FAST["session_timeout_ms"], kafka_heartbeat_interval_ms=FAST["heartbeat_interval_ms"],
+        stack=StackSettings(
+            kafka_bootstrap=stack.kafka_bootstrap, s3_endpoint=stack.s3_endpoint, s3_access_key=stack.s3_access_key,
+            s3_secret_key=stack.s3_secret_key, triton_grpc=stack.triton_grpc, triton_http=stack.triton_http,
+            state_dir=tmp_path, log_format="console",
+        ),
+    )
+    service = Service("registry", settings)
+    service.migrate("registry", state.SCHEMA_VERSION, state.metadata)
+    service.migrate(handlers_models_compiled.SCHEMA_COMPONENT, handlers_models_compiled.SCHEMA_VERSION,
+                    handlers_models_compiled.metadata)
+    handlers_models_compiled.subscribe(service.bus)
+    deployer = TritonDeployer(service, DeploymentSettings(triton_repository=stack.triton_repository), fleets=fleets)
+    return service, Stages(service, settings, deployer)
+
+
+def _add_version(service: Service, event, number: int) -> None:
+    with service.db.transaction() as s:
+        state.ensure_model(s, event.model_name)
+        s.execute(state.versions.insert().values(
+            model_name=event.model_name, version=str(number), number=number, run_id=f"run-{number}",
+            dataset=event.dataset, dataset_version=event.dataset_version, dataset_sha256="0" * 64, parent_version="",
+            code_version="test", stage="candidate", gate_state="decided",
+            gate=GateDecision(passed=True, reason="test").SerializeToString(), classes=list(event.classes),
+            input_size=event.input_size, onnx=event.onnx.SerializeToString(), trained=b"", registered_at=utcnow(),
+        ))
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+class Prober(threading.Thread):
+    """Infers on one Triton model version in a loop; every failure is kept."""
+
+    def __init__(self, address: str, model: str, version: int, images: np.ndarray) -> None:
+        super().__init__(daemon=True)
+        self.triton = TritonControl(address)
+        self.model, self.version, self.images = model, version, images
+        self.answered, self.failures = 0, []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.triton.infer(self.model, self.images, self.version)
+                self.answered += 1
+            except ServingError as err:
+                self.failures.append(str(err))
+            time.sleep(0.01)
+        self.triton.close()
+
+
+async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(stack, tmp_path):
+    uid = uuid.uuid4().hex[:8]
+    model_name, dataset = f"apples-{uid}", f"line-{uid}"
+    fleet = Fleet(name=f"fleet-{uid}", target="onnxruntime-cpu-int8", pilot_gateways=("gw-1",))
+    data, (onnx_a, onnx_b) = _models()
+    service, stages = _registry(stack, tmp_path, [fleet])
+    objects = service.objects
+    upload_dataset(objects, data, dataset, "v0001")
+    env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=60)
+    profiles = load_profiles()
+    events = {}
+    for number, onnx_bytes in ((1, onnx_a), (2, onnx_b), (3, onnx_b)):
+        events[number] = register_event(objects, onnx_bytes, model_name=model_name, version=str(number),
+                                        dataset=dataset, dataset_version="v0001", input_size=data.input_size)
+
+    seen: asyncio.Queue = asyncio.Queue()
+    observer = Bus(stack.kafka_bootstrap, source="test/observer", **FAST)
+    for kind in (ModelPromoted, EdgeRollout):
+        @observer.handler(kind, group=f"observer-{kind.__name__}-{uid}")
+        async def on_event(msg, ctx) -> None:
+            if msg.model_name == model_name:
+                await seen.put(msg)
+
+    await observer.start()
+    try:
+        async with service.running():
+            for number in (1, 2, 3):
+                _add_version(service, events[number], number)
+            # Versions 1 and 2 are built by the real compiler code; version 3 never is.
+            for number in (1, 2):
+                for target in ("triton-onnx", "onnxruntime-cpu-int8"):
+                    build = await asyncio.to_thread(run_build, env, events[number], profiles.get(target), f"b-{uid}-{number}-{target}")
+                    assert build.status == BUILD_STATUS_OK, build.reason
+                    await observer.publish(build)
+            async with asyncio.timeout(60):
+                while True:
+                    with service.db.session() as s:
+                        if handlers_models_compiled.ok_build(s, model_name, "2", "onnxruntime-cpu-int8"):
+                            break
+                    await asyncio.sleep(0.2)
+
+            images = data.split("test")[0][:4]
+            await stages.change(model_name, "1", "production", actor="qa", reason="first")
+            promoted = await asyncio.wait_for(seen.get(), 30)
+            assert isinstance(promoted, ModelPromoted) and promoted.version == "1"
+            (line,) = promoted.deployments
+            assert (line.line_id, line.triton_model, line.production_version) == (dataset, model_name, "1")
+            first_rollout = await asyncio.wait_for(seen.get(), 30)
+            assert isinstance(first_rollout, EdgeRollout) and first_rollout.version == "1"
+
+            with TritonControl(stack.triton_grpc) as triton:
+                served = triton.infer(model_name, images, 1).probabilities
+                np.testing.assert_allclose(served, OnnxRunner(onnx_a)(images), atol=1e-5)
+
+            prober = Prober(stack.triton_grpc, model_name, 1, images)
+            prober.start()
+            try:
+                await stages.change(model_name, "2", "production", actor="qa", reason="better")
+                before = prober.answered
+                await asyncio.sleep(0.3)
+            finally:
+                prober.stop.set()
+                prober.join(10)
+            assert prober.failures == [] and before > 0 and prober.answered > before
+            promoted = await asyncio.wait_for(seen.get(), 30)
+            assert (promoted.version, promoted.deployments[0].production_version) == ("2", "2")
+            with TritonControl(stack.triton_grpc) as triton:
+                assert triton.ready_versions(model_name) == [1, 2]  # 1 serves until ingest has switched
+                np.testing.assert_allclose(triton.infer(model_name, images, 2).probabilities,
+                                           OnnxRunner(onnx_b)(images), atol=1e-5)
+
+            rollout = await asyncio.wait_for(seen.get(), 30)
+            assert isinstance(rollout, EdgeRollout)
+            assert (rollout.fleet, rollout.version, rollout.target) == (fleet.name, "2", "onnxruntime-cpu-int8")
+            assert [(s.name, list(s.gateway_ids)) for s in rollout.stages] == [("pilot", ["gw-1"]), ("all", [])]
+            manifest_bytes = await asyncio.to_thread(_fetch, rollout.manifest_url)
+            manifest = verify_manifest(manifest_bytes, rollout.signature, rollout.key_id,
+                                       load_trusted_keys([tmp_path / DEV_PUBLIC_KEY]), rollout.manifest_sha256)
+            assert [a.sha256 for a in manifest.artifacts] == [a.sha256 for a in rollout.artifacts]
+
+            rolled = await stages.rollback(model_name, actor="qa", reason="complaints")
+            assert rolled.version == "1"
+            promoted = await asyncio.wait_for(seen.get(), 30)
+            assert (promoted.version, promoted.deployments[0].production_version) == ("1", "1")
+            rollback_rollout = await asyncio.wait_for(seen.get(), 30)
+            assert (rollback_rollout.version, rollback_rollout.fleet) == ("1", fleet.name)
+            with TritonControl(stack.triton_grpc) as triton:
+                np.testing.assert_allclose(triton.infer(model_name, images, 1).probabilities,
+                                           OnnxRunner(onnx_a)(images), atol=1e-5)
+
+            # No verified build: the change is refused and nothing moves.
+            with pytest.raises(RegistryError) as refused:
+                await stages.change(model_name, "3", "production", actor="qa", reason="unbuilt")
+            assert refused.value.reason == "DEPLOYMENT_FAILED" and "no verified triton-onnx build" in refused.value.message
+            with service.db.session() as s:
+                assert state.get_version_row(s, model_name, "production")["version"] == "1"
+            with TritonControl(stack.triton_grpc) as triton:
+                assert 3 not in triton.ready_versions(model_name)
+                triton.unload(model_name)
+    finally:
+        await observer.stop()

@@ -1,0 +1,291 @@
+"""Registry on the real stack: gate, bootstrap, stages with history, rollback, canary policy, bad input.
+
+Candidates are crafted, not trained: an InspectionNet whose head always answers
+one class has exactly known metrics on a test split, so every gate number below
+is computed by hand, and the registry's own onnxruntime evaluation must match it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+
+import grpc
+import pytest
+import torch
+
+from lineloop.bus import Bus
+from lineloop.model.export import export_onnx
+from lineloop.model.net import InspectionNet, ModelSpec, checkpoint
+from lineloop.model.synthetic import write_dataset
+from lineloop.registry.main import build
+from lineloop.registry.settings import RegistrySettings
+from lineloop.runtime import StackSettings, error_info
+from lineloop.storage.objects import ObjectStore
+from lineloop.v1 import registry_pb2 as pb
+from lineloop.v1.common_pb2 import Stage
+from lineloop.v1.events_pb2 import FrameIngested, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
+from lineloop.v1.common_pb2 import Prediction, PredictionStatus
+from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
+
+CLASSES = ["bruise", "ok", "rot", "scab"]
+# test split per class (see write_dataset's 0.6/0.2/0.2 split): ok 3, bruise/rot/scab 1 each
+PER_CLASS = {"ok": 15, "bruise": 5, "rot": 5, "scab": 5}
+
+
+def stack_settings(stack) -> StackSettings:
+    return StackSettings(kafka_bootstrap=stack.kafka_bootstrap, s3_endpoint=stack.s3_endpoint,
+                         s3_access_key=stack.s3_access_key, s3_secret_key=stack.s3_secret_key,
+                         state_dir=stack.state_dir, log_format="console")
+
+
+def registry_settings(stack, tmp_path, **overrides) -> RegistrySettings:
+    return RegistrySettings(**{
+        "database_url": f"sqlite:///{tmp_path / 'registry.db'}", "grpc_port": 0, "metrics_port": None,
+        "consumer_group": f"registry-test-{uuid.uuid4().hex[:8]}", "kafka_session_timeout_ms": 6000,
+        "kafka_heartbeat_interval_ms": 1000, "poll_interval_s": 0.2, "cache_dir": tmp_path / "cache",
+        "floor_accuracy": 0.4, "floor_ok_false_positive_rate": 0.1, "canary_min_frames": 3,
+        "stack": stack_settings(stack), **overrides})
+
+
+def constant_model(answer: str) -> InspectionNet:
+    """A net that answers `answer` for every image (zero head weights, one large bias)."""
+    model = InspectionNet(ModelSpec(classes=tuple(CLASSES), width=4, input_size=32)).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(-5.0)
+        model.head.bias[CLASSES.index(answer)] = 5.0
+    return model
+
+
+def trained_event(store: ObjectStore, model_name: str, dataset_event, answer: str) -> ModelTrained:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    model = constant_model(answer)
+    prefix = f"{model_name}/{run_id}/"
+    buf = io.BytesIO()
+    torch.save(checkpoint(model), buf)
+    weights = store.put_bytes("lineloop-models", prefix + "weights.pt", buf.getvalue(), "application/octet-stream")
+    onnx = store.put_bytes("lineloop-models", prefix + "model.onnx", export_onnx(model), "application/onnx")
+    return ModelTrained(model_name=model_name, run_id=run_id, dataset=dataset_event.dataset,
+                        dataset_version=dataset_event.version, dataset_sha256=dataset_event.manifest.sha256,
+                        code_version="test", artifact_prefix=f"lineloop-models/{prefix}", weights=weights.to_proto(),
+                        onnx=onnx.to_proto(), classes=CLASSES, input_size=32)
+
+
+class SlowDeployer:
+    """Records calls; takes a while, like loading a model into Triton."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.calls: list[tuple[str, int, float]] = []
+
+    async def on_stage_change(self, version, stage, canary_share):
+        self.calls.append((version.version, stage, canary_share))
+        await asyncio.sleep(self.delay_s)
+        return [LineDeployment(line_id="line-test", triton_model=version.model_name,
+                               production_version=version.version if stage == Stage.STAGE_PRODUCTION else "",
+                               canary_version=version.version if stage == Stage.STAGE_STAGING else "",
+                               canary_share=canary_share)]
+
+
+@pytest.fixture
+def store(stack) -> ObjectStore:
+    return ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+
+
+async def until(fetch, check, timeout_s: float = 60.0, what: str = "condition"):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            value = await fetch()
+        except grpc.aio.AioRpcError as err:  # not there yet
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            value = err
+        if not isinstance(value, grpc.aio.AioRpcError) and check(value):
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last value: {value}")
+        await asyncio.sleep(0.2)
+
+
+class Events:
+    """A test-side consumer of what the registry publishes, on its own group."""
+
+    def __init__(self, stack, model_name: str) -> None:
+        self.model_name = model_name
+        self.registered: list[ModelRegistered] = []
+        self.promoted: list[ModelPromoted] = []
+        self.bus = Bus(stack.kafka_bootstrap, source="test/registry", session_timeout_ms=6000, heartbeat_interval_ms=1000)
+        group = f"test-{uuid.uuid4().hex[:8]}"
+
+        async def on_registered(msg, ctx):
+            if msg.model_name == model_name:
+                self.registered.append(msg)
+
+        async def on_promoted(msg, ctx):
+            if msg.model_name == model_name:
+                self.promoted.append(msg)
+
+        self.bus.handler(ModelRegistered, group=group)(on_registered)
+        self.bus.handler(ModelPromoted, group=group)(on_promoted)
+
+
+async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, store, tmp_path):
+    model = f"apples-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=3)
+    deployer = SlowDeployer()
+    service = build(registry_settings(stack, tmp_path), deployer=deployer)
+    events = Events(stack, model)
+    await events.bus.start()
+    try:
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def version(v):
+                return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
+
+            # 1. Bootstrap: always-"ok" scores 3/6 = 0.5 >= floor 0.4, ok FPR 0 <= 0.1 -> production.
+            await events.bus.publish(trained_event(store, model, ds.event, "ok"))
+            v1 = await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 in production")
+            assert v1.gate.passed and v1.gate.baseline_version == ""
+            assert v1.gate.candidate.accuracy == pytest.approx(0.5)
+            assert v1.gate.candidate.ok_false_positive_rate == 0.0
+            assert v1.dataset == model and v1.dataset_version == "v0001" and v1.run_id.startswith("run-")
+            assert "production" in v1.aliases and "latest" in v1.aliases
+            assert [(h.from_stage, h.to_stage, h.actor) for h in v1.history] == [
+                (Stage.STAGE_UNSPECIFIED, Stage.STAGE_CANDIDATE, "registry"),
+                (Stage.STAGE_CANDIDATE, Stage.STAGE_PRODUCTION, "registry:auto_promote")]
+            assert v1.history[1].metrics.accuracy == pytest.approx(0.5)
+
+            # 2. A worse candidate: always-"rot" is 1/6 accurate and rejects every ok frame.
+            await events.bus.publish(trained_event(store, model, ds.event, "rot"))
+            v2 = await until(lambda: version("2"), lambda v: v.gate.reason != "", what="v2 gated")
+            assert v2.stage == Stage.STAGE_REJECTED and not v2.gate.passed
+            assert v2.gate.baseline_version == "1"
+            checks = {c.name: c for c in v2.gate.checks}
+            assert checks["accuracy"].candidate == pytest.approx(1 / 6) and checks["accuracy"].baseline == pytest.approx(0.5)
+            assert not checks["accuracy"].passed
+            assert checks["ok_false_positive_rate"].candidate == 1.0 and checks["ok_false_positive_rate"].baseline == 0.0
+            assert not checks["recall:ok"].passed and checks["recall:rot"].passed
+            assert "accuracy 0.1667 vs production 0.5000" in v2.gate.reason
+            assert v2.history[-1].to_stage == Stage.STAGE_REJECTED and v2.history[-1].actor == "registry:gate"
+
+            # Promoting the rejected version is refused with the gate's reason.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await api.Promote(pb.PromoteRequest(model_name=model, version="2", to_stage=Stage.STAGE_PRODUCTION,
+                                                    actor="qa@plant", reason="try"))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_info(err.value).reason == "VERSION_FAILED_GATE" and "accuracy" in err.value.details()
+
+            # 3. An equal candidate passes and becomes the canary; served frames make it production.
+            await events.bus.publish(trained_event(store, model, ds.event, "ok"))
+            v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
+            assert v3.canary_share == pytest.approx(0.1) and "canary" in v3.aliases
+            assert v3.gate.passed and v3.gate.baseline_version == "1"
+            for _ in range(3):
+                await events.bus.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
+                    status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version="3", canary=True)))
+            v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v3 production")
+            v1 = await version("1")
+            assert v1.stage == Stage.STAGE_ARCHIVED and v1.history[-1].reason == "replaced by v3"
+
+            # 4. Rollback restores v1; the history of both says who, why and with which numbers.
+            rolled = await api.Rollback(pb.RollbackRequest(model_name=model, actor="qa@plant", reason="bad apples on line 2"))
+            assert rolled.version == "1" and rolled.stage == Stage.STAGE_PRODUCTION
+            last = rolled.history[-1]
+            assert (last.from_stage, last.to_stage, last.actor) == (Stage.STAGE_ARCHIVED, Stage.STAGE_PRODUCTION, "qa@plant")
+            assert last.reason == "rollback from v3: bad apples on line 2" and last.metrics.accuracy == pytest.approx(0.5)
+            assert last.at.seconds > 0
+            v3 = await version("3")
+            assert [h.to_stage for h in v3.history] == [
+                Stage.STAGE_CANDIDATE, Stage.STAGE_STAGING, Stage.STAGE_PRODUCTION, Stage.STAGE_ARCHIVED]
+            assert (await version("production")).version == "1"
+
+            # Every change went through the deployer, and was published with the serving picture and classes.
+            assert [(v, s) for v, s, _ in deployer.calls] == [
+                ("1", Stage.STAGE_PRODUCTION), ("3", Stage.STAGE_STAGING), ("3", Stage.STAGE_PRODUCTION),
+                ("1", Stage.STAGE_PRODUCTION)]
+            promoted = await until(lambda: asyncio.sleep(0, events.promoted), lambda p: len(p) >= 4, what="4 promotions")
+            assert [(p.version, p.stage) for p in promoted] == [(v, s) for v, s, _ in deployer.calls]
+            assert promoted[1].deployments[0].canary_version == "3" and promoted[1].deployments[0].canary_share == pytest.approx(0.1)
+            assert list(promoted[-1].classes) == CLASSES and promoted[-1].actor == "qa@plant"
+            registered = await until(lambda: asyncio.sleep(0, events.registered), lambda r: len(r) >= 3, what="3 registrations")
+            assert [(r.version, r.gate.passed, r.stage) for r in registered] == [
+                ("1", True, Stage.STAGE_CANDIDATE), ("2", False, Stage.STAGE_REJECTED), ("3", True, Stage.STAGE_CANDIDATE)]
+            assert registered[1].gate.candidate.accuracy == pytest.approx(1 / 6)
+    finally:
+        await events.bus.stop()
+
+
+async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, store, tmp_path):
+    model = f"pears-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=4)
+    deployer = SlowDeployer(delay_s=1.0)
+    service = build(registry_settings(stack, tmp_path, auto_promote=False), deployer=deployer)
+    publisher = Bus(stack.kafka_bootstrap, source="test/registry")
+    await publisher.start()
+    try:
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def version(v):
+                return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
+
+            async def expect(call, code, reason):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == code, err.value.details()
+                assert error_info(err.value).reason == reason
+                return err.value.details()
+
+            await expect(api.Promote(pb.PromoteRequest(model_name=model, version="9", to_stage=Stage.STAGE_PRODUCTION,
+                                                       actor="qa")), grpc.StatusCode.NOT_FOUND, "UNKNOWN_VERSION")
+            await expect(api.Rollback(pb.RollbackRequest(model_name=model, actor="qa")),
+                         grpc.StatusCode.FAILED_PRECONDITION, "NO_PRODUCTION")
+            await expect(api.GetVersion(pb.GetVersionRequest(model_name=model, version="production")),
+                         grpc.StatusCode.NOT_FOUND, "UNKNOWN_VERSION")
+
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            for v in ("1", "2"):
+                await until(lambda v=v: version(v), lambda r: r.gate.reason != "", what=f"v{v} gated")
+            # auto_promote is off: both wait as candidates.
+            assert (await version("1")).stage == Stage.STAGE_CANDIDATE
+            await expect(api.Promote(pb.PromoteRequest(model_name=model, version="1", to_stage=Stage.STAGE_PRODUCTION)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD")
+            await expect(api.SetCanary(pb.SetCanaryRequest(model_name=model, version="1", share=1.5, actor="qa")),
+                         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SHARE")
+
+            # Two concurrent promotions of one model: one wins, the other is ABORTED, state is whole.
+            first = asyncio.ensure_future(api.Promote(pb.PromoteRequest(
+                model_name=model, version="1", to_stage=Stage.STAGE_PRODUCTION, actor="alice", reason="first")))
+            await asyncio.sleep(0.3)  # alice's change is deploying
+            details = await expect(api.Promote(pb.PromoteRequest(
+                model_name=model, version="2", to_stage=Stage.STAGE_PRODUCTION, actor="bob", reason="second")),
+                grpc.StatusCode.ABORTED, "CONCURRENT_PROMOTION")
+            assert "in progress" in details
+            assert (await first).stage == Stage.STAGE_PRODUCTION
+            assert (await version("2")).stage == Stage.STAGE_CANDIDATE
+            assert [h.actor for h in (await version("2")).history] == ["registry"]
+
+            await expect(api.Promote(pb.PromoteRequest(model_name=model, version="1", to_stage=Stage.STAGE_PRODUCTION,
+                                                       actor="qa")), grpc.StatusCode.FAILED_PRECONDITION,
+                         "INVALID_TRANSITION")
+            await expect(api.Rollback(pb.RollbackRequest(model_name=model, actor="qa")),
+                         grpc.StatusCode.FAILED_PRECONDITION, "NO_PREVIOUS_PRODUCTION")
+
+            # A deployer failure leaves every stage as it was.
+            async def broken(version, stage, share):
+                raise RuntimeError("triton refused to load")
+            deployer.on_stage_change = broken
+            details = await expect(api.SetCanary(pb.SetCanaryRequest(model_name=model, version="2", share=0.25, actor="qa")),
+                                   grpc.StatusCode.UNAVAILABLE, "DEPLOYMENT_FAILED")
+            assert "triton refused to load" in details
+            assert (await version("2")).stage == Stage.STAGE_CANDIDATE
+            listed = await api.ListVersions(pb.ListVersionsRequest(model_name=model))
+            assert [(v.version, v.stage) for v in listed.versions] == [
+                ("2", Stage.STAGE_CANDIDATE), ("1", Stage.STAGE_PRODUCTION)]
+    finally:
+        await publisher.stop()

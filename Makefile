@@ -1,6 +1,6 @@
 # lineloop front door. `make demo` runs the loop; `make test` installs and tests.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
@@ -19,6 +19,7 @@ install: $(STAMP)
 # Editable installs of src/ layouts are plain .pth path entries, so the
 # `lineloop` namespace spans every package without import hooks.
 $(STAMP): $(CONSTRAINTS) tests/requirements.txt $(addsuffix /pyproject.toml,$(PACKAGES))
+	bash deploy/local/system-deps.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade -c $(CONSTRAINTS) pip setuptools wheel
 	$(PIP) install -q -c $(CONSTRAINTS) torch
@@ -58,8 +59,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=. -m "not slow"
 
+# Benchmarks are scripts, not tests: each prints its figures and ratios.
 bench: $(STAMP)
-	$(BIN)/python -m lineloop.cli.main bench
+	@set -e; for b in services/*/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

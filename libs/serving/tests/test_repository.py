@@ -1,11 +1,23 @@
 """Repository entries: contract checks on the model file, config.pbtxt per flavour."""
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from lineloop.serving import ContractError, Flavour, ServingOptions, Signature, onnx_signature, write_model_version
+from lineloop.serving import (
+    ContractError,
+    Flavour,
+    LocalRepository,
+    S3Repository,
+    ServingOptions,
+    Signature,
+    onnx_signature,
+    open_repository,
+    write_model_version,
+)
 
 from .conftest import CLASSES, EMBEDDING_DIM, INPUT_SIZE, build_classifier
 
@@ -123,3 +135,14 @@ def test_not_an_onnx_file(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ContractError, match="not a readable ONNX model"):
         onnx_signature(junk)
+
+
+def test_open_repository_forms(tmp_path):
+    s3 = open_repository("s3://http://127.0.0.1:8333/lineloop-triton/cloud", "key", "secret")
+    assert isinstance(s3, S3Repository)
+    assert (s3.bucket, s3.prefix, s3.url) == ("lineloop-triton", "cloud", "s3://http://127.0.0.1:8333/lineloop-triton/cloud")
+    assert isinstance(open_repository(tmp_path), LocalRepository)
+    with pytest.raises(ValueError, match="mangled by a Path"):
+        open_repository(Path("s3://http://127.0.0.1:8333/lineloop-triton"))
+    with pytest.raises(ValueError, match="names no bucket"):
+        open_repository("s3://http://127.0.0.1:8333/")

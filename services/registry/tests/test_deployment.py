@@ -9,6 +9,7 @@ signed edge build per fleet.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 
 from lineloop.bus import Bus
 from lineloop.compiler.builds import BuildEnvironment, run_build
-from lineloop.compiler.profiles import load_profiles
+from lineloop.compiler.profiles import Tolerance, load_profiles
 from lineloop.compiler.signing import DEV_PUBLIC_KEY, load_signer
 from lineloop.compiler.testing import demo_data, register_event, train_demo_model, upload_dataset
 from lineloop.compiler.verify import OnnxRunner
@@ -111,6 +112,8 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
     upload_dataset(objects, data, dataset, "v0001")
     env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=60)
     profiles = load_profiles()
+    # The small test model is not confident enough for the production INT8 tolerance; that is the compiler's test.
+    int8 = dataclasses.replace(profiles.get("onnxruntime-cpu-int8"), tolerance=Tolerance(0.85, 0.4))
     events = {}
     for number, onnx_bytes in ((1, onnx_a), (2, onnx_b), (3, onnx_b)):
         events[number] = register_event(objects, onnx_bytes, model_name=model_name, version=str(number),
@@ -131,8 +134,8 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                 _add_version(service, events[number], number)
             # Versions 1 and 2 are built by the real compiler code; version 3 never is.
             for number in (1, 2):
-                for target in ("triton-onnx", "onnxruntime-cpu-int8"):
-                    build = await asyncio.to_thread(run_build, env, events[number], profiles.get(target), f"b-{uid}-{number}-{target}")
+                for profile in (profiles.get("triton-onnx"), int8):
+                    build = await asyncio.to_thread(run_build, env, events[number], profile, f"b-{uid}-{number}-{profile.name}")
                     assert build.status == BUILD_STATUS_OK, build.reason
                     await observer.publish(build)
             async with asyncio.timeout(60):

@@ -153,11 +153,13 @@ class EmbeddedStack:
     def _ensure_buckets(self, report: Report) -> None:
         client = self.s3_client()
         for bucket in (TANSU_BUCKET, *BUCKETS):
+            errors: list[Exception] = []
             # The S3 port answers before the filer behind it is ready for writes.
             try:
-                wait_until(lambda: _try_make_bucket(client, bucket), self.ready_timeout, interval=0.1)
+                wait_until(lambda: _try_make_bucket(client, bucket, errors), self.ready_timeout, interval=0.1)
             except TimeoutError as err:
-                raise StackError(f"s3: could not create bucket {bucket!r}: {err}") from err
+                last = errors[-1] if errors else "no answer"
+                raise StackError(f"s3: could not create bucket {bucket!r} ({err}): {last}") from err
         report(f"s3: buckets {', '.join((TANSU_BUCKET, *BUCKETS))}")
 
     def down(self, report: Report = lambda line: None) -> list[str]:
@@ -196,10 +198,11 @@ class EmbeddedStack:
         return result
 
 
-def _try_make_bucket(client: Minio, bucket: str) -> bool:
+def _try_make_bucket(client: Minio, bucket: str, errors: list[Exception]) -> bool:
     try:
         if not client.bucket_exists(bucket):
             client.make_bucket(bucket)
         return True
-    except Exception:
+    except Exception as err:  # retried until the timeout; the last one is reported
+        errors.append(err)
         return False

@@ -238,6 +238,9 @@ def open_repository(
 ) -> LocalRepository | S3Repository:
     """A repository from the URL Triton is started with: a path or `s3://http://host:port/bucket/prefix`."""
     text = str(url)
+    if text.startswith("s3:") and not text.startswith("s3://"):
+        # pathlib collapses "s3://http://" to "s3:/http:/": refuse, or it becomes a local folder "s3:".
+        raise ValueError(f"{text!r} is an S3 repository URL mangled by a Path(); pass the URL as a str")
     if not text.startswith("s3://"):
         return LocalRepository(Path(text))
     inner = text[len("s3://") :]

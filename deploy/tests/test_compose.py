@@ -203,8 +203,12 @@ def test_triton_serves_the_s3_repository_on_a_gpu(compose):
     assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d{2}\.\d{2}-py3", triton["image"])
     command = triton["command"]
     assert "--model-control-mode=explicit" in command
-    minio = urlsplit(compose["services"]["ingest"]["environment"]["LINELOOP_S3_ENDPOINT"])
-    assert f"--model-repository=s3://{minio.hostname}:{minio.port}/lineloop-triton" in command
+    # Triton's S3 form carries the endpoint's scheme: s3://http://host:port/bucket.
+    repository = f"s3://{compose['services']['ingest']['environment']['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
+    assert f"--model-repository={repository}" in command
+    registry = compose["services"]["registry"]["environment"]
+    assert registry["LINELOOP_REGISTRY_TRITON_REPOSITORY"] == repository, "the registry writes where Triton reads"
+    assert registry["LINELOOP_REGISTRY_TRITON_FLAVOUR"] == "onnxruntime_onnx"
     env = triton["environment"]
     shared = compose["services"]["ingest"]["environment"]
     assert env["AWS_ACCESS_KEY_ID"] == shared["LINELOOP_S3_ACCESS_KEY"]

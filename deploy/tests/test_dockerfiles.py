@@ -4,7 +4,6 @@ Instructions are read with `dockerfile` (BuildKit's own parser) and linted with 
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.util
 import os
 import re
@@ -22,16 +21,13 @@ PYTHON_IMAGE = "python:3.11-slim"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
-def _load_resolver(repo: Path):
+@pytest.fixture(scope="module")
+def resolver(repo):
+    """deploy/docker/local_requirements.py, the script the image builds run."""
     spec = importlib.util.spec_from_file_location("local_requirements", repo / "deploy/docker/local_requirements.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def resolver(repo):
-    return _load_resolver(repo)
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +54,26 @@ def _dockerignore_patterns(repo: Path) -> list[str]:
     return [line.strip().lstrip("/") for line in lines if line.strip() and not line.startswith("#")]
 
 
+def _pattern_regex(pattern: str) -> re.Pattern:
+    # Docker's matching: `**` spans folders, `*` and `?` stay within one path element.
+    regex = ""
+    for token in re.split(r"(\*\*/?|\*|\?)", pattern):
+        if token.startswith("**"):
+            regex += "(?:.*/)?" if token.endswith("/") else ".*"
+        elif token == "*":
+            regex += "[^/]*"
+        elif token == "?":
+            regex += "[^/]"
+        else:
+            regex += re.escape(token)
+    return re.compile(regex)
+
+
 def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` (or a folder above it) out of the build context."""
     parts = Path(path).parts
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    for pattern in patterns:
-        bare = pattern.removeprefix("**/")
-        for prefix in prefixes:
-            if fnmatch.fnmatchcase(prefix, pattern) or (bare != pattern and fnmatch.fnmatchcase(Path(prefix).name, bare)):
-                return True
-    return False
+    return any(_pattern_regex(pattern).fullmatch(prefix) for pattern in patterns for prefix in prefixes)
 
 
 def test_hadolint_passes(repo, conventions):
@@ -165,9 +172,6 @@ def test_local_closure_follows_declared_dependencies(repo, resolver, conventions
                 if name in packages:
                     assert packages[name] in closure, f"{service}: {path} needs {name}, missing from the closure"
                     assert wanted <= closure[packages[name]], f"{service}: {name}{sorted(wanted)} loses its extras"
-    # Only what is declared: nothing beyond the transitive lineloop dependencies.
-    runtime = resolver.local_closure(repo, Path("libs/runtime"))
-    assert Path("libs/cli") not in runtime and Path("libs/vision") not in runtime
 
 
 def test_the_closure_carries_extras_to_the_requirement_lines(repo, resolver, tmp_path):
@@ -188,7 +192,7 @@ def test_the_closure_carries_extras_to_the_requirement_lines(repo, resolver, tmp
 
 def test_the_resolver_command_prints_installable_paths(repo):
     result = subprocess.run(
-        ["python3", "deploy/docker/local_requirements.py", "services/ingest"], cwd=repo, capture_output=True, text=True, timeout=30
+        [sys.executable, "deploy/docker/local_requirements.py", "services/ingest"], cwd=repo, capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -219,9 +223,14 @@ def test_torch_only_where_declared_and_from_the_cpu_index_by_default(instruction
 
 def test_the_build_context_leaves_out_local_state(repo):
     patterns = _dockerignore_patterns(repo)
-    for path in (".venv", ".git", ".lineloop", "libs/bus/src/lineloop/bus/__pycache__", "services/ingest/tests"):
+    for path in (".venv", ".git", ".lineloop", "libs/bus/src/lineloop/bus/__pycache__", "services/ingest/tests", "libs/bus/build"):
         assert _ignored(path, patterns), f".dockerignore lets {path} into the build context"
-    for path in ("libs/bus/pyproject.toml", "deploy/constraints.txt", "deploy/docker/local_requirements.py"):
+    for path in (
+        "libs/bus/pyproject.toml",
+        "deploy/constraints.txt",
+        "deploy/docker/local_requirements.py",
+        "services/compiler/src/lineloop/compiler/build/plan.py",
+    ):
         assert not _ignored(path, patterns), f".dockerignore drops {path}, which images need"
 
 

@@ -103,9 +103,9 @@ def test_pods_are_non_root_with_a_read_only_root(rendered, conventions, target):
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
-        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
-        assert set(mounts) == {"/data", "/tmp"}
-        assert all("emptyDir" in volumes[volume] for volume in mounts.values())
+        writable = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"] if not mount.get("readOnly")}
+        assert set(writable) == {"/data", "/tmp"}, f"{name} writes to {sorted(writable)}"
+        assert all("emptyDir" in volumes[volume] for volume in writable.values())
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{name}: {bound}"
 
@@ -137,20 +137,38 @@ def test_environment_follows_the_readme(rendered, conventions, target):
             assert "secretKeyRef" in env[secret_env]["valueFrom"], f"{name}: {secret_env} must come from a Secret"
 
 
-def test_secret_templates_cover_every_reference(rendered, repo):
-    templates = {
+def _secret_templates(repo: Path) -> dict[str, set[str]]:
+    return {
         doc["metadata"]["name"]: set(doc["stringData"])
         for doc in yaml.safe_load_all((repo / "deploy/k8s/base/secrets.yaml").read_text())
         if doc
     }
+
+
+def test_secret_templates_cover_every_reference(rendered, repo):
+    templates = _secret_templates(repo)
     for target, docs in rendered.items():
         for deployment in _objects(docs, "Deployment").values():
+            name = deployment["metadata"]["name"]
             for item in _container(deployment).get("env", []):
                 ref = item.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     assert ref["key"] in templates.get(ref["name"], set()), (
-                        f"{target}: {deployment['metadata']['name']} reads {ref['name']}/{ref['key']}, no template"
+                        f"{target}: {name} reads {ref['name']}/{ref['key']}, no template"
                     )
+            for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+                if "secret" in volume:
+                    assert volume["secret"]["secretName"] in templates, f"{target}: {name} mounts an untemplated Secret"
+
+
+def test_production_compilers_share_the_signing_key(rendered, repo):
+    deployment = _objects(rendered["overlays/production"], "Deployment")["compiler"]
+    container = _container(deployment)
+    key_file = Path({item["name"]: item.get("value") for item in container["env"]}["LINELOOP_COMPILER_SIGNING_KEY_FILE"])
+    mount = next(m for m in container["volumeMounts"] if Path(m["mountPath"]) == key_file.parent)
+    assert mount["readOnly"] is True
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert key_file.name in _secret_templates(repo)[volume["secret"]["secretName"]]
 
 
 def test_dev_fills_the_secrets_and_production_leaves_them_out(rendered):
@@ -254,13 +272,28 @@ def test_production_runs_gpu_work_on_gpu_nodes(rendered):
         assert "nvidia.com/gpu" not in _container(deployments[name])["resources"].get("limits", {}), name
 
 
-def test_production_triton_serves_the_s3_repository(rendered):
+def _expand(value: str, container: dict, config: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion from the container's env and the ConfigMap it reads."""
+    known = dict(config) if container.get("envFrom") else {}
+    for item in container.get("env", []):
+        if "value" in item:
+            known[item["name"]] = item["value"]
+        elif "configMapKeyRef" in item.get("valueFrom", {}):
+            known[item["name"]] = config[item["valueFrom"]["configMapKeyRef"]["key"]]
+    return re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: known[m.group(1)], value)
+
+
+def test_production_triton_serves_the_repository_the_registry_writes(rendered):
     docs = rendered["overlays/production"]
     config = _config(docs)
     triton = _container(_objects(docs, "Deployment")["triton"])
     assert "--model-control-mode=explicit" in triton["args"]
-    s3 = urlsplit(config["LINELOOP_S3_ENDPOINT"])
-    assert f"--model-repository=s3://{s3.hostname}:{s3.port}/lineloop-triton" in triton["args"]
+    repository = f"s3://{config['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
+    assert f"--model-repository={repository}" in [_expand(arg, triton, config) for arg in triton["args"]]
+    registry = _container(_objects(docs, "Deployment")["registry"])
+    registry_env = {item["name"]: item for item in registry["env"]}
+    assert _expand(registry_env["LINELOOP_REGISTRY_TRITON_REPOSITORY"]["value"], registry, config) == repository
+    assert registry_env["LINELOOP_REGISTRY_TRITON_FLAVOUR"]["value"] == "onnxruntime_onnx"
     env = {item["name"]: item["valueFrom"] for item in triton["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "lineloop-s3", "key": "access-key"}
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": "lineloop-s3", "key": "secret-key"}

@@ -1,5 +1,6 @@
 """Two ingest processes in one consumer group share the partitions; each frame counts once."""
 
+
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from lineloop.ingest import state
@@ -52,9 +54,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-async def test_two_replicas_share_the_load_and_ingest_each_frame_once(stack, tmp_path, line):
+@pytest.mark.postgres
+async def test_two_replicas_share_the_load_and_ingest_each_frame_once(stack, tmp_path, line, postgres_url):
+    # Replicas share one database; SQLite is one process's file, PostgreSQL is the shared kind.
     group = uid("ingest")
-    database_url = f"sqlite:///{tmp_path / 'ingest.db'}"
+    database_url = postgres_url
     await skip_group_to_end(stack, group)
     grpc_a, grpc_b, metrics_a, metrics_b = free_ports(4)
     replicas = []

@@ -41,7 +41,7 @@ async def labeling(stack, tmp_path_factory, helpers):
     """One service (SQLite) shared by this module's tests; each test uses its own line ids."""
     db = tmp_path_factory.mktemp("labeling") / "labeling.db"
     cfg = helpers.service_settings(
-        stack, f"sqlite:///{db}", metrics_port=0, cut_min_new_labels=6, cut_min_new_labels_drift=3,
+        stack, f"sqlite:///{db}", metrics_port=0, cut_min_new_labels=50, cut_min_new_labels_drift=6,
         auto_accept_threshold=0.98,
     )
     async with helpers.running_labeling(cfg) as (service, stub):
@@ -141,7 +141,7 @@ async def test_frames_to_queue_to_labels_to_policy_cut(stack, publisher, objects
                 lease_id=t.lease_id, frame_id=t.frame_id, label_class=truth[names[t.frame_id]], annotator=who))
             assert not reply.duplicate and reply.label.source == LabelSource.LABEL_SOURCE_HUMAN
 
-    # Drift is active on this line, so 3 new human labels are enough for the policy.
+    # Drift is active on this line, so its lower threshold (6, not 50) applies.
     [version] = await read_events(stack.kafka_bootstrap, DatasetVersioned, lambda v: v.dataset == line, 1)
     assert (version.version, version.parent_version, version.line_id) == ("v0001", "", line)
     assert version.created_by == "labeling-policy" and "drift active" in version.reason

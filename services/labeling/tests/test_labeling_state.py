@@ -213,7 +213,9 @@ def test_split_shares_follow_the_settings():
 
 async def test_manifest_is_reproducible_and_test_split_is_human_only(labeling_db, ingest_into, helpers):
     c = cfg(auto_accept_threshold=0.9)
-    msgs = [helpers.frame_event("line-m", f"cam-{i % 2}", {"ok": 0.95, "rot": 0.05}) for i in range(60)]
+    # Fixed ids, so fixed splits: some human-labelled and some model-labelled frames fall in test.
+    msgs = [helpers.frame_event("line-m", f"cam-{i % 2}", {"ok": 0.95, "rot": 0.05}, frame_id=f"m-{i}")
+            for i in range(60)]
     for msg in msgs:
         await ingest_into(c, msg)
     async with labeling_db.write() as s:

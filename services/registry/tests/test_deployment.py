@@ -119,13 +119,15 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
         events[number] = register_event(objects, onnx_bytes, model_name=model_name, version=str(number),
                                         dataset=dataset, dataset_version="v0001", input_size=data.input_size)
 
-    seen: asyncio.Queue = asyncio.Queue()
+    promotions: asyncio.Queue[ModelPromoted] = asyncio.Queue()
+    rollouts: asyncio.Queue[EdgeRollout] = asyncio.Queue()
     observer = Bus(stack.kafka_bootstrap, source="test/observer", **FAST)
-    for kind in (ModelPromoted, EdgeRollout):
-        @observer.handler(kind, group=f"observer-{kind.__name__}-{uid}")
-        async def on_event(msg, ctx) -> None:
+    for kind, queue in ((ModelPromoted, promotions), (EdgeRollout, rollouts)):
+        async def on_event(msg, ctx, queue=queue) -> None:
             if msg.model_name == model_name:
-                await seen.put(msg)
+                await queue.put(msg)
+
+        observer.handler(kind, group=f"observer-{kind.__name__}-{uid}")(on_event)
 
     await observer.start()
     try:
@@ -147,12 +149,12 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
 
             images = data.split("test")[0][:4]
             await stages.change(model_name, "1", "production", actor="qa", reason="first")
-            promoted = await asyncio.wait_for(seen.get(), 30)
-            assert isinstance(promoted, ModelPromoted) and promoted.version == "1"
+            promoted = await asyncio.wait_for(promotions.get(), 30)
+            assert promoted.version == "1"
             (line,) = promoted.deployments
             assert (line.line_id, line.triton_model, line.production_version) == (dataset, model_name, "1")
-            first_rollout = await asyncio.wait_for(seen.get(), 30)
-            assert isinstance(first_rollout, EdgeRollout) and first_rollout.version == "1"
+            first_rollout = await asyncio.wait_for(rollouts.get(), 30)
+            assert first_rollout.version == "1"
 
             with TritonControl(stack.triton_grpc) as triton:
                 served = triton.infer(model_name, images, 1).probabilities
@@ -168,15 +170,14 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                 prober.stop.set()
                 prober.join(10)
             assert prober.failures == [] and before > 0 and prober.answered > before
-            promoted = await asyncio.wait_for(seen.get(), 30)
+            promoted = await asyncio.wait_for(promotions.get(), 30)
             assert (promoted.version, promoted.deployments[0].production_version) == ("2", "2")
             with TritonControl(stack.triton_grpc) as triton:
                 assert triton.ready_versions(model_name) == [1, 2]  # 1 serves until ingest has switched
                 np.testing.assert_allclose(triton.infer(model_name, images, 2).probabilities,
                                            OnnxRunner(onnx_b)(images), atol=1e-5)
 
-            rollout = await asyncio.wait_for(seen.get(), 30)
-            assert isinstance(rollout, EdgeRollout)
+            rollout = await asyncio.wait_for(rollouts.get(), 30)
             assert (rollout.fleet, rollout.version, rollout.target) == (fleet.name, "2", "onnxruntime-cpu-int8")
             assert [(s.name, list(s.gateway_ids)) for s in rollout.stages] == [("pilot", ["gw-1"]), ("all", [])]
             manifest_bytes = await asyncio.to_thread(_fetch, rollout.manifest_url)
@@ -186,9 +187,9 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
 
             rolled = await stages.rollback(model_name, actor="qa", reason="complaints")
             assert rolled.version == "1"
-            promoted = await asyncio.wait_for(seen.get(), 30)
+            promoted = await asyncio.wait_for(promotions.get(), 30)
             assert (promoted.version, promoted.deployments[0].production_version) == ("1", "1")
-            rollback_rollout = await asyncio.wait_for(seen.get(), 30)
+            rollback_rollout = await asyncio.wait_for(rollouts.get(), 30)
             assert (rollback_rollout.version, rollback_rollout.fleet) == ("1", fleet.name)
             with TritonControl(stack.triton_grpc) as triton:
                 np.testing.assert_allclose(triton.infer(model_name, images, 1).probabilities,

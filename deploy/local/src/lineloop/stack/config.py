@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
+ADMIN_GRPC_OFFSET = 10000
 TRITON_BUCKET = "lineloop-triton"
 BUCKETS = (
     "lineloop-frames",
@@ -38,7 +39,15 @@ class WeedPorts:
     filer: int = 8888
     filer_grpc: int = 18888
     admin: int = 23646
-    admin_grpc: int = 33646
+
+    @property
+    def admin_grpc(self) -> int:
+        # weed's plugin worker dials the admin server at admin port + 10000 whatever
+        # -admin.port.grpc says, so the two are kept in that relation.
+        return self.admin + ADMIN_GRPC_OFFSET
+
+    def ports(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "admin_grpc": self.admin_grpc}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +116,7 @@ class StackConfig:
             "triton_grpc": self.triton_grpc_port,
             "triton_metrics": self.triton_metrics_port,
         }
-        ports.update({f"weed_{k}": v for k, v in dataclasses.asdict(self.weed).items()})
+        ports.update({f"weed_{k}": v for k, v in self.weed.ports().items()})
         return ports
 
     @classmethod
@@ -138,8 +147,8 @@ class StackConfig:
     @classmethod
     def on_free_ports(cls, state_dir: Path) -> StackConfig:
         """A stack that collides with nothing running now (tests, a second stack)."""
-        ports = free_ports(5 + len(dataclasses.fields(WeedPorts)))
-        weed = WeedPorts(*ports[5:])
+        ports = free_ports(4 + len(dataclasses.fields(WeedPorts)))
+        weed = WeedPorts(*ports[5:], admin=free_port_with_partner(ADMIN_GRPC_OFFSET, exclude=set(ports)))
         return cls(
             state_dir=Path(state_dir).resolve(),
             kafka_port=ports[0],
@@ -158,6 +167,22 @@ def _port_of(address: str | None, default: int) -> int:
         address = f"tcp://{address}"
     port = urlsplit(address).port
     return default if port is None else port
+
+
+def free_port_with_partner(offset: int, exclude: set[int]) -> int:
+    """A free port p whose p + offset is free too."""
+    for _ in range(200):
+        candidate = free_ports(1)[0]
+        partner = candidate + offset
+        if partner > 65535 or {candidate, partner} & exclude:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, partner))
+            except OSError:
+                continue
+        return candidate
+    raise RuntimeError(f"found no free port p with p + {offset} free")
 
 
 def free_ports(count: int) -> list[int]:

@@ -103,7 +103,7 @@ def seaweedfs(config: StackConfig) -> ServerSpec:
         f"-filer.localSocket={state / 'run' / 'filer.sock'}",
         f"-s3.localSocket={state / 'run' / 's3.sock'}",
     ]
-    ports = {"s3": config.s3_port, **{f"weed {k}": v for k, v in dataclasses.asdict(weed).items()}}
+    ports = {"s3": config.s3_port, **{f"weed {k}": v for k, v in weed.ports().items()}}
     return ServerSpec(
         name="s3",
         argv=argv,

@@ -73,7 +73,8 @@ def in_drift_scope(row, drift) -> bool:
         row.line_id == drift.line_id
         and as_utc(row.captured_at) >= as_utc(drift.since)
         and (not drift.camera_id or row.camera_id == drift.camera_id)
-        and (not drift.model_version or (row.model_name, row.model_version) == (drift.model_name, drift.model_version))
+        and (not drift.model_name or row.model_name == drift.model_name)
+        and (not drift.model_version or row.model_version == drift.model_version)
     )
 
 
@@ -104,19 +105,25 @@ def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg:
 
 
 def spread_cameras(ranked: list[Ranked], cfg: LabelingSettings) -> list[Ranked]:
-    """Within one batch, each further frame of an already-picked camera counts a little less."""
+    """Within one batch, each further frame of an already-picked camera counts a little less.
+
+    Greedy, and penalties only grow, so the adjusted priorities stay in descending order.
+    """
     picked: dict[str, int] = {}
     remaining = list(enumerate(ranked))
     out = []
+
+    def penalty(item: tuple[int, Ranked]) -> float:
+        return cfg.weight_camera_diversity * 0.5 * picked.get(item[1].row.camera_id, 0)
+
     while remaining:
-        best = max(
-            remaining,
-            key=lambda item: (item[1].priority - cfg.weight_camera_diversity * 0.5 * picked.get(item[1].row.camera_id, 0),
-                              -item[0]),
-        )
+        best = max(remaining, key=lambda item: (item[1].priority - penalty(item), -item[0]))
         remaining.remove(best)
-        picked[best[1].row.camera_id] = picked.get(best[1].row.camera_id, 0) + 1
-        out.append(best[1])
+        chosen, cost = best[1], penalty(best)
+        if cost:
+            chosen = Ranked(chosen.row, chosen.priority - cost, f"{chosen.why} spread=-{cost:.2f}")
+        picked[chosen.row.camera_id] = picked.get(chosen.row.camera_id, 0) + 1
+        out.append(chosen)
     return out
 
 

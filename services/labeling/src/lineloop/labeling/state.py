@@ -150,8 +150,10 @@ def drift_candidates(s: Session, drift, now: datetime, limit: int):
     )
     if drift.camera_id:
         query = query.where(frames.c.camera_id == drift.camera_id)
+    if drift.model_name:
+        query = query.where(frames.c.model_name == drift.model_name)
     if drift.model_version:
-        query = query.where(frames.c.model_name == drift.model_name, frames.c.model_version == drift.model_version)
+        query = query.where(frames.c.model_version == drift.model_version)
     return s.execute(query.order_by(frames.c.base_score.desc(), frames.c.frame_id).limit(limit)).all()
 
 

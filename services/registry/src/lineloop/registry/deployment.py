@@ -49,7 +49,7 @@ deploy_outcomes = _meter.create_counter(
 class DeploymentSettings(BaseSettings):
     """`LINELOOP_REGISTRY_*` settings of the deployer (the Triton addresses are the stack's)."""
 
-    model_config = SettingsConfigDict(env_prefix="LINELOOP_REGISTRY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LINELOOP_REGISTRY_", extra="ignore", populate_by_name=True)
 
     # What tritonserver's --model-repository is: a path or s3://http(s)://host:port/bucket[/prefix].
     triton_repository: str = Field(

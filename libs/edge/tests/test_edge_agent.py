@@ -144,3 +144,22 @@ async def test_agent_installs_signed_builds_and_refuses_tampered_ones(stack, tmp
     restarted = EdgeAgent(fleet=fleet, gateway_id="gw-1", target="onnxruntime-cpu-int8", objects=objects,
                           trusted_keys={}, install_dir=tmp_path / "edge")
     assert restarted.restore().manifest.version == "2"
+
+
+async def test_running_agent_serves_its_fleet_and_names_unknown_fleets(stack, tmp_path):
+    from lineloop.edge.agent import running_agent
+    from lineloop.edge.manifest import public_key_pem
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    (tmp_path / "compiler").mkdir()
+    (tmp_path / "compiler" / "signing-key.pub.pem").write_bytes(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+    with pytest.raises(ValueError, match="unknown fleet 'nowhere'; configured fleets: packing-line-gateways"):
+        async with running_agent(fleet="nowhere", gateway_id="gw-9", kafka_bootstrap=stack.kafka_bootstrap,
+                                 objects=objects, state_dir=tmp_path):
+            pass
+    async with running_agent(fleet="packing-line-gateways", gateway_id="gw-9", kafka_bootstrap=stack.kafka_bootstrap,
+                             objects=objects, state_dir=tmp_path) as agent:
+        assert agent.target == "onnxruntime-cpu-int8" and len(agent.trusted_keys) == 1
+        missing = agent.predict(b"not an image")
+        assert (missing.status, missing.missing_reason) == (PREDICTION_STATUS_MISSING, "no model installed on this gateway")

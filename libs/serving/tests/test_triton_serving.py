@@ -100,3 +100,19 @@ def test_bad_requests_get_specific_errors(tmp_path, repository, triton):
     with pytest.raises(ServingError, match="could not load 'no_such_model'"):
         triton.load("no_such_model")
     triton.unload("apples_strict")
+
+
+def test_new_version_replaces_the_old_under_the_default_policy(tmp_path, repository, triton):
+    v1 = build_classifier(tmp_path / "v1.onnx", seed=7)
+    v2 = build_classifier(tmp_path / "v2.onnx", seed=8)
+    repository.write_model_version("apples_promoted", 1, v1)
+    triton.load("apples_promoted")
+    triton.wait_ready("apples_promoted", 1)
+    repository.write_model_version("apples_promoted", 2, v2)
+    triton.load("apples_promoted")
+    triton.wait_ready("apples_promoted", 2)
+    assert triton.ready_versions("apples_promoted") == [2]
+    batch = images(3, seed=9)
+    np.testing.assert_allclose(triton.infer("apples_promoted", batch).probabilities, reference(v2, batch)[0],
+                               rtol=1e-5, atol=1e-6)
+    triton.unload("apples_promoted")

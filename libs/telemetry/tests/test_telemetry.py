@@ -96,7 +96,9 @@ def test_counters_and_histogram_are_scraped_with_their_attributes(telemetry):
     # 20 ms lands in the 25 ms bucket, not the 10 ms one: buckets are in seconds.
     assert sample_value(families, "lineloop_handler_duration_seconds_bucket", topic=topic, le="0.01") == 0
     assert sample_value(families, "lineloop_handler_duration_seconds_bucket", topic=topic, le="0.025") == 1
-    assert sample_value(families, "target_info", service_name=SERVICE) == 1
+    # The first setup in the process names the resource (providers are global, set once).
+    installed = telemetry.tracer_provider.resource.attributes["service.name"]
+    assert sample_value(families, "target_info", service_name=installed) == 1
 
 
 def test_outbox_gauge_reports_the_last_value_set(telemetry):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sys
 import uuid
 
 import grpc
@@ -77,6 +78,15 @@ def settings_for(stack, tmp_path) -> CompilerSettings:
             s3_secret_key=stack.s3_secret_key, state_dir=tmp_path, log_format="console",
         ),
     )
+
+
+async def _cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lineloop.cli.main", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
 
 
 async def _dead_letter(stack, topic: str, key: str, timeout: float = 30.0):
@@ -175,6 +185,17 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.GetBuild(compiler_pb2.GetBuildRequest(build_id="b-nope"))
                 assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+            # `lineloop builds` (a separate process: the service runs on this event loop).
+            listed_json = json.loads(await _cli("builds", "list", "--model", model_name, "--json",
+                                                "--target", f"127.0.0.1:{service.grpc_port}"))
+            assert {b["target"]: b["status"] for b in listed_json} == {
+                "triton-onnx": "BUILD_STATUS_OK", "onnxruntime-cpu-int8": "BUILD_STATUS_OK",
+                "int8-strict": "BUILD_STATUS_REJECTED", "tensorrt-fp16-sm87-trt10.3": "BUILD_STATUS_UNAVAILABLE",
+            }
+            trt_id = next(b["build_id"] for b in listed_json if b["target"].startswith("tensorrt"))
+            shown = json.loads(await _cli("builds", "show", trt_id, "--json", "--target", f"127.0.0.1:{service.grpc_port}"))
+            assert (shown["status"], shown["reason"]) == ("BUILD_STATUS_UNAVAILABLE", "unavailable: no CUDA device")
 
             headers = await _dead_letter(stack, "models.registered.v1.dlq", broken.model_name)
             assert headers["dlq_reason"] == "invalid_model_registered"

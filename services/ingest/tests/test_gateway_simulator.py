@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-import subprocess
 import sys
 
 import pytest_asyncio
@@ -21,6 +21,21 @@ async def ingest(stack, tmp_path_factory):
     await skip_group_to_end(stack, settings.consumer_group)
     async with running_ingest(settings) as service:
         yield service
+
+
+async def lineloop(stack, *args: str) -> tuple[int, str, str]:
+    """Run the `lineloop` CLI without blocking the loop the ingest under test runs on."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lineloop.cli.main", *args, env={**os.environ, **stack.env()},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode(), err.decode()
 
 
 def frame_ids(config: SimulationConfig) -> list[str]:
@@ -64,24 +79,19 @@ async def test_simulated_frames_are_ingested_with_the_truth_kept_aside(ingest, s
 
 
 async def test_cli_simulate_over_grpc_prints_a_json_summary(ingest, stack, line):
-    env = {**os.environ, **stack.env()}
-    result = subprocess.run(
-        [sys.executable, "-m", "lineloop.cli.main", "gateway", "simulate", "--line", line, "--cameras", "2",
-         "--fps", "20", "--frames", "6", "--seed", "5", "--size", "64", "--via", "grpc",
-         "--target", f"127.0.0.1:{ingest.grpc_port}", "--json"],
-        env=env, capture_output=True, text=True, timeout=120,
+    code, out, err = await lineloop(
+        stack, "gateway", "simulate", "--line", line, "--cameras", "2", "--fps", "20", "--frames", "6",
+        "--seed", "5", "--size", "64", "--via", "grpc", "--target", f"127.0.0.1:{ingest.grpc_port}", "--json",
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout)
+    assert code == 0, err[-2000:]
+    summary = json.loads(out)
     assert summary["sent"] == 6 and summary["ingest"] == {"accepted": 6, "rejected": 0, "duplicates": 0}
     assert sum(summary["labels"].values()) == 6
 
 
 async def test_cli_reports_an_unreachable_ingest_clearly(stack, line):
-    env = {**os.environ, **stack.env()}
-    result = subprocess.run(
-        [sys.executable, "-m", "lineloop.cli.main", "gateway", "simulate", "--line", line, "--frames", "1",
-         "--size", "64", "--via", "grpc", "--target", "127.0.0.1:1"],
-        env=env, capture_output=True, text=True, timeout=120,
+    code, _, err = await lineloop(
+        stack, "gateway", "simulate", "--line", line, "--frames", "1", "--size", "64", "--via", "grpc",
+        "--target", "127.0.0.1:1",
     )
-    assert result.returncode == 3 and "not reachable" in result.stderr, result.stderr[-2000:]
+    assert code == 3 and "not reachable" in err, err[-2000:]

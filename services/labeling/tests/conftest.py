@@ -24,7 +24,6 @@ from lineloop.v1.events_pb2 import FrameIngested
 from lineloop.v1.labeling_pb2 import GetFrameLabelsRequest
 from lineloop.v1.labeling_pb2_grpc import LabelingServiceStub
 
-CLASSES = ["ok", "bruise", "rot", "scab"]
 
 
 def frame_event(

@@ -49,7 +49,8 @@ async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path
         await publisher.stop()
     async with helpers.running_labeling(cfg) as (service, stub):
         await helpers.wait_known(stub, [m.frame_id for m in frames])
-        env = {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}"}
+        # Wide enough that rich does not wrap the messages asserted on.
+        env = {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "200"}
 
         rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--max", "6", "--seed", "1", "--json")
         assert rc == 0, err
@@ -80,29 +81,31 @@ async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path
         assert rc == 0, err
         diff = json.loads(out)
         assert len(diff["added"]) == 2 and diff["removed"] == [] and diff["moved_split"] == []
-        rc, out, err = await cli(env, "datasets", "list", "--dataset", line, "--json")
-        assert [v["version"] for v in json.loads(out)] == ["v0001", "v0002"]
         rc, out, _ = await cli(env, "datasets", "show", line)
         assert rc == 0 and "v0002" in out and "train" in out
         print(out)  # the sample in the closing note
 
         wrong = diff["added"][0]
-        rc, out, err = await cli(env, "labels", "history", wrong, "--json")
-        history = json.loads(out)
-        assert rc == 0 and history["effective"]["label_class"] != truth[wrong]
-        assert history["effective"]["annotator"] == "sim-qa"
+        history = await stub.GetFrameLabels(pb.GetFrameLabelsRequest(frame_id=wrong))
+        assert history.effective.label_class != truth[wrong] and history.effective.annotator == "sim-qa"
+        rc, out, err = await cli(env, "labels", "history", wrong)
+        assert rc == 0 and "sim-qa" in out and "human" in out
+
+        exported = tmp_path / "tasks.json"
+        rc, out, err = await cli(env, "labels", "export-labelstudio", "--line", line, "-o", str(exported))
+        assert rc == 0 and "9 tasks written" in out, err
+        rc, out, err = await cli(env, "labels", "import-labelstudio", str(exported), "--json")
+        assert rc == 0 and json.loads(out) == {"imported": 0, "skipped": 8}  # every label came back as known
 
         rc, out, err = await cli(env, "labels", "submit", wrong, "mould", "--annotator", "qa-lead")
-        assert rc == 1 and "INVALID_ARGUMENT" in err and "unknown class 'mould'" in err
-        rc, out, err = await cli(env, "labels", "submit", wrong, truth[wrong], "--annotator", "qa-lead", "--json")
-        assert rc == 0 and json.loads(out)["label"]["label_class"] == truth[wrong]
+        assert rc == 1 and "INVALID_ARGUMENT [UNKNOWN_CLASS]" in err and "unknown class 'mould'" in err
         bad = tmp_path / "bad.json"
         bad.write_text('{"tasks": []}')
         rc, out, err = await cli(env, "labels", "import-labelstudio", str(bad))
-        assert rc == 1 and "expected a JSON array of tasks" in err
-        rc, out, err = await cli(env, "labels", "next", "--annotator", "x", "--line", line, "--json")
-        assert rc == 0 and json.loads(out) == []  # the truthless frame is still leased to sim-qa
+        assert rc == 1 and "MALFORMED_LABEL_STUDIO_FILE" in err and "expected a JSON array of tasks" in err
+        leased = await stub.NextTasks(pb.NextTasksRequest(annotator="x", line_id=line, max_tasks=5))
+        assert list(leased.tasks) == []  # the truthless frame is still leased to sim-qa
 
-    rc, out, err = await cli({**env, "LINELOOP_LABELING_GRPC": "127.0.0.1:1"}, "datasets", "list")
-    assert rc == 1 and "not reachable" in err
+    rc, out, err = await cli({**env, "LINELOOP_LABELING_GRPC": "127.0.0.1:1"}, "datasets", "list", "--json")
+    assert rc == 3 and "labeling is not reachable at 127.0.0.1:1" in err
 

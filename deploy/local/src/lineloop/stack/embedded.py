@@ -70,6 +70,10 @@ class EmbeddedStack:
         return self.config.s3_secret_key
 
     @property
+    def s3_region(self) -> str:
+        return self.config.s3_region
+
+    @property
     def triton_grpc(self) -> str:
         return self.config.triton_grpc
 
@@ -179,6 +183,15 @@ class EmbeddedStack:
         with ThreadPoolExecutor(max_workers=2) as pool:
             stopped += list(pool.map(stop, (triton_spec, s3_spec)))
         return [name for name in stopped if name]
+
+    def stop_server(self, name: str) -> bool:
+        """Stop one server ("s3", "kafka", "triton"), e.g. to test a restart; `up` brings it back."""
+        spec = next((spec for spec in self.specs() if spec.name == name), None)
+        if spec is None:
+            raise ValueError(f"no server {name!r}; servers: {[s.name for s in self.specs()]}")
+        stopped = self._process(spec).stop(spec.stop_timeout)
+        spec.cleanup()
+        return stopped
 
     def status(self) -> list[ServerStatus]:
         result = []

@@ -97,7 +97,10 @@ class ManagedProcess:
             _kill_group(proc.pid)
         _, leftovers = psutil.wait_procs(group, timeout=timeout if not alive else 5.0)
         for child in leftovers:
-            child.kill()
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         psutil.wait_procs(leftovers, timeout=5.0)
         self.pidfile.unlink(missing_ok=True)
         return True

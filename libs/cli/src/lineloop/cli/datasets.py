@@ -7,17 +7,16 @@ import json
 
 import typer
 from minio.error import S3Error
-from rich.console import Console
 from rich.table import Table
 
-from lineloop.cli.labels import JsonOption, TargetOption, as_dict, echo_json, errors, labeling
+from lineloop.cli.common import console, err_console, print_json
+from lineloop.cli.labels import JsonOption, TargetOption, labeling
 from lineloop.stack.config import StackConfig
 from lineloop.stack.embedded import EmbeddedStack
 from lineloop.v1 import labeling_pb2 as pb
 from lineloop.v1.events_pb2 import DatasetVersioned
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
 
 
 def _summary(v: DatasetVersioned) -> dict:
@@ -60,11 +59,11 @@ def _manifest(v: DatasetVersioned) -> list[dict]:
             response.close()
             response.release_conn()
     except S3Error as err:
-        errors.print(f"[red]cannot read manifest s3://{v.manifest.bucket}/{v.manifest.key}[/red]: {err.code}")
+        err_console.print(f"[red]cannot read manifest s3://{v.manifest.bucket}/{v.manifest.key}[/red]: {err.code}")
         raise typer.Exit(1) from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != v.manifest.sha256:
-        errors.print(f"[red]manifest of {v.dataset} {v.version} is corrupt[/red]: sha256 {actual} != {v.manifest.sha256}")
+        err_console.print(f"[red]manifest of {v.dataset} {v.version} is corrupt[/red]: sha256 {actual} != {v.manifest.sha256}")
         raise typer.Exit(1)
     return [json.loads(line) for line in data.splitlines() if line]
 
@@ -82,17 +81,17 @@ def cut(
     dataset: str = typer.Option("", "--dataset", help="Dataset name (default: the line id)."),
     reason: str = typer.Option("", "--reason"),
     requested_by: str = typer.Option("cli", "--requested-by"),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Cut a new version now (returns the newest one unchanged when no label changed)."""
     if not (line or dataset):
-        errors.print("[red]give --line or --dataset[/red]")
+        err_console.print("[red]give --line or --dataset[/red]")
         raise typer.Exit(2)
     with labeling(target) as stub:
         v = stub.CutDataset(pb.CutDatasetRequest(dataset=dataset, line_id=line, requested_by=requested_by, reason=reason))
     if as_json:
-        echo_json(_summary(v))
+        print_json(_summary(v))
         return
     _show(v)
 
@@ -100,14 +99,14 @@ def cut(
 @app.command("list")
 def list_datasets(
     dataset: str = typer.Option("", "--dataset", help="Only this dataset."),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Every dataset version, oldest first."""
     with labeling(target) as stub:
         versions = stub.ListDatasets(pb.ListDatasetsRequest(dataset=dataset)).versions
     if as_json:
-        echo_json([_summary(v) for v in versions])
+        print_json([_summary(v) for v in versions])
         return
     table = Table(title="dataset versions")
     for column in ("dataset", "version", "parent", "frames", "train/val/test", "created", "by", "reason"):
@@ -123,7 +122,7 @@ def list_datasets(
 def show(
     dataset: str = typer.Argument(...),
     version: str = typer.Argument("", help="Default: the newest."),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Counts per class and split of one version."""
@@ -132,7 +131,7 @@ def show(
     if as_json:
         summary = _summary(v)
         summary["class_split_counts"] = {f"{c}/{s}": n for (c, s), n in sorted(_class_split(_manifest(v)).items())}
-        echo_json(summary)
+        print_json(summary)
         return
     _show(v)
 
@@ -163,7 +162,7 @@ def diff(
     dataset: str = typer.Argument(...),
     old_version: str = typer.Argument(...),
     new_version: str = typer.Argument("", help="Default: the newest."),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """What changed between two versions: frames added/removed, relabelled, class counts."""
@@ -173,7 +172,7 @@ def diff(
     result = {"dataset": dataset, "from": old.version, "to": new.version,
               **diff_manifests(_manifest(old), _manifest(new))}
     if as_json:
-        echo_json(result)
+        print_json(result)
         return
     console.print(f"[bold]{dataset}[/bold] {old.version} -> {new.version}")
     console.print(f"  +{len(result['added'])} frames, -{len(result['removed'])} frames, "

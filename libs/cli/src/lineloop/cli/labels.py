@@ -16,50 +16,31 @@ from pathlib import Path
 
 import grpc
 import typer
-from google.protobuf.json_format import MessageToDict
 from minio.error import S3Error
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lineloop.cli.common import console, err_console, grpc_target, print_json, rpc_errors
 from lineloop.stack.config import StackConfig
 from lineloop.stack.embedded import EmbeddedStack
 from lineloop.v1 import labeling_pb2 as pb
+from lineloop.v1.events_pb2 import LabelSource
 from lineloop.v1.labeling_pb2_grpc import LabelingServiceStub
 
 app = typer.Typer(no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
 
-DEFAULT_TARGET = "127.0.0.1:50052"
-DEFAULT_CLASSES = "ok,bruise,rot,scab"
 SIM_BUCKET = "lineloop-sim"
-TargetOption = typer.Option(
-    DEFAULT_TARGET, "--target", envvar="LINELOOP_LABELING_GRPC", help="Labeling service gRPC address."
-)
+DEFAULT_CLASSES = "ok,bruise,rot,scab"
+TargetOption = typer.Option(None, "--target", help="Labeling gRPC address (default: LINELOOP_LABELING_GRPC or 127.0.0.1:50052).")
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 @contextmanager
-def labeling(target: str) -> Iterator[LabelingServiceStub]:
-    """A stub on a fresh channel; any gRPC error becomes a one-line message and exit code 1."""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            yield LabelingServiceStub(channel)
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.UNAVAILABLE:
-                errors.print(f"[red]labeling service not reachable at {target}[/red]: {err.details()}")
-            else:
-                errors.print(f"[red]{err.code().name}[/red]: {err.details()}")
-            raise typer.Exit(1) from None
-
-
-def as_dict(msg) -> dict:
-    return MessageToDict(msg, preserving_proto_field_name=True)
-
-
-def echo_json(value) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+def labeling(target: str | None) -> Iterator[LabelingServiceStub]:
+    """A stub on a fresh channel; a gRPC failure becomes one clear line and a non-zero exit."""
+    address = grpc_target("labeling", target)
+    with grpc.insecure_channel(address) as channel, rpc_errors("labeling", address):
+        yield LabelingServiceStub(channel)
 
 
 @app.command("next")
@@ -67,14 +48,14 @@ def next_tasks(
     annotator: str = typer.Option(..., "--annotator", "-a", help="Who will label these frames."),
     line: str = typer.Option("", "--line", help="Only this line (default: any)."),
     max_tasks: int = typer.Option(10, "--max", min=1, help="How many tasks to lease."),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Lease the most valuable frames to label; nobody else gets them until the lease expires."""
     with labeling(target) as stub:
         reply = stub.NextTasks(pb.NextTasksRequest(annotator=annotator, line_id=line, max_tasks=max_tasks))
     if as_json:
-        echo_json([as_dict(t) for t in reply.tasks])
+        print_json(list(reply.tasks))
         return
     if not reply.tasks:
         console.print("the review queue is empty")
@@ -97,7 +78,7 @@ def submit(
     annotator: str = typer.Option(..., "--annotator", "-a"),
     lease: str = typer.Option("", "--lease", help="The lease from `labels next` (empty: a correction)."),
     note: str = typer.Option("", "--note"),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Record a human label (the latest human label of a frame wins)."""
@@ -106,19 +87,19 @@ def submit(
             lease_id=lease, frame_id=frame_id, label_class=label_class, annotator=annotator, note=note,
         ))
     if as_json:
-        echo_json(as_dict(reply))
+        print_json(reply)
         return
     what = "already recorded" if reply.duplicate else "recorded"
     console.print(f"label {reply.label.label_id} {what}: {frame_id} = {reply.label.label_class}")
 
 
 @app.command("history")
-def history(frame_id: str = typer.Argument(...), target: str = TargetOption, as_json: bool = JsonOption) -> None:
+def history(frame_id: str = typer.Argument(...), target: str | None = TargetOption, as_json: bool = JsonOption) -> None:
     """Every label a frame got, oldest first, and the one that counts."""
     with labeling(target) as stub:
         reply = stub.GetFrameLabels(pb.GetFrameLabelsRequest(frame_id=frame_id))
     if as_json:
-        echo_json(as_dict(reply))
+        print_json(reply)
         return
     table = Table(title=f"labels of {frame_id}")
     for column in ("created", "class", "source", "annotator", "note", "label id"):
@@ -127,7 +108,7 @@ def history(frame_id: str = typer.Argument(...), target: str = TargetOption, as_
         effective = label.label_id == reply.effective.label_id
         table.add_row(
             label.created_at.ToJsonString(), f"[bold]{label.label_class}[/bold]" if effective else label.label_class,
-            pb.LabelSource.Name(label.source).removeprefix("LABEL_SOURCE_").lower(), label.annotator, label.note,
+            LabelSource.Name(label.source).removeprefix("LABEL_SOURCE_").lower(), label.annotator, label.note,
             label.label_id,
         )
     console.print(table)
@@ -140,7 +121,7 @@ def export_labelstudio(
     line: str = typer.Option("", "--line"),
     max_tasks: int = typer.Option(0, "--max", min=0, help="0: all."),
     only_unlabelled: bool = typer.Option(False, "--only-unlabelled"),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
 ) -> None:
     """Tasks in Label Studio's import format (presigned image URLs, predictions as pre-annotations)."""
     with labeling(target) as stub:
@@ -155,14 +136,14 @@ def export_labelstudio(
 @app.command("import-labelstudio")
 def import_labelstudio(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A Label Studio JSON export."),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Label Studio annotations back as human labels; the whole file or nothing."""
     with labeling(target) as stub:
         reply = stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=path.read_bytes()))
     if as_json:
-        echo_json({"imported": reply.imported, "skipped": reply.skipped})
+        print_json({"imported": reply.imported, "skipped": reply.skipped})
         return
     console.print(f"imported {reply.imported} labels, skipped {reply.skipped} (already known, empty or cancelled)")
 
@@ -178,7 +159,8 @@ def _truth(client, frame_id: str) -> str | None:
     except S3Error as err:
         if err.code == "NoSuchKey":
             return None
-        raise
+        err_console.print(f"[red]cannot read ground truth s3://{SIM_BUCKET}/truth/{frame_id}.json[/red]: {err.code}")
+        raise typer.Exit(1) from None
 
 
 @app.command("simulate-qa")
@@ -192,7 +174,7 @@ def simulate_qa(
     classes: str = typer.Option(DEFAULT_CLASSES, "--classes", help="Classes a wrong answer is drawn from."),
     follow: bool = typer.Option(False, "--follow", help="Keep waiting for new frames instead of stopping when empty."),
     seed: int | None = typer.Option(None, "--seed"),
-    target: str = TargetOption,
+    target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """A simulated QA operator: answers tasks with the gateway simulator's true classes."""
@@ -203,7 +185,7 @@ def simulate_qa(
     refusals: dict[str, int] = {}
     with labeling(target) as stub, Progress(
         TextColumn("simulated QA"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=errors, disable=as_json,
+        console=err_console, disable=as_json,
     ) as progress:
         bar = progress.add_task("labels", total=max_labels or None)
         while not max_labels or counts["submitted"] < max_labels:
@@ -239,7 +221,7 @@ def simulate_qa(
                 if rate:
                     time.sleep(1.0 / rate)
     if as_json:
-        echo_json({**counts, "refusals": refusals})
+        print_json({**counts, "refusals": refusals})
         return
     console.print(
         f"simulated QA: {counts['submitted']} labels ({counts['wrong_on_purpose']} wrong on purpose), "

@@ -1,7 +1,123 @@
-"""`lineloop models ...`"""
+"""`lineloop models list|show|promote|rollback|canary`: versions, the gate, stages and history."""
 
 from __future__ import annotations
 
+import getpass
+
+import grpc
 import typer
+from rich.table import Table
+
+from lineloop.cli.common import console, grpc_target, print_json, rpc_errors
+from lineloop.v1 import registry_pb2 as pb
+from lineloop.v1 import registry_pb2_grpc
+from lineloop.v1.common_pb2 import Stage
 
 app = typer.Typer(no_args_is_help=True)
+
+TARGET = typer.Option(None, "--target", help="Registry gRPC address (default: $LINELOOP_REGISTRY_GRPC or 127.0.0.1:50054).")
+JSON = typer.Option(False, "--json", help="Print JSON.")
+ACTOR = typer.Option(None, "--actor", help="Who makes the change (default: your user name); kept in the history.")
+STAGES = {"candidate": Stage.STAGE_CANDIDATE, "staging": Stage.STAGE_STAGING, "canary": Stage.STAGE_STAGING,
+          "production": Stage.STAGE_PRODUCTION, "archived": Stage.STAGE_ARCHIVED, "rejected": Stage.STAGE_REJECTED}
+NAMES = {Stage.STAGE_UNSPECIFIED: "-", Stage.STAGE_CANDIDATE: "candidate", Stage.STAGE_STAGING: "[cyan]staging[/cyan]",
+         Stage.STAGE_PRODUCTION: "[green]production[/green]", Stage.STAGE_ARCHIVED: "archived",
+         Stage.STAGE_REJECTED: "[red]rejected[/red]"}
+
+
+def _stub(target: str) -> tuple[registry_pb2_grpc.RegistryServiceStub, grpc.Channel]:
+    channel = grpc.insecure_channel(target)
+    return registry_pb2_grpc.RegistryServiceStub(channel), channel
+
+
+def _stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise typer.BadParameter(f"{name!r}; one of {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def _show_version(v: pb.ModelVersion) -> None:
+    console.print(f"[bold]{v.model_name} v{v.version}[/bold] · {NAMES[v.stage]} · aliases {', '.join(v.aliases) or '-'}")
+    console.print(f"run {v.run_id} · dataset {v.dataset} {v.dataset_version} · parent {v.parent_version or '-'}"
+                  + (f" · canary share {v.canary_share:.0%} · frames served {v.frames_served}" if v.stage == Stage.STAGE_STAGING else ""))
+    g = v.gate
+    console.print(f"gate: {'[green]passed[/green]' if g.passed else '[red]failed[/red]'} on {g.dataset_version} — {g.reason}")
+    checks = Table("check", "candidate", "production/floor", "tolerance", "ok")
+    for c in g.checks:
+        checks.add_row(c.name, f"{c.candidate:.4f}", f"{c.baseline:.4f}", f"{c.tolerance:.4f}",
+                       "[green]yes[/green]" if c.passed else "[red]no[/red]")
+    console.print(checks)
+    history = Table("when", "from", "to", "who", "why", "accuracy", "ok FPR", title="history")
+    for h in v.history:
+        history.add_row(h.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"), NAMES[h.from_stage], NAMES[h.to_stage], h.actor,
+                        h.reason, f"{h.metrics.accuracy:.3f}" if h.HasField("metrics") else "-",
+                        f"{h.metrics.ok_false_positive_rate:.3f}" if h.HasField("metrics") else "-")
+    console.print(history)
+
+
+@app.command("list")
+def list_versions(model: str = typer.Option("", "--model", help="Only this model."),
+                  stage: str = typer.Option("", "--stage", help="Only this stage."),
+                  target: str | None = TARGET, as_json: bool = JSON) -> None:
+    """Model versions with stage, gate outcome and test accuracy."""
+    target = grpc_target("registry", target)
+    stub, channel = _stub(target)
+    with channel, rpc_errors("registry", target):
+        versions = stub.ListVersions(pb.ListVersionsRequest(model_name=model, stage=_stage(stage) if stage else 0), timeout=10).versions
+    if as_json:
+        print_json(list(versions))
+        return
+    table = Table("model", "version", "stage", "aliases", "dataset", "gate", "accuracy", "ok FPR", "run")
+    for v in versions:
+        table.add_row(v.model_name, v.version, NAMES[v.stage], ",".join(v.aliases), f"{v.dataset} {v.dataset_version}",
+                      ("passed" if v.gate.passed else "failed") if v.gate.reason else "pending",
+                      f"{v.gate.candidate.accuracy:.3f}", f"{v.gate.candidate.ok_false_positive_rate:.3f}", v.run_id)
+    console.print(table)
+
+
+@app.command()
+def show(model: str, version: str = typer.Argument("production", help="Version number or alias (production, staging, latest)."),
+         target: str | None = TARGET, as_json: bool = JSON) -> None:
+    """One version: lineage, every gate number, full stage history."""
+    target = grpc_target("registry", target)
+    stub, channel = _stub(target)
+    with channel, rpc_errors("registry", target):
+        v = stub.GetVersion(pb.GetVersionRequest(model_name=model, version=version), timeout=10)
+    print_json(v) if as_json else _show_version(v)
+
+
+@app.command()
+def promote(model: str, version: str, to: str = typer.Option("production", "--to", help="staging, production or archived."),
+            reason: str = typer.Option("", "--reason"), actor: str | None = ACTOR,
+            target: str | None = TARGET, as_json: bool = JSON) -> None:
+    """Move a version to another stage (serving switches before this returns)."""
+    target = grpc_target("registry", target)
+    stub, channel = _stub(target)
+    with channel, rpc_errors("registry", target):
+        v = stub.Promote(pb.PromoteRequest(model_name=model, version=version, to_stage=_stage(to),
+                                           actor=actor or getpass.getuser(), reason=reason), timeout=300)
+    print_json(v) if as_json else console.print(f"{v.model_name} v{v.version} is now {NAMES[v.stage]}")
+
+
+@app.command()
+def rollback(model: str, reason: str = typer.Option("", "--reason"), actor: str | None = ACTOR,
+             target: str | None = TARGET, as_json: bool = JSON) -> None:
+    """Put the previous production version back."""
+    target = grpc_target("registry", target)
+    stub, channel = _stub(target)
+    with channel, rpc_errors("registry", target):
+        v = stub.Rollback(pb.RollbackRequest(model_name=model, actor=actor or getpass.getuser(), reason=reason), timeout=300)
+    print_json(v) if as_json else console.print(f"{v.model_name}: v{v.version} is production again")
+
+
+@app.command()
+def canary(model: str, version: str, share: float = typer.Option(..., "--share", help="Share of traffic, 0..1."),
+           reason: str = typer.Option("", "--reason"), actor: str | None = ACTOR,
+           target: str | None = TARGET, as_json: bool = JSON) -> None:
+    """Make a version the canary, or change the canary's share of traffic."""
+    target = grpc_target("registry", target)
+    stub, channel = _stub(target)
+    with channel, rpc_errors("registry", target):
+        v = stub.SetCanary(pb.SetCanaryRequest(model_name=model, version=version, share=share,
+                                               actor=actor or getpass.getuser(), reason=reason), timeout=300)
+    print_json(v) if as_json else console.print(f"{v.model_name} v{v.version}: canary at {v.canary_share:.0%}")

@@ -11,13 +11,14 @@ one reference, so capture and prediction never stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import metrics
 
 from lineloop.bus import Bus, EventContext, Reject
-from lineloop.edge.manifest import BuildManifest, ManifestError, check_artifact, verify_manifest
+from lineloop.edge.fleets import load_fleets
+from lineloop.edge.manifest import BuildManifest, ManifestError, check_artifact, load_trusted_keys, verify_manifest
 from lineloop.storage.objects import ObjectStore, ObjectStoreError
 from lineloop.v1.common_pb2 import PREDICTION_SOURCE_EDGE, PREDICTION_STATUS_MISSING, PREDICTION_STATUS_OK, Prediction
 from lineloop.v1.events_pb2 import EdgeRollout
@@ -35,6 +37,8 @@ from lineloop.vision import ImageRejected, decode_image, to_model_input
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+# Where the embedded stack's compiler leaves its development public key (lineloop.compiler.signing).
+DEV_PUBLIC_KEY = Path("compiler") / "signing-key.pub.pem"
 _meter = metrics.get_meter("lineloop.edge")
 rollouts_applied = _meter.create_counter(
     "lineloop.edge.rollouts",
@@ -199,6 +203,35 @@ class EdgeAgent:
             embedding=[float(v) for v in embedding[0]],
             latency_ms=latency_ms,
         )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(*, fleet: str, gateway_id: str, kafka_bootstrap: str, objects: ObjectStore, state_dir: Path,
+                        trusted_key_files: list[Path] | None = None, fleets_file: Path | None = None,
+                        stage_delay_s: float = 0.0) -> AsyncIterator[EdgeAgent]:
+    """An agent for one gateway of `fleet`, consuming rollouts until the block ends.
+
+    The target is the fleet's (fleets configuration); trusted keys default to the embedded
+    compiler's development public key; installed models live under `<state_dir>/edge/<gateway>`
+    and the last one is resumed on start.
+    """
+    fleets = {f.name: f for f in load_fleets(fleets_file)}
+    if fleet not in fleets:
+        raise ValueError(f"unknown fleet {fleet!r}; configured fleets: {', '.join(sorted(fleets)) or 'none'}")
+    keys = load_trusted_keys(trusted_key_files or [Path(state_dir) / DEV_PUBLIC_KEY])
+    agent = EdgeAgent(fleet=fleet, gateway_id=gateway_id, target=fleets[fleet].target, objects=objects,
+                      trusted_keys=keys, install_dir=Path(state_dir) / "edge" / gateway_id, stage_delay_s=stage_delay_s)
+    try:
+        agent.restore()
+    except (ManifestError, OSError) as err:
+        log.warning("gateway %s starts without a model: the installed one failed its check (%s)", gateway_id, err)
+    bus = Bus(kafka_bootstrap, source=f"lineloop/edge-{gateway_id}")
+    agent.subscribe(bus)
+    await bus.start()
+    try:
+        yield agent
+    finally:
+        await bus.stop()
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -62,6 +62,9 @@ def int8_static(source: bytes, calibration: np.ndarray) -> bytes:
         folder = Path(tmp)
         (folder / "fp32.onnx").write_bytes(fp32)
         quant_pre_process(str(folder / "fp32.onnx"), str(folder / "prepared.onnx"), skip_symbolic_shape=True)
+        prepared = onnx.load(str(folder / "prepared.onnx"))
+        # Scores stay fp32: a quantised softmax would round every probability to 1/255.
+        softmax = [node.name for node in prepared.graph.node if node.op_type == "Softmax"]
         quantize_static(
             str(folder / "prepared.onnx"),
             str(folder / "int8.onnx"),
@@ -71,6 +74,7 @@ def int8_static(source: bytes, calibration: np.ndarray) -> bytes:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=softmax,
         )
         return (folder / "int8.onnx").read_bytes()
 

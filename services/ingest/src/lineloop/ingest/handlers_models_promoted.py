@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 def make_handler(serving: ServingPicture):
     async def on_models_promoted(msg: ModelPromoted, ctx: EventContext) -> None:
         state.apply_promotion(ctx.session, msg)
-        # Seen after commit at the latest refresh; this replica refreshes at once.
-        ctx.session.flush()
+        # This replica re-reads the picture at its next frame (the handler commits
+        # before any other task runs); other replicas within deployment_refresh_s.
         serving.invalidate()
         log.info(
             "serving picture of %s after %s:%s: %s", msg.model_name, msg.model_name, msg.version,

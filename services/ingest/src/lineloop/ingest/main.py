@@ -21,7 +21,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         settings.stack.triton_grpc, serving, timeout_s=settings.triton_timeout_s,
         max_batch=settings.score_max_batch, max_delay_ms=settings.score_max_delay_ms,
     )
-    pipeline = Pipeline(settings, service.objects.aio, scorer)
+    pipeline = Pipeline(settings, service.objects, scorer)
     prefetch = handlers_frames_captured.BatchPrefetch(pipeline, settings.max_concurrent_frames)
     service.bus.broker.add_middleware(prefetch.middleware())
 
@@ -30,6 +30,10 @@ def build(settings: IngestSettings | None = None) -> Service:
     service.add_grpc(add_IngestServiceServicer_to_server, IngestApi(settings, pipeline, service.db, service.bus, service.objects.aio))
 
     service.on_stop(scorer.close)
+
+    @service.on_stop
+    async def close_pipeline() -> None:
+        pipeline.close()
     return service
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,12 +25,7 @@ from sqlalchemy.orm import Session
 from lineloop.ingest import state
 from lineloop.ingest.scoring import TritonScorer
 from lineloop.ingest.settings import IngestSettings
-from lineloop.storage.objects import (
-    AsyncObjectStore,
-    ObjectNotFound,
-    Sha256Mismatch,
-    StoredObject,
-)
+from lineloop.storage.objects import ObjectNotFound, ObjectStore, Sha256Mismatch, StoredObject, content_key
 from lineloop.telemetry import metrics as shared_metrics
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, QualityStats
 from lineloop.v1.events_pb2 import FrameCaptured, FrameIngested, FrameRejected, RejectReason
@@ -106,10 +103,14 @@ def _check_id(name: str, value: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, settings: IngestSettings, objects: AsyncObjectStore, scorer: TritonScorer) -> None:
+    def __init__(self, settings: IngestSettings, objects: ObjectStore, scorer: TritonScorer) -> None:
         self.settings = settings
         self.objects = objects
         self.scorer = scorer
+        # S3 calls block a thread each: as many as frames in flight, beside the
+        # default executor the bus and gRPC use. Decoding is CPU work: one thread per core.
+        self._io = ThreadPoolExecutor(settings.max_concurrent_frames, thread_name_prefix="ingest-s3")
+        self._cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="ingest-decode")
         self.limits = DecodeLimits(
             max_bytes=settings.max_image_bytes, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels
         )
@@ -132,11 +133,11 @@ class Pipeline:
         self._validate(frame)
         data, declared_sha = await self._image_bytes(frame)
         t1 = time.perf_counter()
-        decoded = await asyncio.to_thread(self._decode, data)
+        decoded = await self._run(self._cpu, self._decode, data)
         image, quality = decoded
         t2 = time.perf_counter()
         stored, prediction = await asyncio.gather(
-            self._store(data, image.extension, image.content_type, declared_sha),
+            self._store(frame, data, image.extension, image.content_type, declared_sha),
             self._score(frame, image.image),
         )
         t3 = time.perf_counter()
@@ -192,13 +193,13 @@ class Pipeline:
                 RejectReason.REJECT_REASON_SHA256_MISMATCH, f"image_ref sha256 {ref.sha256[:80]!r} is not 64 hex digits"
             )
         try:
-            info = await self.objects.stat(ref.bucket, ref.key)
+            info = await self._run(self._io, self.objects.stat, ref.bucket, ref.key)
             if info.size_bytes > self.settings.max_image_bytes:
                 raise FrameRefused(
                     RejectReason.REJECT_REASON_IMAGE_TOO_LARGE,
                     f"{ref.bucket}/{ref.key} is {info.size_bytes} bytes, the limit is {self.settings.max_image_bytes}",
                 )
-            data = await self.objects.get_bytes(ref.bucket, ref.key, expected_sha256=sha)
+            data = await self._run(self._io, self.objects.get_bytes, ref.bucket, ref.key, sha)
         except ObjectNotFound as exc:
             raise FrameRefused(RejectReason.REJECT_REASON_IMAGE_NOT_FOUND, str(exc)) from exc
         except Sha256Mismatch as exc:
@@ -208,6 +209,14 @@ class Pipeline:
             ) from exc
         return data, sha
 
+    @staticmethod
+    async def _run(pool: ThreadPoolExecutor, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False, cancel_futures=True)
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
     def _decode(self, data: bytes):
         try:
             image = decode_image(data, self.limits)
@@ -216,10 +225,14 @@ class Pipeline:
         q = quality_stats(image.image)
         return image, QualityStats(**q.as_dict())
 
-    async def _store(self, data: bytes, ext: str, content_type: str, sha: str | None) -> StoredObject:
+    async def _store(self, frame: FrameCaptured, data: bytes, ext: str, content_type: str, sha: str | None) -> StoredObject:
         started = time.perf_counter()
-        stored = await self.objects.put_content_addressed(
-            self.settings.frames_bucket, data, ext, content_type, expected_sha256=sha
+        bucket = self.settings.frames_bucket
+        if sha is not None and frame.image_ref.bucket == bucket and frame.image_ref.key == content_key(sha, ext):
+            # The gateway uploaded it under its content address, and we just read and verified it.
+            return StoredObject(bucket, frame.image_ref.key, sha, len(data), existed=True)
+        stored = await self._run(
+            self._io, self.objects.put_content_addressed, bucket, data, ext, content_type, sha
         )
         stage_duration.record(time.perf_counter() - started, {"stage": "store"})
         return stored
@@ -273,8 +286,12 @@ class Pipeline:
         )
         if frame.HasField("captured_at"):
             event.captured_at.CopyFrom(frame.captured_at)
+        else:
+            # Windows and latencies downstream need a time: the best we know is now.
+            event.captured_at.CopyFrom(now)
+            event.attributes["captured_at"] = "assumed at ingest"
         if frame.HasField("edge_prediction"):
             event.edge_prediction.CopyFrom(frame.edge_prediction)
-        state.add_frame(session, event, frame.captured_at.ToDatetime(tzinfo=UTC) if frame.HasField("captured_at") else None)
+        state.add_frame(session, event, event.captured_at.ToDatetime(tzinfo=UTC))
         frames_total.add(1, {"path": path, "outcome": "duplicate" if first else "ingested"})
         return Recorded(ingested=event)

@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp

@@ -25,7 +25,7 @@ def make_handler(cfg: LabelingSettings):
         s.execute(state.drifts.insert().values(
             drift_id=msg.drift_id, line_id=msg.line_id, camera_id=msg.camera_id, model_name=msg.model_name,
             model_version=msg.model_version, since=since,
-            active_until=max(detected, labels.utcnow()) + timedelta(seconds=cfg.drift_active_s),
+            active_until=detected + timedelta(seconds=cfg.drift_active_s),  # a replayed old drift stays inactive
         ))
 
     return on_drift_detected

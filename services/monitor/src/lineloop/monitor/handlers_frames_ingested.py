@@ -29,7 +29,9 @@ def make_handler(settings: MonitorSettings):
         if line is None:
             s.execute(lines.insert().values(
                 line_id=msg.line_id, frames_seen=0, reference_from_seq=1,
-                model_name=(pred.model_name if pred else "") or settings.default_model_name,
+                # Before any model serves the line, retraining targets the model
+                # training names after the line's dataset (its default pattern).
+                model_name=(pred.model_name if pred else "") or msg.line_id,
             ))
             line = s.execute(select(lines).where(lines.c.line_id == msg.line_id)).one()
         if s.execute(select(frames.c.frame_id).where(frames.c.frame_id == msg.frame_id)).first():

@@ -26,4 +26,3 @@ class MonitorSettings(ServiceSettings):
     # second retraining is requested for it.
     drift_cooldown_s: float = 600.0
     request_training: bool = True
-    default_model_name: str = "apple-inspector"

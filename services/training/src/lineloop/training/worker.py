@@ -142,12 +142,11 @@ class RunWorker:
             outcome = state.SUCCEEDED
         except Cancelled:
             outcome = state.CANCELLED
-            reason = "service stopping" if self._stopping else "cancelled"
             async with self.service.db.write() as s:
                 if self._stopping and not _cancel_requested(s, run_id):
                     state.requeue_abandoned(s, self.worker_id)  # shutdown, not a user cancel: run it again later
-                else:
-                    state.finish(s, run_id, state.CANCELLED, error=reason)
+                else:  # CancelRun already recorded who asked and why in `error`
+                    state.finish(s, run_id, state.CANCELLED)
         except Exception as exc:
             error = str(exc) if isinstance(exc, RunFailed | ManifestError | ValueError) else f"{type(exc).__name__}: {exc}"
             log.exception("run %s failed: %s", run_id, error)

@@ -207,7 +207,7 @@ def test_triton_serves_the_s3_repository_on_a_gpu(compose):
     repository = f"s3://{compose['services']['ingest']['environment']['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
     assert f"--model-repository={repository}" in command
     registry = compose["services"]["registry"]["environment"]
-    assert registry["LINELOOP_REGISTRY_TRITON_REPOSITORY"] == repository, "the registry writes where Triton reads"
+    assert registry["LINELOOP_TRITON_REPOSITORY"] == repository, "the registry writes where Triton reads"
     assert registry["LINELOOP_REGISTRY_TRITON_FLAVOUR"] == "onnxruntime_onnx"
     env = triton["environment"]
     shared = compose["services"]["ingest"]["environment"]

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lineloop.bus import Bus
 from lineloop.compiler.builds import BuildEnvironment, run_build
@@ -23,7 +24,8 @@ from lineloop.compiler.profiles import Tolerance, load_profiles
 from lineloop.compiler.signing import DEV_PUBLIC_KEY, load_signer
 from lineloop.compiler.testing import CLASSES, demo_data, register_event, train_demo_model, upload_dataset
 from lineloop.edge import load_trusted_keys
-from lineloop.edge.agent import EdgeAgent
+from lineloop.edge.agent import EdgeAgent, running_agent
+from lineloop.edge.manifest import public_key_pem
 from lineloop.model.export import export_onnx
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1.common_pb2 import PREDICTION_SOURCE_EDGE, PREDICTION_STATUS_MISSING, PREDICTION_STATUS_OK
@@ -147,10 +149,6 @@ async def test_agent_installs_signed_builds_and_refuses_tampered_ones(stack, tmp
 
 
 async def test_running_agent_serves_its_fleet_and_names_unknown_fleets(stack, tmp_path):
-    from lineloop.edge.agent import running_agent
-    from lineloop.edge.manifest import public_key_pem
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     (tmp_path / "compiler").mkdir()
     (tmp_path / "compiler" / "signing-key.pub.pem").write_bytes(public_key_pem(Ed25519PrivateKey.generate().public_key()))

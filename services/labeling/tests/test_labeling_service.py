@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from lineloop.bus import Bus
 from lineloop.contracts.topics import event_type
 from lineloop.labeling import queue, state
+from lineloop.model.manifest import parse_manifest
 from lineloop.runtime import error_info
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import labeling_pb2 as pb
@@ -151,6 +152,8 @@ async def test_frames_to_queue_to_labels_to_policy_cut(stack, publisher, objects
     assert {r["frame_id"]: r["label"] for r in rows} == {frames[k].frame_id: v for k, v in truth.items()}
     assert sum(version.split_counts.values()) == len(rows) == 6
     assert dict(version.class_counts) == {"ok": 3, "bruise": 1, "rot": 1, "scab": 1}
+    # The training side's reader takes it as it is.
+    assert {e.frame_id: e.split for e in parse_manifest(data)} == {r["frame_id"]: r["split"] for r in rows}
     sidecar = objects.get_bytes(version.manifest.bucket, version.manifest.key + ".sha256")
     assert sidecar.decode().split()[0] == version.manifest.sha256
 
@@ -316,13 +319,17 @@ async def test_bad_input_gets_a_specific_status_and_changes_nothing(stack, publi
     broken = h.frame_event(line, "cam-1", {"ok": 0.5, "rot": 0.5})
     broken.ClearField("image")
     await publisher.publish(broken)
-    dlq = await _dlq_reason(stack.kafka_bootstrap, broken.frame_id)
-    assert dlq == "invalid_frame"
+    bad_sha = h.frame_event(line, "cam-1", {"ok": 0.5, "rot": 0.5})
+    bad_sha.image.sha256 = "not-a-sha"
+    await publisher.publish(bad_sha)
+    assert await _dlq_reason(stack.kafka_bootstrap, broken.frame_id) == "invalid_frame"
+    assert await _dlq_reason(stack.kafka_bootstrap, bad_sha.frame_id) == "invalid_frame"
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.GetFrameLabels(pb.GetFrameLabelsRequest(frame_id=broken.frame_id))
 
     with urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10) as response:
         metrics = response.read().decode()
+    assert any(line_.startswith("lineloop_labeling_labels") and 'source="human"' in line_ for line_ in metrics.splitlines())
     for reason in ("UNKNOWN_FRAME", "UNKNOWN_CLASS", "LEASE_ALREADY_USED", "MALFORMED_LABEL_STUDIO_FILE"):
         assert any(line_.startswith("lineloop_rejections") and f'reason="{reason}"' in line_
                    for line_ in metrics.splitlines()), reason

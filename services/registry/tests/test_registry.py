@@ -219,11 +219,12 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
         await events.bus.stop()
 
 
-async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, store, tmp_path):
+async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, store, tmp_path, database_url):
+    """On SQLite and PostgreSQL: the promotion lease is a conditional UPDATE, not an in-process lock."""
     model = f"pears-{uuid.uuid4().hex[:6]}"
     ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=4)
     deployer = SlowDeployer(delay_s=1.0)
-    service = build(registry_settings(stack, tmp_path, auto_promote=False), deployer=deployer)
+    service = build(registry_settings(stack, tmp_path, auto_promote=False, database_url=database_url), deployer=deployer)
     publisher = Bus(stack.kafka_bootstrap, source="test/registry")
     await publisher.start()
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 
 import grpc
@@ -76,6 +77,8 @@ async def services(stack, tmp_path_factory):
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{training.grpc_port}") as tc, \
                         grpc.aio.insecure_channel(f"127.0.0.1:{registry.grpc_port}") as rc:
                     found = Services(training, registry, store, bus)
+                    found.training_target = f"127.0.0.1:{training.grpc_port}"
+                    found.registry_target = f"127.0.0.1:{registry.grpc_port}"
                     found.training, found.registry = TrainingServiceStub(tc), RegistryServiceStub(rc)
                     yield found
             finally:
@@ -160,6 +163,20 @@ async def test_datasets_become_runs_and_gated_versions_with_cancel_and_queueing(
     assert versions[0].gate.baseline_version == "1" and versions[0].gate.dataset_version == f"{name}/v0003"
     assert long.run_id not in {v.run_id for v in versions}  # the cancelled run was never registered
     assert not services.store.exists("lineloop-models", f"{name}/{long.run_id}/model.onnx")
+
+    # The CLI shows the same records (--json for scripts).
+    listed = json.loads(await cli("runs", "list", "--model", name, "--json", "--target", services.training_target))
+    assert {r["run_id"]: r["state"] for r in listed}[long.run_id] == "RUN_STATE_CANCELLED"
+    shown = json.loads(await cli("models", "show", name, "latest", "--json", "--target", services.registry_target))
+    assert shown["run_id"] == third.run_id and shown["gate"]["baseline_version"] == "1"
+
+
+async def cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lineloop.cli.main", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import typer
-from minio.error import S3Error
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, print_json
-from lineloop.cli.labels import JsonOption, TargetOption, labeling
-from lineloop.stack.config import StackConfig
-from lineloop.stack.embedded import EmbeddedStack
+from lineloop.cli.labels import JsonOption, TargetOption, labeling, object_store
+from lineloop.storage.objects import ObjectStoreError, Sha256Mismatch
 from lineloop.v1 import labeling_pb2 as pb
 from lineloop.v1.events_pb2 import DatasetVersioned
 
@@ -51,20 +48,15 @@ def _show(v: DatasetVersioned) -> None:
 
 def _manifest(v: DatasetVersioned) -> list[dict]:
     """The version's manifest from S3, checked against its recorded sha256."""
+    where = f"s3://{v.manifest.bucket}/{v.manifest.key}"
     try:
-        response = EmbeddedStack(StackConfig.from_env()).s3_client().get_object(v.manifest.bucket, v.manifest.key)
-        try:
-            data = response.read()
-        finally:
-            response.close()
-            response.release_conn()
-    except S3Error as err:
-        err_console.print(f"[red]cannot read manifest s3://{v.manifest.bucket}/{v.manifest.key}[/red]: {err.code}")
+        data = object_store().get_bytes(v.manifest.bucket, v.manifest.key, expected_sha256=v.manifest.sha256)
+    except Sha256Mismatch as err:
+        err_console.print(f"[red]manifest of {v.dataset} {v.version} is corrupt[/red]: {err}")
         raise typer.Exit(1) from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != v.manifest.sha256:
-        err_console.print(f"[red]manifest of {v.dataset} {v.version} is corrupt[/red]: sha256 {actual} != {v.manifest.sha256}")
-        raise typer.Exit(1)
+    except ObjectStoreError as err:
+        err_console.print(f"[red]cannot read manifest {where}[/red]: {err}")
+        raise typer.Exit(1) from None
     return [json.loads(line) for line in data.splitlines() if line]
 
 

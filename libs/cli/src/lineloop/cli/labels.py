@@ -16,13 +16,12 @@ from pathlib import Path
 
 import grpc
 import typer
-from minio.error import S3Error
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target, print_json, rpc_errors
-from lineloop.stack.config import StackConfig
-from lineloop.stack.embedded import EmbeddedStack
+from lineloop.runtime import StackSettings
+from lineloop.storage.objects import ObjectNotFound, ObjectStore, ObjectStoreError
 from lineloop.v1 import labeling_pb2 as pb
 from lineloop.v1.events_pb2 import LabelSource
 from lineloop.v1.labeling_pb2_grpc import LabelingServiceStub
@@ -148,18 +147,20 @@ def import_labelstudio(
     console.print(f"imported {reply.imported} labels, skipped {reply.skipped} (already known, empty or cancelled)")
 
 
-def _truth(client, frame_id: str) -> str | None:
+def object_store() -> ObjectStore:
+    """The S3 store named by `LINELOOP_S3_*` (the embedded stack's by default)."""
+    stack = StackSettings()
+    return ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+
+
+def _truth(objects: ObjectStore, frame_id: str) -> str | None:
+    key = f"truth/{frame_id}.json"
     try:
-        response = client.get_object(SIM_BUCKET, f"truth/{frame_id}.json")
-        try:
-            return json.loads(response.read())["label"]
-        finally:
-            response.close()
-            response.release_conn()
-    except S3Error as err:
-        if err.code == "NoSuchKey":
-            return None
-        err_console.print(f"[red]cannot read ground truth s3://{SIM_BUCKET}/truth/{frame_id}.json[/red]: {err.code}")
+        return json.loads(objects.get_bytes(SIM_BUCKET, key))["label"]
+    except ObjectNotFound:
+        return None
+    except ObjectStoreError as err:
+        err_console.print(f"[red]cannot read ground truth s3://{SIM_BUCKET}/{key}[/red]: {err}")
         raise typer.Exit(1) from None
 
 
@@ -180,7 +181,7 @@ def simulate_qa(
     """A simulated QA operator: answers tasks with the gateway simulator's true classes."""
     rng = random.Random(seed)
     class_list = [c for c in classes.split(",") if c]
-    s3 = EmbeddedStack(StackConfig.from_env()).s3_client()
+    objects = object_store()
     counts = {"submitted": 0, "wrong_on_purpose": 0, "no_truth": 0, "refused": 0}
     refusals: dict[str, int] = {}
     with labeling(target) as stub, Progress(
@@ -197,7 +198,7 @@ def simulate_qa(
                 time.sleep(1.0)
                 continue
             for task in tasks:
-                truth = _truth(s3, task.frame_id)
+                truth = _truth(objects, task.frame_id)
                 if truth is None:
                     counts["no_truth"] += 1  # not a simulated frame: its lease simply expires
                     continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lineloop.cli import builds, datasets, gateway, health, labels, models, runs, stack
+from lineloop.cli import builds, datasets, demo, gateway, health, labels, models, runs, stack
 
 app = typer.Typer(no_args_is_help=True, help="lineloop: event-driven MLOps for machine vision.")
 app.add_typer(stack.app, name="stack", help="The embedded stack: Kafka API, S3, Triton on 127.0.0.1.")
@@ -18,7 +18,8 @@ app.add_typer(runs.app, name="runs", help="Training runs.")
 app.add_typer(models.app, name="models", help="Model versions, stages, promotion, rollback.")
 app.add_typer(builds.app, name="builds", help="Compiled builds per target.")
 app.add_typer(health.app, name="health", help="Model health and drift.")
-stack.register_top_level(app)  # up, down, demo, bench
+stack.register_top_level(app)  # up, down
+demo.register(app)
 
 if __name__ == "__main__":
     app()

@@ -9,6 +9,7 @@ Input `images` FP32 [N,3,S,S] (RGB 0..1); outputs `probabilities` FP32 [N,C]
 from __future__ import annotations
 
 import io
+import warnings
 
 import torch
 from torch import nn
@@ -37,7 +38,9 @@ def export_onnx(model: InspectionNet) -> bytes:
     size = model.spec.input_size
     example = torch.zeros(1, 3, size, size, dtype=torch.float32)
     buf = io.BytesIO()
-    with torch.no_grad():
+    # The TorchScript exporter is chosen on purpose (see above); its deprecation notice is noise here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             serving,
             (example,),

@@ -1,0 +1,1 @@
+"""The compiler service: registered model versions -> verified, signed builds per target profile."""

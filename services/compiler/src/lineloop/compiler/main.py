@@ -20,6 +20,8 @@ def build_service(settings: CompilerSettings | None = None) -> Service:
     service.migrate(state.SCHEMA_COMPONENT, state.SCHEMA_VERSION, state.metadata)
     catalogue = load_profiles(settings.profiles_file)
     fleets = load_fleets(settings.fleets_file)
+    for fleet in fleets:
+        catalogue.get(fleet.target)  # a fleet naming an unknown profile stops the start, with the names
     env = BuildEnvironment(
         objects=service.objects,
         signer=load_signer(settings.signing_key_file, settings.stack.state_dir),

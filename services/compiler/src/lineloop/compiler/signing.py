@@ -43,11 +43,15 @@ def load_signer(configured: Path | None, state_dir: Path) -> Signer:
             raise ValueError(f"{configured} is not an Ed25519 private key")
         return Signer(key)
     path = Path(state_dir) / DEV_KEY
+    public = Path(state_dir) / DEV_PUBLIC_KEY
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")
-        return Signer(key)
+        signer = Signer(key)
+        if not public.exists():
+            public.write_bytes(signer.public_key_pem)
+        return signer
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -55,7 +59,7 @@ def load_signer(configured: Path | None, state_dir: Path) -> Signer:
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     signer = Signer(key)
-    (Path(state_dir) / DEV_PUBLIC_KEY).write_bytes(signer.public_key_pem)
+    public.write_bytes(signer.public_key_pem)
     log.warning(
         "no signing key configured: generated a development Ed25519 key %s at %s (public key beside it); "
         "set LINELOOP_COMPILER_SIGNING_KEY_FILE in production", signer.key_id, path,

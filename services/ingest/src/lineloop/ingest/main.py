@@ -21,7 +21,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         settings.stack.triton_grpc, serving, timeout_s=settings.triton_timeout_s,
         max_batch=settings.score_max_batch, max_delay_ms=settings.score_max_delay_ms,
     )
-    pipeline = Pipeline(settings, service.objects, scorer)
+    pipeline = Pipeline(settings, service.objects, scorer, service.db)
     prefetch = handlers_frames_captured.BatchPrefetch(pipeline, settings.max_concurrent_frames)
     service.bus.broker.add_middleware(prefetch.middleware())
 

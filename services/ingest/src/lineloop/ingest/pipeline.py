@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 from lineloop.ingest import state
 from lineloop.ingest.scoring import TritonScorer
 from lineloop.ingest.settings import IngestSettings
-from lineloop.storage.objects import ObjectNotFound, ObjectStore, Sha256Mismatch, StoredObject, content_key
+from lineloop.storage.objects import ObjectNotFound, ObjectStore, Sha256Mismatch, StoredObject, content_key, sha256_hex
+from lineloop.storage.sql import Database
 from lineloop.telemetry import metrics as shared_metrics
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, QualityStats
 from lineloop.v1.events_pb2 import FrameCaptured, FrameIngested, FrameRejected, RejectReason
@@ -103,9 +104,10 @@ def _check_id(name: str, value: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, settings: IngestSettings, objects: ObjectStore, scorer: TritonScorer) -> None:
+    def __init__(self, settings: IngestSettings, objects: ObjectStore, scorer: TritonScorer, db: Database) -> None:
         self.settings = settings
         self.objects = objects
+        self.db = db
         self.scorer = scorer
         # S3 calls block a thread each: as many as frames in flight, beside the
         # default executor the bus and gRPC use. Decoding is CPU work: one thread per core.
@@ -226,16 +228,25 @@ class Pipeline:
         return image, QualityStats(**q.as_dict())
 
     async def _store(self, frame: FrameCaptured, data: bytes, ext: str, content_type: str, sha: str | None) -> StoredObject:
+        """Content-addressed and written once: content the frame index knows is not written again."""
         started = time.perf_counter()
         bucket = self.settings.frames_bucket
-        if sha is not None and frame.image_ref.bucket == bucket and frame.image_ref.key == content_key(sha, ext):
+        sha = sha or sha256_hex(data)
+        key = content_key(sha, ext)
+        if frame.image_ref.bucket == bucket and frame.image_ref.key == key:
             # The gateway uploaded it under its content address, and we just read and verified it.
-            return StoredObject(bucket, frame.image_ref.key, sha, len(data), existed=True)
-        stored = await self._run(
-            self._io, self.objects.put_content_addressed, bucket, data, ext, content_type, sha
-        )
+            return StoredObject(bucket, key, sha, len(data), existed=True)
+        if await self._run(self._io, self._known, sha):
+            return StoredObject(bucket, key, sha, len(data), existed=True)
+        # Unknown content: one PUT, no existence check first. If an attempt that crashed
+        # before indexing left the object, this writes the same bytes under the same key.
+        stored = await self._run(self._io, self.objects.put_bytes, bucket, key, data, content_type)
         stage_duration.record(time.perf_counter() - started, {"stage": "store"})
         return stored
+
+    def _known(self, sha: str) -> bool:
+        with self.db.session() as session:
+            return state.first_frame_with(session, sha) is not None
 
     async def _score(self, frame: FrameCaptured, image) -> Prediction:
         started = time.perf_counter()

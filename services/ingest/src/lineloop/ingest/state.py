@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     select,
 )
@@ -93,24 +94,30 @@ class Deployment:
 # ---- frames -----------------------------------------------------------------
 
 
+# Built once: these run for every frame, and building a statement costs more than running it.
+_FIND_FRAME = select(frames.c.event).where(frames.c.frame_id == bindparam("frame_id"))
+_FIRST_WITH = select(images.c.first_frame_id).where(images.c.sha256 == bindparam("sha256"))
+_ADD_IMAGE = images.insert()
+_ADD_FRAME = frames.insert()
+
+
 def find_frame(session: Session, frame_id: str) -> FrameIngested | None:
-    event = session.execute(select(frames.c.event).where(frames.c.frame_id == frame_id)).scalar_one_or_none()
+    event = session.execute(_FIND_FRAME, {"frame_id": frame_id}).scalar_one_or_none()
     return None if event is None else FrameIngested.FromString(event)
 
 
 def first_frame_with(session: Session, sha256: str) -> str | None:
-    return session.execute(
-        select(images.c.first_frame_id).where(images.c.sha256 == sha256)
-    ).scalar_one_or_none()
+    return session.execute(_FIRST_WITH, {"sha256": sha256}).scalar_one_or_none()
 
 
 def add_image(session: Session, sha256: str, frame_id: str) -> None:
-    session.execute(images.insert().values(sha256=sha256, first_frame_id=frame_id, created_at=utcnow()))
+    session.execute(_ADD_IMAGE, {"sha256": sha256, "first_frame_id": frame_id, "created_at": utcnow()})
 
 
 def add_frame(session: Session, event: FrameIngested, captured_at: datetime | None) -> None:
     session.execute(
-        frames.insert().values(
+        _ADD_FRAME,
+        dict(
             frame_id=event.frame_id,
             sha256=event.image.sha256,
             bucket=event.image.bucket,
@@ -121,7 +128,7 @@ def add_frame(session: Session, event: FrameIngested, captured_at: datetime | No
             ingested_at=event.ingested_at.ToDatetime(tzinfo=utcnow().tzinfo),
             duplicate_of=event.duplicate_of or None,
             event=event.SerializeToString(),
-        )
+        ),
     )
 
 

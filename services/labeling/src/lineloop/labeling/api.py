@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -20,8 +20,8 @@ from lineloop.v1 import labeling_pb2 as pb
 from lineloop.v1.events_pb2 import DatasetVersioned
 from lineloop.v1.labeling_pb2_grpc import LabelingServiceServicer
 
-log = logging.getLogger(__name__)
 SERVICE = "labeling"
+CUT_WAIT_S = 10.0
 
 
 class LabelingApi(LabelingServiceServicer):
@@ -84,6 +84,7 @@ class LabelingApi(LabelingServiceServicer):
                     raise
         if not duplicate:
             self.bus.relay.wake()
+            labels.created.add(1, {"source": "human"})
         return pb.SubmitLabelResponse(label=label, duplicate=duplicate)
 
     async def GetFrameLabels(self, request: pb.GetFrameLabelsRequest, context) -> pb.GetFrameLabelsResponse:
@@ -101,15 +102,21 @@ class LabelingApi(LabelingServiceServicer):
 
     async def CutDataset(self, request: pb.CutDatasetRequest, context):
         dataset = request.dataset or request.line_id
-        try:
-            version, _ = await self.datasets.cut(
-                dataset, request.line_id, requested_by=request.requested_by or "grpc",
-                reason=f"on request: {request.reason}" if request.reason else "on request",
-            )
-        except LabelRejected as err:
-            return await self._reject(context, err)
-        except CutBusy as err:
-            return await abort(context, grpc.StatusCode.ABORTED, "CUT_IN_PROGRESS", str(err), service=SERVICE)
+        # A policy cut of the same dataset takes a moment: wait for it rather than fail at once.
+        deadline = asyncio.get_running_loop().time() + CUT_WAIT_S
+        while True:
+            try:
+                version, _ = await self.datasets.cut(
+                    dataset, request.line_id, requested_by=request.requested_by or "grpc",
+                    reason=f"on request: {request.reason}" if request.reason else "on request",
+                )
+                break
+            except LabelRejected as err:
+                return await self._reject(context, err)
+            except CutBusy as err:
+                if asyncio.get_running_loop().time() > deadline:
+                    return await abort(context, grpc.StatusCode.ABORTED, "CUT_IN_PROGRESS", str(err), service=SERVICE)
+                await asyncio.sleep(0.25)
         if version is None:
             return await abort(
                 context, grpc.StatusCode.FAILED_PRECONDITION, "NOTHING_LABELLED",
@@ -149,4 +156,5 @@ class LabelingApi(LabelingServiceServicer):
             return await self._reject(context, err)
         if imported:
             self.bus.relay.wake()
+            labels.created.add(imported, {"source": "import"})
         return pb.ImportLabelStudioResponse(imported=imported, skipped=empty + known)

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics
 
 from lineloop.bus import Bus
 from lineloop.labeling import state
@@ -30,6 +31,9 @@ from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1.events_pb2 import DatasetVersioned, LabelSource
 
 log = logging.getLogger(__name__)
+versions_cut = metrics.get_meter("lineloop.labeling").create_counter(
+    "lineloop.labeling.dataset_versions", unit="{version}", description="Dataset versions cut. Attributes: dataset, by.",
+)
 
 SOURCE_NAMES = {
     LabelSource.LABEL_SOURCE_HUMAN: "human",
@@ -105,6 +109,9 @@ class Datasets:
         self.bus = bus
         self.objects = objects
         self._task: asyncio.Task | None = None
+        # Per dataset, the label watermark at which a cut found nothing to change (e.g. a frame
+        # relabelled to the same class): the policy counts new labels from there, not from the head.
+        self._unchanged_at: dict[str, int] = {}
 
     async def cut(
         self, dataset: str, line_id: str, *, requested_by: str, reason: str, min_new_labels: int = 0,
@@ -139,12 +146,14 @@ class Datasets:
                     grpc.StatusCode.INVALID_ARGUMENT, "DATASET_LINE_MISMATCH",
                     f"dataset {dataset!r} is cut from line {head.line_id or '(all lines)'!r}, not {line_id or '(all lines)'!r}",
                 )
-            if min_new_labels and state.new_human_labels(s, line_id, head.label_watermark if head else 0) < min_new_labels:
+            since = max(head.label_watermark if head else 0, self._unchanged_at.get(dataset, 0))
+            if min_new_labels and state.new_human_labels(s, line_id, since) < min_new_labels:
                 return (DatasetVersioned.FromString(head.event) if head else None), False
             watermark = state.max_label_seq(s)
             entries = state.effective_labels(s, line_id, watermark)
         manifest = build_manifest(entries, self.cfg)
         if head is not None and head.manifest_sha256 == manifest.sha256:
+            self._unchanged_at[dataset] = watermark
             return DatasetVersioned.FromString(head.event), False
         if not manifest.data:
             return None, False
@@ -175,6 +184,7 @@ class Datasets:
             ))
             self.bus.add_to_outbox(s, event)
         self.bus.relay.wake()
+        versions_cut.add(1, {"dataset": dataset, "by": "policy" if requested_by == POLICY_ACTOR else "request"})
         log.info("dataset %s %s cut: %d frames (%s)", dataset, version, sum(manifest.split_counts.values()), reason)
         return event, True
 
@@ -189,7 +199,8 @@ class Datasets:
             plans = []
             for line in lines:
                 head = state.head(s, line)
-                new = state.new_human_labels(s, line, head.label_watermark if head else 0)
+                since = max(head.label_watermark if head else 0, self._unchanged_at.get(line, 0))
+                new = state.new_human_labels(s, line, since)
                 drifting = bool(state.active_drifts(s, line, now))
                 threshold = self.cfg.cut_min_new_labels_drift if drifting else self.cfg.cut_min_new_labels
                 if new >= threshold:

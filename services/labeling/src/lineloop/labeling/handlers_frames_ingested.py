@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 
 from sqlalchemy import select
@@ -11,6 +12,8 @@ from lineloop.labeling import labels, queue, state
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.v1.events_pb2 import FrameIngested, LabelSource
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 
 def make_handler(cfg: LabelingSettings):
     async def on_frame_ingested(msg: FrameIngested, ctx: EventContext) -> None:
@@ -18,6 +21,9 @@ def make_handler(cfg: LabelingSettings):
         if missing or not msg.image.key or not msg.image.sha256:
             what = ", ".join(missing + ([] if msg.image.key and msg.image.sha256 else ["image.key/sha256"]))
             raise Reject("invalid_frame", f"frame {msg.frame_id!r} lacks {what}")
+        if not _SHA256.fullmatch(msg.image.sha256):
+            # Splits are computed from it: a malformed one would break every later cut.
+            raise Reject("invalid_frame", f"frame {msg.frame_id!r}: image.sha256 {msg.image.sha256[:80]!r} is not 64 hex digits")
         s = ctx.session
         if s.execute(select(state.frames.c.frame_id).where(state.frames.c.frame_id == msg.frame_id)).first():
             return  # the same frame announced again (another ce_id): it is already queued
@@ -32,7 +38,7 @@ def make_handler(cfg: LabelingSettings):
             predicted_class=(pred.predicted_class or max(pred.scores, key=pred.scores.get)) if pred else "",
             model_name=pred.model_name if pred else "", model_version=pred.model_version if pred else "",
             base_score=score, score_kind=kind,
-            # A byte-identical image was queued already: one label serves both.
+            # A byte-identical image is already queued: labelling it twice teaches the model nothing.
             in_queue=not msg.duplicate,
             lease_id=None, leased_by=None, lease_expires_at=None,
         )
@@ -47,5 +53,6 @@ def make_handler(cfg: LabelingSettings):
                     f"auto-accepted: score {top:.4f} >= {cfg.auto_accept_threshold}", labels.utcnow(), pred,
                 )
                 labels.record(s, label, f"model:{msg.frame_id}", ctx.emit)
+                labels.created.add(1, {"source": "model"})
 
     return on_frame_ingested

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import metrics
 from sqlalchemy.orm import Session
 
 from lineloop.labeling import state
@@ -21,6 +22,10 @@ from lineloop.v1.common_pb2 import Prediction
 from lineloop.v1.events_pb2 import LabelCreated, LabelSource
 
 Emit = Callable[[Message], object]
+# The API counts after commit; the frames handler counts model labels as it stores them.
+created = metrics.get_meter("lineloop.labeling").create_counter(
+    "lineloop.labeling.labels", unit="{label}", description="Labels accepted. Attributes: source (human, import, model).",
+)
 
 
 class LabelRejected(Exception):

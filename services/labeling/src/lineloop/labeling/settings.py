@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lineloop.runtime import ServiceSettings, service_config
 
@@ -53,3 +53,9 @@ class LabelingSettings(ServiceSettings):
         if not value or len(set(value)) != len(value):
             raise ValueError("classes must be a non-empty list of distinct names")
         return value
+
+    @model_validator(mode="after")
+    def _splits_leave_room_for_training(self) -> LabelingSettings:
+        if min(self.split_val, self.split_test) < 0 or self.split_val + self.split_test >= 1:
+            raise ValueError("split_val and split_test must be >= 0 and leave a train split (sum < 1)")
+        return self

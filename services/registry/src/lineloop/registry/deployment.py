@@ -132,7 +132,7 @@ class TritonDeployer:
             present = set(await asyncio.to_thread(self.repository.versions, triton_model))
             # The promoted version is always (re)written last: that also rewrites the config's version policy.
             order = [v for v in serving if v != version.version and _triton_version(v) not in present]
-            order += [version.version] if version.version in serving else [sorted(serving)[-1]]
+            order += [version.version] if version.version in serving else [max(serving, key=_triton_version)]
             for v in order:
                 await self._write_version(model_name, v, options)
             await asyncio.to_thread(self._load_and_check, triton_model, _triton_version(version.version)

@@ -25,6 +25,9 @@ class TrainingSettings(ServiceSettings):
     loader_workers: int = -1
     # torch intra-op threads; 0: every core.
     torch_threads: int = 0
+    # Training processes per run (torchrun, DistributedDataParallel); 0: one per GPU when
+    # there are several, else 1 (in this process, in a thread).
+    processes: int = 0
     # Frames are kept here under their sha256 (shared by every run of this replica).
     cache_dir: Path | None = None
     # Where the production model is looked up for warm starts; empty: always from scratch.
@@ -40,6 +43,13 @@ class TrainingSettings(ServiceSettings):
         if self.loader_workers >= 0:
             return self.loader_workers
         return max(0, (os.cpu_count() or 1) - 1)
+
+    def process_count(self) -> int:
+        if self.processes > 0:
+            return self.processes
+        import torch  # only here: settings are read by code that never trains
+
+        return max(1, torch.cuda.device_count())
 
     def model_for(self, dataset: str) -> str:
         return self.model_name_pattern.format(dataset=dataset)

@@ -34,6 +34,7 @@ from lineloop.model.manifest import FrameCache, ManifestError, class_list, parse
 from lineloop.model.net import checkpoint
 from lineloop.runtime import Service
 from lineloop.training import state
+from lineloop.training.distributed import train_distributed
 from lineloop.training.settings import TrainingSettings
 from lineloop.training.trainer import Cancelled, EpochResult, Split, TrainJob, TrainParams, TrainResult, train
 from lineloop.v1.common_pb2 import ObjectRef
@@ -210,8 +211,13 @@ class RunWorker:
         job = TrainJob(classes=classes, train=splits["train"], val=splits["val"], test=splits["test"], params=params,
                        init_checkpoint=init_ckpt, num_workers=self.settings.workers(), threads=self.settings.torch_threads)
         t2 = time.perf_counter()
-        result: TrainResult = await asyncio.to_thread(
-            train, job, on_epoch=lambda e: self._record_epoch(run_id, e), should_stop=cancel.is_set)
+        processes = self.settings.process_count()
+        if processes > 1:
+            result: TrainResult = await train_distributed(
+                job, processes, on_epoch=lambda e: self._record_epoch(run_id, e), cancel=cancel)
+        else:
+            result = await asyncio.to_thread(
+                train, job, on_epoch=lambda e: self._record_epoch(run_id, e), should_stop=cancel.is_set)
         timings["train_s"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()

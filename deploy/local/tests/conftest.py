@@ -1,0 +1,56 @@
+"""Helpers for driving the `lineloop` command against a stack of its own on free ports."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lineloop.stack.config import StackConfig, free_ports
+from lineloop.stack.services import SERVICE_PORTS
+
+LINELOOP = str(Path(sys.executable).parent / "lineloop")
+
+
+def stack_env(config: StackConfig, service_ports: list[int]) -> dict[str, str]:
+    env = {**os.environ, **config.env(), "LINELOOP_STACK_TRITON_METRICS_PORT": str(config.triton_metrics_port)}
+    for field, port in vars(config.weed).items():
+        env[f"LINELOOP_STACK_WEED_{field.upper()}_PORT"] = str(port)
+    for index, name in enumerate(SERVICE_PORTS):
+        env[f"LINELOOP_{name.upper()}_GRPC_PORT"] = str(service_ports[2 * index])
+        env[f"LINELOOP_{name.upper()}_METRICS_PORT"] = str(service_ports[2 * index + 1])
+    return env
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([LINELOOP, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def processes_under(state_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if str(state_dir) in " ".join(proc.info["cmdline"] or []) or proc.info["cwd"] == str(state_dir):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def leftover_sockets(config: StackConfig) -> list[Path]:
+    ports = {config.weed.master_grpc, config.weed.volume_grpc, config.weed.filer_grpc,
+             config.weed.s3_grpc, config.weed.admin_grpc}
+    return [p for p in Path(tempfile.gettempdir()).glob("seaweedfs-*-grpc-*.sock")
+            if int(p.stem.rsplit("-", 1)[1]) in ports]
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    config = StackConfig.on_free_ports(tmp_path / "state")
+    env = stack_env(config, free_ports(2 * len(SERVICE_PORTS)))
+    yield config, env
+    # Whatever a failed assertion left running: stop it through the CLI under test.
+    run(env, "down")

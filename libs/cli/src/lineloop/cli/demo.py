@@ -1,0 +1,262 @@
+"""`lineloop demo`: the whole loop on the embedded stack, narrated.
+
+Everything here goes through the same doors a person uses: the `lineloop`
+commands (gateway simulator, simulated QA) and the services' gRPC APIs. The
+demo only chooses quicker policies (smaller windows and thresholds, fewer
+epochs) through the services' ordinary environment settings.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+import typer
+from rich.table import Table
+
+from lineloop.cli.common import console, err_console, grpc_target
+from lineloop.v1 import (
+    common_pb2,
+    compiler_pb2,
+    compiler_pb2_grpc,
+    events_pb2,
+    labeling_pb2,
+    labeling_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+
+T = TypeVar("T")
+
+# Quicker policies for a loop that turns in minutes on a laptop. Anything set
+# in the environment already wins.
+DEMO_ENV = {
+    "LINELOOP_LABELING_CUT_MIN_LABELS": "160",
+    "LINELOOP_LABELING_CUT_MIN_LABELS_DRIFT": "80",
+    "LINELOOP_LABELING_POLICY_INTERVAL_S": "3",
+    "LINELOOP_TRAINING_DEFAULT_PARAMS": '{"epochs": "12", "patience": "4"}',
+    "LINELOOP_REGISTRY_CANARY_MIN_FRAMES": "60",
+    "LINELOOP_MONITOR_REFERENCE_FRAMES": "120",
+    "LINELOOP_MONITOR_CURRENT_FRAMES": "60",
+    "LINELOOP_MONITOR_EVALUATE_EVERY": "20",
+}
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def register(root: typer.Typer) -> None:
+    @root.command("demo")
+    def demo(
+        line: str = typer.Option("line-1", "--line", help="Line id of the simulated packing line."),
+        cameras: int = typer.Option(2, "--cameras", min=1),
+        seed: int = typer.Option(7, "--seed", help="Same seed, same frames."),
+        stop: bool = typer.Option(False, "--stop/--keep-running", help="Stop everything at the end."),
+        timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for any one stage."),
+    ) -> None:
+        """Run the loop: frames -> labels -> dataset -> model -> gate -> Triton + edge -> drift -> retrain."""
+        for key, value in DEMO_ENV.items():
+            os.environ.setdefault(key, value)
+        started = time.monotonic()
+        try:
+            Demo(line, cameras, seed, timeout).run()
+        except DemoFailed as exc:
+            err_console.print(f"[red]demo stopped:[/red] {exc}")
+            err_console.print("logs: $LINELOOP_STATE_DIR/logs (default ./.lineloop/logs); `lineloop down` stops everything")
+            raise typer.Exit(1) from None
+        finally:
+            if stop:
+                _lineloop("down")
+        console.print(f"\n[bold green]The loop turned[/bold green] in {time.monotonic() - started:.0f} s.")
+        if not stop:
+            console.print("Everything is still running: try `lineloop models list --json`, "
+                          f"`lineloop health show --line {line}`, `lineloop datasets list`; `make down` stops it.")
+
+
+class Demo:
+    def __init__(self, line: str, cameras: int, seed: int, timeout: float) -> None:
+        self.line = line
+        self.model = line  # training names a model after its dataset, and labeling names datasets after lines
+        self.cameras = cameras
+        self.seed = seed
+        self.timeout = timeout
+        self.frames_sent = 0
+
+    def run(self) -> None:
+        step("1/7", "Stack and services")
+        _lineloop("up")
+        self.channels = {name: grpc.insecure_channel(grpc_target(name)) for name in
+                         ("labeling", "training", "registry", "compiler", "monitor")}
+        labeling = labeling_pb2_grpc.LabelingServiceStub(self.channels["labeling"])
+        training = training_pb2_grpc.TrainingServiceStub(self.channels["training"])
+        registry = registry_pb2_grpc.RegistryServiceStub(self.channels["registry"])
+        compiler = compiler_pb2_grpc.CompilerServiceStub(self.channels["compiler"])
+        monitor = monitor_pb2_grpc.MonitorServiceStub(self.channels["monitor"])
+        known_versions = {v.version for v in registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions}
+        known_datasets = {d.version for d in labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions}
+
+        step("2/7", f"Gateway: {self.cameras} cameras on {self.line} send apples (no model yet: predictions are missing)")
+        self.simulate(400)
+
+        step("3/7", "Simulated QA labels the review queue; the labeling policy cuts a dataset version")
+        _lineloop("labels", "simulate-qa", "--line", self.line, "--max", "260", "--error-rate", "0.02", "--seed", str(self.seed))
+        dataset = self.wait("a new dataset version", lambda: _newest(
+            labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
+        known_datasets.add(dataset.version)
+        console.print(f"dataset {dataset.dataset} {dataset.version}: classes {dict(dataset.class_counts)}, "
+                      f"splits {dict(dataset.split_counts)}, manifest s3://{dataset.manifest.bucket}/{dataset.manifest.key}")
+
+        step("4/7", "Training turns the dataset into a model; the registry gates it; the compiler builds it")
+        first = self.follow_to_production(training, registry, compiler, known_versions)
+        known_versions.add(first.version)
+
+        step("5/7", "Triton now scores every frame on the line")
+        self.simulate(200)
+        health = self.wait(f"frames scored by {self.model} v{first.version}", lambda: _scored_by(
+            monitor.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=self.line)), first.version))
+        show_health(health)
+
+        step("6/7", "The lens gets dirty: the monitor reports drift and asks for retraining")
+        self.simulate(300, drift="dirty-lens")
+        report = self.wait("drift on the line", lambda: _drifting(
+            monitor.GetDriftReport(monitor_pb2.GetDriftReportRequest(line_id=self.line))))
+        for event in report.recent[:1]:
+            console.print(f"drift: {event.feature} PSI {event.score:.2f} > {event.threshold:.2f} ({event.detail})")
+
+        step("7/7", "QA labels the drifted frames first; a new dataset, a new model, a canary, a new production version")
+        _lineloop("labels", "simulate-qa", "--line", self.line, "--max", "200", "--error-rate", "0.02", "--seed", str(self.seed + 1))
+        self.wait("a dataset version with the drifted frames", lambda: _newest(
+            labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
+        second = self.follow_to_production(training, registry, compiler, known_versions, feed_canary=True)
+        show_versions(registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions)
+        show_health(monitor.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=self.line)))
+        console.print(f"production: {self.model} v{second.version}")
+
+    def follow_to_production(self, training, registry, compiler, known_versions: set[str], *, feed_canary: bool = False):
+        run = self.wait("a training run to finish", lambda: _finished_run(
+            training.ListRuns(training_pb2.ListRunsRequest(model_name=self.model, limit=5)).runs))
+        if run.state != training_pb2.RUN_STATE_SUCCEEDED:
+            raise DemoFailed(f"run {run.run_id} ended {training_pb2.RunState.Name(run.state)}: {run.error}")
+        t = run.test_metrics
+        console.print(f"run {run.run_id}: {len(run.epochs)} epochs, test accuracy {t.accuracy:.3f}, "
+                      f"ok false-positive rate {t.ok_false_positive_rate:.3f}")
+        version = self.wait("the registry's gate decision", lambda: _newest(
+            registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions, known_versions))
+        show_gate(version)
+        if version.stage == common_pb2.STAGE_REJECTED:
+            raise DemoFailed(f"v{version.version} failed the gate: {version.gate.reason}")
+
+        def promoted():
+            if feed_canary:
+                self.simulate(80, quiet=True)  # the canary serves its share of these
+            v = registry.GetVersion(registry_pb2.GetVersionRequest(model_name=self.model, version=version.version))
+            return v if v.stage == common_pb2.STAGE_PRODUCTION else None
+
+        version = self.wait(f"v{version.version} to reach production", promoted)
+        builds = compiler.ListBuilds(compiler_pb2.ListBuildsRequest(model_name=self.model, version=version.version)).builds
+        show_builds(builds)
+        return version
+
+    def simulate(self, frames: int, *, drift: str | None = None, quiet: bool = False) -> None:
+        args = ["gateway", "simulate", "--line", self.line, "--cameras", str(self.cameras), "--fps", "40",
+                "--frames", str(frames), "--seed", str(self.seed + self.frames_sent)]
+        if drift:
+            args += ["--drift", drift, "--drift-at", "0"]
+        _lineloop(*args, quiet=quiet)
+        self.frames_sent += frames
+
+    def wait(self, what: str, probe: Callable[[], T | None]) -> T:
+        deadline = time.monotonic() + self.timeout
+        with console.status(f"waiting for {what}…"):
+            while True:
+                try:
+                    found = probe()
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                        raise DemoFailed(f"{what}: {exc.code().name}: {exc.details()}") from exc
+                    found = None
+                if found:
+                    return found
+                if time.monotonic() > deadline:
+                    raise DemoFailed(f"no {what} after {self.timeout:.0f} s")
+                time.sleep(1.0)
+
+
+def _lineloop(*args: str, quiet: bool = False) -> None:
+    result = subprocess.run([sys.executable, "-m", "lineloop.cli.main", *args],
+                            stdout=subprocess.DEVNULL if quiet else None)
+    if result.returncode != 0:
+        raise DemoFailed(f"`lineloop {' '.join(args)}` exited {result.returncode}")
+
+
+def _newest(items, known: set[str]):
+    fresh = [i for i in items if i.version not in known]
+    return max(fresh, key=lambda i: i.version) if fresh else None
+
+
+def _finished_run(runs):
+    done = (training_pb2.RUN_STATE_SUCCEEDED, training_pb2.RUN_STATE_FAILED, training_pb2.RUN_STATE_CANCELLED)
+    if runs and all(r.state in done for r in runs[:1]):
+        return runs[0]
+    return None
+
+
+def _scored_by(health, version: str):
+    return health if any(v.model_version == version and v.frames_scored for v in health.versions) else None
+
+
+def _drifting(report):
+    return report if report.recent else None
+
+
+def step(number: str, title: str) -> None:
+    console.rule(f"[bold]{number}[/bold] {title}")
+
+
+def show_gate(version) -> None:
+    gate = version.gate
+    verdict = "[green]passed[/green]" if gate.passed else "[red]failed[/red]"
+    against = f"against v{gate.baseline_version}" if gate.baseline_version else "against the bootstrap floors"
+    console.print(f"v{version.version} {verdict} the gate {against} on {gate.dataset_version}: {gate.reason}")
+    table = Table("check", "candidate", "baseline", "tolerance", "passed")
+    for check in gate.checks:
+        table.add_row(check.name, f"{check.candidate:.3f}", f"{check.baseline:.3f}", f"{check.tolerance:.3f}",
+                      "yes" if check.passed else "[red]no[/red]")
+    console.print(table)
+
+
+def show_builds(builds) -> None:
+    table = Table("target", "status", "agreement", "max abs err", "p50 ms", "p99 ms", "reason")
+    for b in builds:
+        v = b.verification
+        table.add_row(b.target, events_pb2.BuildStatus.Name(b.status).removeprefix("BUILD_STATUS_").lower(),
+                      f"{v.top1_agreement:.3f}", f"{v.max_abs_error:.2e}", f"{v.latency_p50_ms:.2f}",
+                      f"{v.latency_p99_ms:.2f}", b.reason)
+    console.print(table)
+
+
+def show_health(health) -> None:
+    table = Table("version", "frames scored", "labelled", "live accuracy", "mean confidence")
+    for v in health.versions:
+        table.add_row(v.model_version, str(v.frames_scored), str(v.frames_labelled),
+                      f"{v.live_accuracy:.3f}" if v.frames_labelled else "-", f"{v.mean_confidence:.3f}")
+    console.print(table)
+
+
+def show_versions(versions) -> None:
+    table = Table("version", "stage", "dataset", "test accuracy", "history")
+    for v in versions:
+        history = " → ".join(common_pb2.Stage.Name(t.to_stage).removeprefix("STAGE_").lower() for t in v.history)
+        table.add_row(v.version, common_pb2.Stage.Name(v.stage).removeprefix("STAGE_").lower(),
+                      v.dataset_version, f"{v.gate.candidate.accuracy:.3f}", history)
+    console.print(table)

@@ -36,8 +36,8 @@ FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
 @functools.cache
 def _models():
-    data = demo_data(frames=200)
-    return data, [export_onnx(train_demo_model(data, epochs=e, seed=s)) for e, s in ((6, 0), (4, 3))]
+    data = demo_data(frames=160)
+    return data, [export_onnx(train_demo_model(data, epochs=e, seed=s)) for e, s in ((5, 0), (4, 3))]
 
 
 def _rollout(objects: ObjectStore, build, fleet: str, **changes) -> EdgeRollout:
@@ -75,7 +75,7 @@ async def test_agent_installs_signed_builds_and_refuses_tampered_ones(stack, tmp
     data, (onnx_a, onnx_b) = _models()
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     upload_dataset(objects, data, dataset, "v0001")
-    env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=40)
+    env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=32)
     profile = dataclasses.replace(load_profiles().get("onnxruntime-cpu-int8"), tolerance=Tolerance(0.8, 0.5))
     builds = {}
     for version, onnx_bytes in (("1", onnx_a), ("2", onnx_b)):

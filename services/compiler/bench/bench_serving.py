@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--clients", default="1,4,16,32")
     parser.add_argument("--queue-delay-us", type=int, default=2000)
+    parser.add_argument("--instances", type=int, default=1, help="Triton model instances (each one onnxruntime thread)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -92,7 +93,7 @@ def main() -> None:
             repository = open_repository(stack.triton_repository, stack.s3_access_key, stack.s3_secret_key)
             repository.write_model_version(
                 TRITON_MODEL, 1, model_path, flavour="python",
-                options=ServingOptions(max_batch_size=32, instance_count=1, max_queue_delay_us=args.queue_delay_us),
+                options=ServingOptions(max_batch_size=32, instance_count=args.instances, max_queue_delay_us=args.queue_delay_us),
             )
             with TritonControl(stack.triton_grpc) as triton:
                 triton.load(TRITON_MODEL)
@@ -116,7 +117,7 @@ def main() -> None:
                 return call
 
             _wait_http(port)
-            results = {"plain (Flask, 1 at a time)": {}, f"Triton (dynamic batching ≤32, {args.queue_delay_us} µs)": {}}
+            results = {"plain (Flask, 1 at a time)": {}, f"Triton (batching ≤32, {args.queue_delay_us} µs, {args.instances} inst)": {}}
             for name, make in zip(results, (plain_client, triton_client)):
                 for clients in levels:
                     results[name][clients] = closed_loop(make, image, clients, args.seconds)

@@ -92,7 +92,7 @@ def service_settings(stack, database_url: str, **overrides) -> LabelingSettings:
         grpc_port=0, metrics_port=None, database_url=database_url, stack=stack_settings(stack),
         consumer_group=f"labeling-test-{uuid.uuid4().hex[:8]}",
         kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=1000,
-        cut_min_new_labels=1000, cut_min_new_labels_drift=1000, policy_interval_s=0.3,
+        cut_min_labels=1000, cut_min_labels_drift=1000, policy_interval_s=0.3,
     )
     values.update(overrides)
     return LabelingSettings(**values)

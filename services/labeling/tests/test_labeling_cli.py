@@ -39,7 +39,7 @@ async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path
     # No ground truth for this one; its id draws low, so the operator meets it last.
     frames.append(helpers.frame_event(line, "cam-9", None, frame_id=next(
         f for f in (f"nt-{line}-{k}" for k in range(1000)) if queue.uniform_draw(f) < 0.1)))
-    cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", cut_min_new_labels=6)
+    cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", cut_min_labels=6)
     publisher = Bus(stack.kafka_bootstrap, source="lineloop/test-gateway")
     await publisher.start()
     try:

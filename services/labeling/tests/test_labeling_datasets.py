@@ -32,7 +32,7 @@ async def label(db, frame_ids, cls="rot"):
 
 async def test_policy_cuts_on_count_lower_count_under_drift_and_schedule(stack, labeling_db, ingest_into, helpers):
     line = f"line-{uuid.uuid4().hex[:6]}"
-    cfg = LabelingSettings(database_url="sqlite://", cut_min_new_labels=5, cut_min_new_labels_drift=3,
+    cfg = LabelingSettings(database_url="sqlite://", cut_min_labels=5, cut_min_labels_drift=3,
                            auto_accept_threshold=1.1)
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     bus = Bus(stack.kafka_bootstrap, source="lineloop/labeling", db=labeling_db)  # outbox only; not started

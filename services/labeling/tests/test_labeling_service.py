@@ -42,7 +42,7 @@ async def labeling(stack, tmp_path_factory, helpers):
     """One service (SQLite) shared by this module's tests; each test uses its own line ids."""
     db = tmp_path_factory.mktemp("labeling") / "labeling.db"
     cfg = helpers.service_settings(
-        stack, f"sqlite:///{db}", metrics_port=0, cut_min_new_labels=50, cut_min_new_labels_drift=6,
+        stack, f"sqlite:///{db}", metrics_port=0, cut_min_labels=50, cut_min_labels_drift=6,
         auto_accept_threshold=0.98,
     )
     async with helpers.running_labeling(cfg) as (service, stub):

@@ -195,6 +195,14 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                 np.testing.assert_allclose(triton.infer(model_name, images, 1).probabilities,
                                            OnnxRunner(onnx_a)(images), atol=1e-5)
 
+            # A canary: production and canary both served, the share carried in the event.
+            await stages.change(model_name, "2", "staging", actor="qa", reason="canary", canary_share=0.25)
+            promoted = await asyncio.wait_for(promotions.get(), 30)
+            (line,) = promoted.deployments
+            assert (line.production_version, line.canary_version, line.canary_share) == ("1", "2", 0.25)
+            with TritonControl(stack.triton_grpc) as triton:
+                assert triton.ready_versions(model_name) == [1, 2]
+
             # No verified build: the change is refused and nothing moves.
             with pytest.raises(RegistryError) as refused:
                 await stages.change(model_name, "3", "production", actor="qa", reason="unbuilt")

@@ -83,7 +83,10 @@ def show(model: str, version: str = typer.Argument("production", help="Version n
     stub, channel = _stub(target)
     with channel, rpc_errors("registry", target):
         v = stub.GetVersion(pb.GetVersionRequest(model_name=model, version=version), timeout=10)
-    print_json(v) if as_json else _show_version(v)
+    if as_json:
+        print_json(v)
+    else:
+        _show_version(v)
 
 
 @app.command()
@@ -96,7 +99,10 @@ def promote(model: str, version: str, to: str = typer.Option("production", "--to
     with channel, rpc_errors("registry", target):
         v = stub.Promote(pb.PromoteRequest(model_name=model, version=version, to_stage=_stage(to),
                                            actor=actor or getpass.getuser(), reason=reason), timeout=300)
-    print_json(v) if as_json else console.print(f"{v.model_name} v{v.version} is now {NAMES[v.stage]}")
+    if as_json:
+        print_json(v)
+    else:
+        console.print(f"{v.model_name} v{v.version} is now {NAMES[v.stage]}")
 
 
 @app.command()
@@ -107,7 +113,10 @@ def rollback(model: str, reason: str = typer.Option("", "--reason"), actor: str 
     stub, channel = _stub(target)
     with channel, rpc_errors("registry", target):
         v = stub.Rollback(pb.RollbackRequest(model_name=model, actor=actor or getpass.getuser(), reason=reason), timeout=300)
-    print_json(v) if as_json else console.print(f"{v.model_name}: v{v.version} is production again")
+    if as_json:
+        print_json(v)
+    else:
+        console.print(f"{v.model_name}: v{v.version} is production again")
 
 
 @app.command()
@@ -120,4 +129,7 @@ def canary(model: str, version: str, share: float = typer.Option(..., "--share",
     with channel, rpc_errors("registry", target):
         v = stub.SetCanary(pb.SetCanaryRequest(model_name=model, version=version, share=share,
                                                actor=actor or getpass.getuser(), reason=reason), timeout=300)
-    print_json(v) if as_json else console.print(f"{v.model_name} v{v.version}: canary at {v.canary_share:.0%}")
+    if as_json:
+        print_json(v)
+    else:
+        console.print(f"{v.model_name} v{v.version}: canary at {v.canary_share:.0%}")

@@ -75,7 +75,10 @@ def start(
         run = stub.StartRun(pb.StartRunRequest(model_name=model, dataset=dataset, dataset_version=version,
                                                params=_parse_params(param), requested_by="cli"), timeout=30)
         if not follow:
-            print_json(run) if as_json else console.print(f"queued {run.run_id} ({run.dataset} {run.dataset_version})")
+            if as_json:
+                print_json(run)
+            else:
+                console.print(f"queued {run.run_id} ({run.dataset} {run.dataset_version})")
             return
         if as_json:
             for progress in stub.WatchRun(pb.GetRunRequest(run_id=run.run_id)):
@@ -134,4 +137,7 @@ def cancel(run_id: str, reason: str = typer.Option("", "--reason"), target: str 
     stub, channel = _stub(target)
     with channel, rpc_errors("training", target):
         run = stub.CancelRun(pb.CancelRunRequest(run_id=run_id, reason=reason), timeout=30)
-    print_json(run) if as_json else console.print(f"{run.run_id}: {STATE[run.state]} {run.error}")
+    if as_json:
+        print_json(run)
+    else:
+        console.print(f"{run.run_id}: {STATE[run.state]} {run.error}")

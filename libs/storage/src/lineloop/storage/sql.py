@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,10 +74,12 @@ class Database:
         else:
             self.engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer, and a read snapshot cannot be upgraded to a
-        # write once another connection committed: writers on one event loop
-        # take turns here instead of blocking the loop on SQLite's busy wait.
-        self._write_lock = asyncio.Lock() if self.is_sqlite else nullcontext()
+        # Writers on one event loop take turns. The drivers block the loop, so a
+        # transaction that awaits I/O while holding a row lock (PostgreSQL) or
+        # the write lock (SQLite, whose read snapshot also cannot be upgraded
+        # once another connection committed) would otherwise deadlock a second
+        # writer's blocking call. Other processes are the database's business.
+        self._write_lock = asyncio.Lock()
 
     def session(self) -> Session:
         """A new session; use as a context manager and commit explicitly."""

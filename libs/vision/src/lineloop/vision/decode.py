@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import io
-import warnings
 
 from PIL import Image
 
@@ -58,11 +57,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
     if not data:
         raise ImageRejected(Failure.UNDECODABLE, "no image bytes")
     try:
-        with warnings.catch_warnings():
-            # Pillow warns (and errors past 2x) on its own pixel limit; ours is checked below.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=None)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Reads the header only. Pillow itself refuses twice its own pixel limit;
+        # our (lower) limits are checked below, before any pixel is decoded.
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(Failure.TOO_LARGE, str(exc)) from exc
     except Exception as exc:  # Pillow raises UnidentifiedImageError, SyntaxError, struct.error...
         raise ImageRejected(Failure.UNDECODABLE, f"not a readable image: {exc}") from exc
@@ -80,7 +78,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
         )
     try:
         image.load()
-        rgb = image.convert("RGB")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
     except Exception as exc:  # truncated data: OSError("image file is truncated"), zlib errors...
         raise ImageRejected(Failure.UNDECODABLE, f"{image.format} data does not decode: {exc}") from exc
     content_type, extension = SUPPORTED_FORMATS[image.format]

@@ -21,7 +21,7 @@ def to_model_input(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
         image = Image.fromarray(image, "RGB")
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.float32) * np.float32(1.0 / 255.0)

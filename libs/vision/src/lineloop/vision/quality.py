@@ -32,7 +32,7 @@ def quality_stats(image: Image.Image | np.ndarray) -> Quality:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
         image = Image.fromarray(image, "RGB")
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
     luma_image = rgb.convert("L")  # ITU-R BT.601, rounded to 0..255
     luma_stat = ImageStat.Stat(luma_image)
     histogram = np.asarray(rgb.histogram(), dtype=np.float64).reshape(3, 256)

@@ -107,17 +107,17 @@ class AppleRenderer:
 
     def _blob(self, cx: float, cy: float, radius: float) -> np.ndarray:
         d2 = ((self._xx - cx) ** 2 + (self._yy - cy) ** 2) / max(radius, 1.0) ** 2
-        return np.exp(-d2 * 2.0)
+        return np.exp(-d2 * 2.0).astype(np.float32, copy=False)
 
     def _scene(self, rng: np.random.Generator, colours, label: str) -> np.ndarray:
         s = self.size
         xx, yy = self._xx, self._yy
         # Conveyor: dark grey belt with slats, texture.
-        belt = 58 + 6 * self._noise_field(rng, 12) + rng.normal(0, 2.0, (s, s))
+        belt = 58 + 6 * self._noise_field(rng, 12) + 2.0 * rng.standard_normal((s, s), dtype=np.float32)
         slat_period = s / 6
         phase = rng.uniform(0, slat_period)
         belt -= 14 * (((yy + phase) % slat_period) < s / 60)
-        img = np.repeat(belt[..., None], 3, axis=2) * np.array([1.0, 1.02, 1.05], dtype=np.float32)
+        img = belt[..., None] * np.array([1.0, 1.02, 1.05], dtype=np.float32)
 
         # The apple: a slightly squashed sphere, lit from the top left.
         cx = s / 2 + rng.uniform(-0.08, 0.08) * s
@@ -128,17 +128,16 @@ class AppleRenderer:
         d2 = nx**2 + ny**2
         inside = d2 < 1.0
         nz = np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))
-        light = np.array([-0.45, -0.55, 0.70])
-        light /= np.linalg.norm(light)
-        lambert = np.clip(nx * light[0] + ny * light[1] + nz * light[2], 0.0, 1.0)
+        norm = float(np.sqrt(0.45**2 + 0.55**2 + 0.70**2))
+        lambert = np.clip((-0.45 * nx - 0.55 * ny + 0.70 * nz) / norm, 0.0, 1.0)
         shade = 0.35 + 0.75 * lambert
         base, second = (np.array(c, dtype=np.float32) for c in colours)
         mix = 0.5 + 0.5 * self._noise_field(rng, 7)
-        streaks = 0.5 + 0.5 * np.sin(np.arctan2(ny, nx) * rng.integers(9, 16) + 4 * self._noise_field(rng, 5))
+        streaks = 0.5 + 0.5 * np.sin(np.arctan2(ny, nx) * float(rng.integers(9, 16)) + 4 * self._noise_field(rng, 5))
         mix = np.clip(0.75 * mix + 0.25 * streaks, 0, 1)[..., None]
         skin = base * (1 - mix) + second * mix
         # Lenticels: small light dots on the skin.
-        skin += 18 * (rng.random((s, s)) > 0.995)[..., None]
+        skin += 18 * (rng.random((s, s), dtype=np.float32) > 0.995)[..., None]
         apple = skin * shade[..., None]
 
         defect = np.zeros((s, s), np.float32)
@@ -177,8 +176,8 @@ class AppleRenderer:
         img = img * (1 - edge) + apple * edge
 
         # Lighting noise: exposure and white balance jitter, sensor noise.
-        img = img * rng.uniform(0.92, 1.08) * rng.uniform(0.97, 1.03, 3)
-        img += rng.normal(0, 3.0, img.shape)
+        img = img * (rng.uniform(0.92, 1.08) * rng.uniform(0.97, 1.03, 3)).astype(np.float32)
+        img += 3.0 * rng.standard_normal(img.shape, dtype=np.float32)
         return np.clip(img, 0, 255).astype(np.uint8)
 
     def _apply_drift(self, image: Image.Image, rng: np.random.Generator, drift: Drift, strength: float) -> Image.Image:

@@ -15,7 +15,7 @@ from lineloop.ingest import state
 from lineloop.ingest.pipeline import SAFE_ID, Pipeline, Prepared, Recorded, Refused
 from lineloop.ingest.settings import IngestSettings
 from lineloop.runtime import abort
-from lineloop.storage.objects import AsyncObjectStore
+from lineloop.storage.objects import AsyncObjectStore, ObjectStoreError
 from lineloop.storage.sql import Database
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
 from lineloop.v1.events_pb2 import RejectReason
@@ -50,7 +50,7 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
             try:
                 async for request in request_iterator:
                     await window.acquire()
-                    await in_flight.put(asyncio.create_task(prepare(request.frame)))
+                    await in_flight.put(asyncio.create_task(prepare(request.frame), name=request.frame.frame_id[:128]))
             finally:
                 await in_flight.put(None)
 
@@ -58,12 +58,21 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
         response = ingest_pb2.UploadFramesResponse()
         try:
             while (task := await in_flight.get()) is not None:
-                outcome = await task
+                try:
+                    outcome = await task
+                except ObjectStoreError as exc:
+                    # Frames before this one are recorded; resending them all is safe (same frame ids).
+                    await abort(context, grpc.StatusCode.UNAVAILABLE, "OBJECT_STORE_UNAVAILABLE",
+                                f"frame {task.get_name()}: object store failed: {exc}", service="ingest")
                 recorded = await self._record(outcome)
                 response.results.append(_result(outcome, recorded))
             await reader  # a broken client stream surfaces here
         finally:
             reader.cancel()
+            # A client that went away gets no answer: what was not recorded is its to resend.
+            while not in_flight.empty():
+                if (task := in_flight.get_nowait()) is not None:
+                    task.cancel()
             self.bus.relay.wake()
         for result in response.results:
             if not result.accepted:

@@ -30,7 +30,7 @@ from lineloop.storage.sql import Database
 from lineloop.telemetry import metrics as shared_metrics
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, QualityStats
 from lineloop.v1.events_pb2 import FrameCaptured, FrameIngested, FrameRejected, RejectReason
-from lineloop.vision import SUPPORTED_CONTENT_TYPES, DecodeLimits, Failure, ImageRejected, decode_image, quality_stats
+from lineloop.vision import SUPPORTED_CONTENT_TYPES, DecodedImage, DecodeLimits, Failure, ImageRejected, decode_image, quality_stats
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -135,8 +135,8 @@ class Pipeline:
         self._validate(frame)
         data, declared_sha = await self._image_bytes(frame)
         t1 = time.perf_counter()
-        decoded = await self._run(self._cpu, self._decode, data)
-        image, quality = decoded
+        # Includes waiting for a free decode thread when many frames arrive at once.
+        image, quality = await self._run(self._cpu, self._decode, data)
         t2 = time.perf_counter()
         stored, prediction = await asyncio.gather(
             self._store(frame, data, image.extension, image.content_type, declared_sha),
@@ -219,7 +219,7 @@ class Pipeline:
         self._io.shutdown(wait=False, cancel_futures=True)
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
-    def _decode(self, data: bytes):
+    def _decode(self, data: bytes) -> tuple[DecodedImage, QualityStats]:
         try:
             image = decode_image(data, self.limits)
         except ImageRejected as exc:

@@ -202,7 +202,7 @@ class Datasets:
                 since = max(head.label_watermark if head else 0, self._unchanged_at.get(line, 0))
                 new = state.new_human_labels(s, line, since)
                 drifting = bool(state.active_drifts(s, line, now))
-                threshold = self.cfg.cut_min_new_labels_drift if drifting else self.cfg.cut_min_new_labels
+                threshold = self.cfg.cut_min_labels_drift if drifting else self.cfg.cut_min_labels
                 if new >= threshold:
                     plans.append((line, threshold, f"policy: {new} new human labels >= {threshold}"
                                   + (" (drift active)" if drifting else "")))

@@ -39,8 +39,8 @@ class LabelingSettings(ServiceSettings):
 
     # Dataset-cut policy, checked every `policy_interval_s` for every line with labels.
     policy_interval_s: float = 10.0
-    cut_min_new_labels: int = 200
-    cut_min_new_labels_drift: int = 50
+    cut_min_labels: int = 200            # new human labels since the line's last version
+    cut_min_labels_drift: int = 50       # the same while a drift on the line is active
     cut_schedule_s: float = 0.0          # 0: no scheduled cuts; else cut when this old and anything is new
     cut_lock_s: float = 120.0            # a replica's claim on cutting one dataset
     split_val: float = 0.1

@@ -32,8 +32,10 @@ class TrainingSettings(ServiceSettings):
     cache_dir: Path | None = None
     # Where the production model is looked up for warm starts; empty: always from scratch.
     registry_grpc: str = "127.0.0.1:50054"
-    # How often the worker looks for queued runs and cancel requests.
+    # How often the worker looks for queued runs and cancel requests (and beats its run's heartbeat).
     poll_interval_s: float = 1.0
+    # A RUNNING run whose worker has not beaten its heartbeat for this long is queued again.
+    run_stale_after_s: float = 120.0
 
     @property
     def frame_cache_dir(self) -> Path:

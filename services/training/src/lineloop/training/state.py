@@ -71,6 +71,7 @@ runs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),  # the worker is alive and on it
 )
 
 slots = Table(
@@ -142,7 +143,8 @@ def claim_next(s: Session, worker: str, host: str) -> dict | None:
         if not took:
             continue
         moved = s.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == QUEUED)
-                          .values(state=RUNNING, worker=worker, host=host, started_at=utcnow())).rowcount
+                          .values(state=RUNNING, worker=worker, host=host, started_at=utcnow(),
+                                  heartbeat_at=utcnow())).rowcount
         if moved:
             return get_run_row(s, run_id)
         s.execute(update(slots).where(slots.c.model_name == model_name).values(active_run_id=None))
@@ -157,12 +159,20 @@ def finish(s: Session, run_id: str, state: str, **values) -> None:
                   .values(active_run_id=None))
 
 
-def requeue_abandoned(s: Session, worker: str) -> list[str]:
-    """Runs this worker had RUNNING when it stopped (crash): queued again, never lost."""
-    ids = [r for (r,) in s.execute(select(runs.c.run_id).where(runs.c.state == RUNNING, runs.c.worker == worker))]
+def heartbeat(s: Session, run_id: str) -> None:
+    s.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == RUNNING).values(heartbeat_at=utcnow()))
+
+
+def requeue_abandoned(s: Session, worker: str = "", stale_before: datetime | None = None) -> list[str]:
+    """Runs left RUNNING by a worker that stopped (this one, restarted) or went silent
+    (another replica, no heartbeat since `stale_before`): queued again, never lost."""
+    q = select(runs.c.run_id).where(runs.c.state == RUNNING)
+    q = q.where(runs.c.worker == worker) if worker else q.where(runs.c.heartbeat_at < stale_before)
+    ids = [r for (r,) in s.execute(q)]
     for run_id in ids:
         s.execute(update(runs).where(runs.c.run_id == run_id).values(
-            state=QUEUED, epochs=[], started_at=None, error="requeued: the service stopped during the run"))
+            state=QUEUED, epochs=[], started_at=None, heartbeat_at=None,
+            error="requeued: the worker stopped during the run"))
         s.execute(update(slots).where(slots.c.active_run_id == run_id).values(active_run_id=None))
     return ids
 

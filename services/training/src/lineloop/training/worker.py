@@ -21,6 +21,7 @@ import socket
 import subprocess
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -33,6 +34,7 @@ from lineloop.model.export import export_onnx
 from lineloop.model.manifest import FrameCache, ManifestError, class_list, parse_manifest
 from lineloop.model.net import checkpoint
 from lineloop.runtime import Service
+from lineloop.storage.sql import utcnow
 from lineloop.training import state
 from lineloop.training.distributed import train_distributed
 from lineloop.training.settings import TrainingSettings
@@ -111,6 +113,9 @@ class RunWorker:
         while not self._stopping:
             try:
                 async with self.service.db.write() as s:
+                    stale = state.requeue_abandoned(s, stale_before=utcnow() - timedelta(seconds=self.settings.run_stale_after_s))
+                    if stale:
+                        log.warning("requeued runs whose worker went silent: %s", stale)
                     row = state.claim_next(s, self.worker_id, socket.gethostname())
             except Exception:
                 log.exception("claiming a run failed; retrying")
@@ -161,9 +166,11 @@ class RunWorker:
         log.info("run %s %s", run_id, outcome)
 
     async def _watch_cancel(self, run_id: str, cancel: threading.Event) -> None:
+        """Sees cancel requests (from any replica) and keeps the run's heartbeat fresh."""
         while not cancel.is_set():
             await asyncio.sleep(self.settings.poll_interval_s)
-            with self.service.db.session() as s:
+            async with self.service.db.write() as s:
+                state.heartbeat(s, run_id)
                 if _cancel_requested(s, run_id):
                     cancel.set()
 

@@ -109,7 +109,10 @@ class Demo:
         self.simulate(400)
 
         step("3/7", "Simulated QA labels the review queue; the labeling policy cuts a dataset version")
-        _lineloop("labels", "simulate-qa", "--line", self.line, "--max", "260", "--error-rate", "0.02", "--seed", str(self.seed))
+        # Exactly the policy's threshold: labels left over would trigger the
+        # (lower) drift threshold later, before any drifted frame is labelled.
+        _lineloop("labels", "simulate-qa", "--line", self.line, "--max", os.environ["LINELOOP_LABELING_CUT_MIN_LABELS"],
+                  "--error-rate", "0.02", "--seed", str(self.seed))
         dataset = self.wait("a new dataset version", lambda: _newest(
             labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
         known_datasets.add(dataset.version)
@@ -134,7 +137,8 @@ class Demo:
             console.print(f"drift: {event.feature} PSI {event.score:.2f} > {event.threshold:.2f} ({event.detail})")
 
         step("7/7", "QA labels the drifted frames first; a new dataset, a new model, a canary, a new production version")
-        _lineloop("labels", "simulate-qa", "--line", self.line, "--max", "200", "--error-rate", "0.02", "--seed", str(self.seed + 1))
+        _lineloop("labels", "simulate-qa", "--line", self.line, "--max", str(2 * int(os.environ["LINELOOP_LABELING_CUT_MIN_LABELS_DRIFT"])),
+                  "--error-rate", "0.02", "--seed", str(self.seed + 1))
         self.wait("a dataset version with the drifted frames", lambda: _newest(
             labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
         second = self.follow_to_production(training, registry, compiler, known_versions, feed_canary=True)

@@ -1,7 +1,9 @@
 """Training data: manifest frames from the local cache, decoded, resized and augmented.
 
 Augmentation is drawn from a generator seeded by (seed, epoch, index), so a run is
-reproducible whatever the number of DataLoader workers.
+reproducible whatever the number of DataLoader workers. The epoch travels inside the
+index (`EpochSampler`): persistent worker processes hold their own copy of the
+dataset, so an attribute set on it in the main process would never reach them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from lineloop.model.preprocess import frame_input
 
@@ -27,21 +29,39 @@ class FrameDataset(Dataset):
         self.size = size
         self.augment = augment
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, int]:
+        epoch, index = divmod(key, len(self.paths))
         with open(self.paths[index], "rb") as f:
             image = torch.from_numpy(frame_input(f.read(), self.size))
         if self.augment:
-            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
+            g = torch.Generator().manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF)
             image = augment(image, g)
         return image, self.labels[index]
+
+
+class EpochSampler(Sampler[int]):
+    """Wraps a sampler and adds `epoch * len(dataset)` to each index it yields."""
+
+    def __init__(self, inner: Sampler[int], size: int) -> None:
+        self.inner = inner
+        self.size = size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        offset = self.epoch * self.size
+        return (offset + i for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
 
 
 def augment(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from lineloop.model.metrics import Evaluation, evaluate
 from lineloop.model.net import InspectionNet, ModelSpec, from_checkpoint
-from lineloop.training.data import FrameDataset, class_weights
+from lineloop.training.data import EpochSampler, FrameDataset, class_weights
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +170,16 @@ def train(
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     train_ds = FrameDataset(job.train.paths, job.train.labels, size, augment=True, seed=p.seed)
-    sampler = DistributedSampler(train_ds, seed=p.seed) if world > 1 else None
     loader_gen = torch.Generator().manual_seed(p.seed)
+    inner = DistributedSampler(train_ds, seed=p.seed) if world > 1 else RandomSampler(train_ds, generator=loader_gen)
+    sampler = EpochSampler(inner, len(train_ds))
     workers = max(0, job.num_workers)
     # forkserver, not fork: the service process runs gRPC and Kafka threads a forked child must not inherit.
     loader_opts = dict(num_workers=workers, pin_memory=device.type == "cuda")
     if workers:
         loader_opts.update(persistent_workers=True, multiprocessing_context="forkserver", prefetch_factor=4)
-    train_loader = DataLoader(train_ds, batch_size=p.batch_size, shuffle=sampler is None, sampler=sampler,
-                              generator=loader_gen, drop_last=len(train_ds) > p.batch_size, **loader_opts)
+    train_loader = DataLoader(train_ds, batch_size=p.batch_size, sampler=sampler,
+                              drop_last=len(train_ds) > p.batch_size, **loader_opts)
     val_loader = DataLoader(FrameDataset(job.val.paths, job.val.labels, size, augment=False, seed=p.seed),
                             batch_size=p.batch_size * 2, **loader_opts)
 
@@ -192,9 +193,7 @@ def train(
     best_loss, best_epoch, best_state, stale = math.inf, 0, copy.deepcopy(model.state_dict()), 0
     stopped_early = False
     for epoch in range(1, p.epochs + 1):
-        train_ds.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         trained.train()
         t0 = time.perf_counter()
         data_s, loss_sum, seen = 0.0, 0.0, 0

@@ -69,3 +69,27 @@ async def test_writers_on_one_event_loop_take_turns(database_url):
     with db.session() as s:
         assert s.execute(select(things_v1.c.name).where(things_v1.c.id == 1)).scalar_one() == "20"
     db.dispose()
+
+
+def test_replicas_migrating_at_once_do_not_trip_over_each_other(database_url):
+    """Several service replicas start together against one fresh database."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def start_replica() -> None:
+        db = Database(database_url)
+        try:
+            db.migrate("things", 2, meta_v2)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=start_replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert Database(database_url).schema_version("things") == 2

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 import pytest_asyncio
+from google.protobuf.timestamp_pb2 import Timestamp
+from PIL import Image
 from prometheus_client import REGISTRY
-
-from lineloop.runtime import error_info
-from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
-from lineloop.v1.common_pb2 import ObjectRef, Prediction, PredictionSource, PredictionStatus
-from lineloop.v1.events_pb2 import RejectReason
 
 from lineloop.ingest.testing import (
     EventReader,
@@ -22,12 +20,16 @@ from lineloop.ingest.testing import (
     ingest_settings,
     jpeg,
     object_store,
+    png_header_only,
     publish,
     running_ingest,
-    png_header_only,
     skip_group_to_end,
     uid,
 )
+from lineloop.runtime import error_info
+from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
+from lineloop.v1.common_pb2 import ObjectRef, Prediction, PredictionSource, PredictionStatus
+from lineloop.v1.events_pb2 import RejectReason
 
 R = RejectReason
 
@@ -101,11 +103,11 @@ def bad_frames(stack, line: str) -> list[tuple[object, int]]:
     good = jpeg(seed=21)
     store = object_store(stack)
     stored = store.put_bytes("lineloop-frames", f"uploads/{uid('u')}.jpg", good, "image/jpeg")
-    gif = __import__("io").BytesIO()
-    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(gif, format="GIF")
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, format="GIF")
     return [
         (frame(good[: len(good) // 3], line=line), R.REJECT_REASON_UNDECODABLE_IMAGE),
-        (frame(png_header_only(20000, 20000), line=line, ), R.REJECT_REASON_IMAGE_TOO_LARGE),
+        (frame(png_header_only(20000, 20000), line=line), R.REJECT_REASON_IMAGE_TOO_LARGE),
         (frame(line=line, image_ref=ObjectRef(bucket=stored.bucket, key=stored.key, sha256="0" * 64)),
          R.REJECT_REASON_SHA256_MISMATCH),
         (frame(good, line=line, frame_id=f"../{uid('x')}"), R.REJECT_REASON_INVALID_ID),
@@ -119,9 +121,7 @@ def bad_frames(stack, line: str) -> list[tuple[object, int]]:
     ]
 
 
-def _ts(when: datetime):
-    from google.protobuf.timestamp_pb2 import Timestamp
-
+def _ts(when: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(when)
     return ts

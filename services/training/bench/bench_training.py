@@ -6,7 +6,7 @@ DataLoader worker count given. "Time to a candidate" is what the training
 service spends between having the frames cached and having a registered-ready
 model: fit with early stopping, test evaluation, ONNX export.
 
-    .venv/bin/python services/training/bench/bench_training.py [--frames 600] [--epochs 20] [--workers 0 1]
+    .venv/bin/python services/training/bench/bench_training.py [--frames 600] [--epochs 40] [--workers 0 1]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--size", type=int, default=96, help="rendered frame and model input size")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     print(f"host: {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lineloop.bus import Bus
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
+from lineloop.edge.agent import running_agent
 from lineloop.runtime import StackSettings
 from lineloop.storage.objects import ObjectStore, content_key
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
@@ -230,8 +231,8 @@ async def simulate(
                     prediction = await prediction
                 if prediction is not None:
                     frame.edge_prediction.CopyFrom(prediction)
-            await asyncio.to_thread(gateway.record_truth, frame, label, strength)
-            await sink.send(frame)
+            # The truth is read only once the frame has been ingested and offered for labelling.
+            await asyncio.gather(asyncio.to_thread(gateway.record_truth, frame, label, strength), sink.send(frame))
             report.sent += 1
             report.labels[label] = report.labels.get(label, 0) + 1
             if on_frame is not None:
@@ -273,6 +274,7 @@ def simulate_command(
     shares: str = typer.Option(None, "--shares", help="Class shares, e.g. ok=0.7,bruise=0.1,rot=0.1,scab=0.1."),
     gateway_id: str = typer.Option("gw-sim", "--gateway-id"),
     target: str = typer.Option(None, "--target", help="Ingest gRPC address (--via grpc); default LINELOOP_INGEST_GRPC."),
+    fleet: str = typer.Option(None, "--fleet", help="Run this edge fleet's rolled-out model on the gateway."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Simulate a gateway: N cameras at F frames/s of synthetic apples, with optional drift."""
@@ -298,7 +300,15 @@ def simulate_command(
             done = progress.tasks[task].completed + 1
             progress.update(task, completed=done, rate=done / max(time.perf_counter() - started, 1e-9))
 
-        report = asyncio.run(simulate(config, sink, objects, on_frame=advance))
+        async def run() -> SimulationReport:
+            if not fleet:
+                return await simulate(config, sink, objects, on_frame=advance)
+            # The edge agent installs signed builds as they roll out, while frames keep flowing.
+            async with running_agent(fleet=fleet, gateway_id=gateway_id, kafka_bootstrap=stack.kafka_bootstrap,
+                                     objects=objects, state_dir=stack.state_dir) as agent:
+                return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance)
+
+        report = asyncio.run(run())
     summary = {
         "run_id": report.run_id, "line": line, "via": via.value, "sent": report.sent,
         "seconds": round(report.seconds, 3), "rate": round(report.rate, 2), "labels": report.labels,

@@ -9,6 +9,7 @@ written by a newer release instead of corrupting it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -26,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,6 +42,10 @@ schema_versions = Table(
     Column("version", Integer, nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
+
+
+# Any fixed 64-bit number: the advisory lock that serialises schema creation.
+_MIGRATION_LOCK_KEY = 0x6C696E656C6F6F70  # "lineloop"
 
 
 class SchemaTooNew(RuntimeError):
@@ -106,28 +112,53 @@ class Database:
 
         Tables are only ever added in this release line, so creating what is
         missing is the whole migration; a database at a newer version is refused.
+        Replicas starting together take turns (a PostgreSQL advisory lock).
         """
-        _meta.create_all(self.engine)
-        with self.transaction() as s:
-            current = s.execute(
-                select(schema_versions.c.version).where(schema_versions.c.component == component)
-            ).scalar_one_or_none()
-            if current is not None and current > version:
-                raise SchemaTooNew(
-                    f"database {self.safe_url} has {component} schema v{current}, this code knows v{version}"
-                )
-        metadata.create_all(self.engine)
-        with self.transaction() as s:
-            if current is None:
-                s.execute(schema_versions.insert().values(component=component, version=version, applied_at=utcnow()))
-            elif current < version:
-                s.execute(
-                    schema_versions.update()
-                    .where(schema_versions.c.component == component)
-                    .values(version=version, applied_at=utcnow())
-                )
+        with self._migration_lock():
+            _meta.create_all(self.engine)
+            with self.transaction() as s:
+                current = s.execute(
+                    select(schema_versions.c.version).where(schema_versions.c.component == component)
+                ).scalar_one_or_none()
+                if current is not None and current > version:
+                    raise SchemaTooNew(
+                        f"database {self.safe_url} has {component} schema v{current}, this code knows v{version}"
+                    )
+            metadata.create_all(self.engine)
+            with self.transaction() as s:
+                if current is None:
+                    s.execute(schema_versions.insert().values(component=component, version=version, applied_at=utcnow()))
+                elif current < version:
+                    s.execute(
+                        schema_versions.update()
+                        .where(schema_versions.c.component == component)
+                        .values(version=version, applied_at=utcnow())
+                    )
         if current != version:
             log.info("schema %s at v%d (was %s) in %s", component, version, current, self.safe_url)
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if self.is_sqlite:
+            # create_all checks, then creates: without a lock two processes race.
+            database = make_url(self.url).database
+            if not database or database == ":memory:":
+                yield
+                return
+            with open(f"{database}.migrate-lock", "a") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                conn.commit()
 
     def schema_version(self, component: str) -> int | None:
         with self.session() as s:

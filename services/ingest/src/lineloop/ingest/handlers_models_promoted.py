@@ -6,18 +6,19 @@ import logging
 
 from lineloop.bus import EventContext
 from lineloop.ingest import state
-from lineloop.ingest.scoring import ServingPicture
+from lineloop.ingest.scoring import ServingPicture, TritonScorer
 from lineloop.v1.events_pb2 import ModelPromoted
 
 log = logging.getLogger(__name__)
 
 
-def make_handler(serving: ServingPicture):
+def make_handler(serving: ServingPicture, scorer: TritonScorer):
     async def on_models_promoted(msg: ModelPromoted, ctx: EventContext) -> None:
         state.apply_promotion(ctx.session, msg)
         # This replica re-reads the picture at its next frame (the handler commits
         # before any other task runs); other replicas within deployment_refresh_s.
         serving.invalidate()
+        scorer.forget_models()  # a re-deployed version may have new metadata
         log.info(
             "serving picture of %s after %s:%s: %s", msg.model_name, msg.model_name, msg.version,
             [(d.line_id, d.production_version, d.canary_version, d.canary_share) for d in msg.deployments],

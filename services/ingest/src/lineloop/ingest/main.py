@@ -11,6 +11,7 @@ from lineloop.runtime import Service
 from lineloop.v1.events_pb2 import FrameCaptured, ModelPromoted
 from lineloop.v1.ingest_pb2_grpc import add_IngestServiceServicer_to_server
 
+
 def build(settings: IngestSettings | None = None) -> Service:
     settings = settings or IngestSettings()
     service = Service("ingest", settings)
@@ -25,15 +26,19 @@ def build(settings: IngestSettings | None = None) -> Service:
     prefetch = handlers_frames_captured.BatchPrefetch(pipeline, settings.max_concurrent_frames)
     service.bus.broker.add_middleware(prefetch.middleware())
 
-    service.bus.handler(FrameCaptured, group=settings.consumer_group)(handlers_frames_captured.make_handler(pipeline, prefetch))
-    service.bus.handler(ModelPromoted, group=settings.consumer_group)(handlers_models_promoted.make_handler(serving))
-    service.add_grpc(add_IngestServiceServicer_to_server, IngestApi(settings, pipeline, service.db, service.bus, service.objects.aio))
-
-    service.on_stop(scorer.close)
+    group = settings.consumer_group
+    service.bus.handler(FrameCaptured, group=group)(handlers_frames_captured.make_handler(pipeline, prefetch))
+    service.bus.handler(ModelPromoted, group=group)(handlers_models_promoted.make_handler(serving, scorer))
+    service.add_grpc(
+        add_IngestServiceServicer_to_server,
+        IngestApi(settings, pipeline, service.db, service.bus, service.objects.aio),
+    )
 
     @service.on_stop
-    async def close_pipeline() -> None:
+    async def close_scoring() -> None:
+        await scorer.close()
         pipeline.close()
+
     return service
 
 

@@ -4,14 +4,13 @@ publishing, crafted frames and a reader of the events ingest publishes."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-
-import struct
-import zlib
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata

@@ -37,13 +37,13 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 20
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-4
     width: int = 16
     input_size: int = 96
-    patience: int = 4
+    patience: int = 8
     seed: int = 1234
     label_smoothing: float = 0.05
     warm_lr_scale: float = 0.3  # fine-tuning from production weights takes smaller steps

@@ -16,8 +16,10 @@ import time
 import urllib.request
 import uuid
 
+import grpc
 import numpy as np
 import pytest
+import yaml
 
 from lineloop.bus import Bus
 from lineloop.compiler.builds import BuildEnvironment, run_build
@@ -28,13 +30,16 @@ from lineloop.compiler.verify import OnnxRunner
 from lineloop.edge import Fleet, load_trusted_keys, verify_manifest
 from lineloop.model.export import export_onnx
 from lineloop.registry import handlers_models_compiled, state
-from lineloop.registry.deployment import DeploymentSettings, TritonDeployer
+from lineloop.registry.deployment import DeploymentSettings
+from lineloop.registry.main import build
 from lineloop.registry.settings import RegistrySettings
-from lineloop.registry.stages import RegistryError, Stages
-from lineloop.runtime import Service, StackSettings
+from lineloop.runtime import Service, StackSettings, error_info
 from lineloop.serving import ServingError, TritonControl
 from lineloop.storage.sql import utcnow
+from lineloop.v1 import registry_pb2 as pb
+from lineloop.v1.common_pb2 import Stage
 from lineloop.v1.events_pb2 import BUILD_STATUS_OK, EdgeRollout, GateDecision, ModelPromoted
+from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
 
 FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 
@@ -42,26 +47,26 @@ FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 @functools.cache
 def _models():
     data = demo_data(frames=200)
-    return data, [export_onnx(train_demo_model(data, epochs=e, seed=s)) for e, s in ((6, 0), (4, 7))]
+    return data, [train_demo_model(data, epochs=e, seed=s) for e, s in ((6, 0), (4, 7))]
 
 
-def _registry(stack, tmp_path, fleets) -> tuple[Service, Stages]:
+def _registry(stack, tmp_path, fleet: Fleet) -> Service:
+    """The registry exactly as `lineloop-registry` builds it, with one edge fleet."""
+    fleets = tmp_path / "fleets.yaml"
+    fleets.write_text(yaml.safe_dump({"fleets": {fleet.name: {
+        "target": fleet.target, "models": list(fleet.models), "pilot_gateways": list(fleet.pilot_gateways)}}}))
     settings = RegistrySettings(
         grpc_port=0, metrics_port=None, database_url=f"sqlite:///{tmp_path / 'registry.db'}", auto_promote=False,
         kafka_session_timeout_ms=FAST["session_timeout_ms"], kafka_heartbeat_interval_ms=FAST["heartbeat_interval_ms"],
+        consumer_group=f"registry-{uuid.uuid4().hex[:8]}",
+        deployment=DeploymentSettings(triton_repository=stack.triton_repository, fleets_file=fleets),
         stack=StackSettings(
             kafka_bootstrap=stack.kafka_bootstrap, s3_endpoint=stack.s3_endpoint, s3_access_key=stack.s3_access_key,
             s3_secret_key=stack.s3_secret_key, triton_grpc=stack.triton_grpc, triton_http=stack.triton_http,
             state_dir=tmp_path, log_format="console",
         ),
     )
-    service = Service("registry", settings)
-    service.migrate("registry", state.SCHEMA_VERSION, state.metadata)
-    service.migrate(handlers_models_compiled.SCHEMA_COMPONENT, handlers_models_compiled.SCHEMA_VERSION,
-                    handlers_models_compiled.metadata)
-    handlers_models_compiled.subscribe(service.bus)
-    deployer = TritonDeployer(service, DeploymentSettings(triton_repository=stack.triton_repository), fleets=fleets)
-    return service, Stages(service, settings, deployer)
+    return build(settings)
 
 
 def _add_version(service: Service, event, number: int) -> None:
@@ -106,8 +111,9 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
     uid = uuid.uuid4().hex[:8]
     model_name, dataset = f"apples-{uid}", f"line-{uid}"
     fleet = Fleet(name=f"fleet-{uid}", target="onnxruntime-cpu-int8", pilot_gateways=("gw-1",))
-    data, (onnx_a, onnx_b) = _models()
-    service, stages = _registry(stack, tmp_path, [fleet])
+    data, (net_a, net_b) = _models()
+    onnx_a, onnx_b = export_onnx(net_a), export_onnx(net_b)
+    service = _registry(stack, tmp_path, fleet)
     objects = service.objects
     upload_dataset(objects, data, dataset, "v0001")
     env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=40)
@@ -115,8 +121,8 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
     # The small test model is not confident enough for the production INT8 tolerance; that is the compiler's test.
     int8 = dataclasses.replace(profiles.get("onnxruntime-cpu-int8"), tolerance=Tolerance(0.8, 0.5))
     events = {}
-    for number, onnx_bytes in ((1, onnx_a), (2, onnx_b), (3, onnx_b)):
-        events[number] = register_event(objects, onnx_bytes, model_name=model_name, version=str(number),
+    for number, net in ((1, net_a), (2, net_b), (3, net_b)):
+        events[number] = register_event(objects, net, model_name=model_name, version=str(number),
                                         dataset=dataset, dataset_version="v0001", input_size=data.input_size)
 
     promotions: asyncio.Queue[ModelPromoted] = asyncio.Queue()
@@ -131,7 +137,13 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
 
     await observer.start()
     try:
-        async with service.running():
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def promote(version: str, reason: str):
+                return await api.Promote(pb.PromoteRequest(model_name=model_name, version=version,
+                                                           to_stage=Stage.STAGE_PRODUCTION, actor="qa", reason=reason))
+
             for number in (1, 2, 3):
                 _add_version(service, events[number], number)
             # Versions 1 and 2 are built by the real compiler code; version 3 never is.
@@ -148,7 +160,7 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                     await asyncio.sleep(0.2)
 
             images = data.split("test")[0][:4]
-            await stages.change(model_name, "1", "production", actor="qa", reason="first")
+            await promote("1", "first")
             promoted = await asyncio.wait_for(promotions.get(), 30)
             assert promoted.version == "1"
             (line,) = promoted.deployments
@@ -163,7 +175,7 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
             prober = Prober(stack.triton_grpc, model_name, 1, images)
             prober.start()
             try:
-                await stages.change(model_name, "2", "production", actor="qa", reason="better")
+                await promote("2", "better")
                 before = prober.answered
                 await asyncio.sleep(0.3)
             finally:
@@ -185,7 +197,7 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                                        load_trusted_keys([tmp_path / DEV_PUBLIC_KEY]), rollout.manifest_sha256)
             assert [a.sha256 for a in manifest.artifacts] == [a.sha256 for a in rollout.artifacts]
 
-            rolled = await stages.rollback(model_name, actor="qa", reason="complaints")
+            rolled = await api.Rollback(pb.RollbackRequest(model_name=model_name, actor="qa", reason="complaints"))
             assert rolled.version == "1"
             promoted = await asyncio.wait_for(promotions.get(), 30)
             assert (promoted.version, promoted.deployments[0].production_version) == ("1", "1")
@@ -196,7 +208,8 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                                            OnnxRunner(onnx_a)(images), atol=1e-5)
 
             # A canary: production and canary both served, the share carried in the event.
-            await stages.change(model_name, "2", "staging", actor="qa", reason="canary", canary_share=0.25)
+            await api.SetCanary(pb.SetCanaryRequest(model_name=model_name, version="2", share=0.25, actor="qa",
+                                                    reason="canary"))
             promoted = await asyncio.wait_for(promotions.get(), 30)
             (line,) = promoted.deployments
             assert (line.production_version, line.canary_version, line.canary_share) == ("1", "2", 0.25)
@@ -204,9 +217,11 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                 assert triton.ready_versions(model_name) == [1, 2]
 
             # No verified build: the change is refused and nothing moves.
-            with pytest.raises(RegistryError) as refused:
-                await stages.change(model_name, "3", "production", actor="qa", reason="unbuilt")
-            assert refused.value.reason == "DEPLOYMENT_FAILED" and "no verified triton-onnx build" in refused.value.message
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await promote("3", "unbuilt")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_info(refused.value).reason == "DEPLOYMENT_FAILED"
+            assert "no verified triton-onnx build" in refused.value.details()
             with service.db.session() as s:
                 assert state.get_version_row(s, model_name, "production")["version"] == "1"
             with TritonControl(stack.triton_grpc) as triton:

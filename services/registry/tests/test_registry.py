@@ -19,14 +19,16 @@ from lineloop.bus import Bus
 from lineloop.model.export import export_onnx
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint
 from lineloop.model.synthetic import write_dataset
+from lineloop.registry.deployer import Serving
 from lineloop.registry.main import build
 from lineloop.registry.settings import RegistrySettings
 from lineloop.runtime import StackSettings, error_info
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import registry_pb2 as pb
-from lineloop.v1.common_pb2 import Stage
+from lineloop.v1.common_pb2 import Prediction, PredictionStatus, Stage
 from lineloop.v1.events_pb2 import FrameIngested, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
-from lineloop.v1.common_pb2 import Prediction, PredictionStatus
+from lineloop.v1.monitor_pb2 import ModelHealth, VersionHealth
+from lineloop.v1.monitor_pb2_grpc import MonitorServiceServicer, add_MonitorServiceServicer_to_server
 from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
 
 CLASSES = ["bruise", "ok", "rot", "scab"]
@@ -45,7 +47,7 @@ def registry_settings(stack, tmp_path, **overrides) -> RegistrySettings:
         "database_url": f"sqlite:///{tmp_path / 'registry.db'}", "grpc_port": 0, "metrics_port": None,
         "consumer_group": f"registry-test-{uuid.uuid4().hex[:8]}", "kafka_session_timeout_ms": 6000,
         "kafka_heartbeat_interval_ms": 1000, "poll_interval_s": 0.2, "cache_dir": tmp_path / "cache",
-        "floor_accuracy": 0.4, "floor_ok_false_positive_rate": 0.1, "canary_min_frames": 3,
+        "floor_accuracy": 0.4, "floor_ok_false_positive_rate": 0.1, "canary_min_frames": 3, "monitor_grpc": "",
         "stack": stack_settings(stack), **overrides})
 
 
@@ -83,10 +85,10 @@ class SlowDeployer:
     async def on_stage_change(self, version, stage, canary_share):
         self.calls.append((version.version, stage, canary_share))
         await asyncio.sleep(self.delay_s)
-        return [LineDeployment(line_id="line-test", triton_model=version.model_name,
-                               production_version=version.version if stage == Stage.STAGE_PRODUCTION else "",
-                               canary_version=version.version if stage == Stage.STAGE_STAGING else "",
-                               canary_share=canary_share)]
+        return Serving(lines=[LineDeployment(line_id="line-test", triton_model=version.model_name,
+                                             production_version=version.version if stage == Stage.STAGE_PRODUCTION else "",
+                                             canary_version=version.version if stage == Stage.STAGE_STAGING else "",
+                                             canary_share=canary_share)])
 
 
 @pytest.fixture
@@ -290,3 +292,57 @@ async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, stor
                 ("2", Stage.STAGE_CANDIDATE), ("1", Stage.STAGE_PRODUCTION)]
     finally:
         await publisher.stop()
+
+
+class LiveAccuracy(MonitorServiceServicer):
+    """Stands in for the monitor's GetModelHealth: live accuracy per version, as given."""
+
+    def __init__(self, line: str, model: str) -> None:
+        self.line, self.model = line, model
+        self.versions: list[VersionHealth] = []
+        self.asked: list[tuple[str, str]] = []
+
+    async def GetModelHealth(self, request, context):
+        self.asked.append((request.line_id, request.model_name))
+        return ModelHealth(line_id=self.line, model_name=self.model, versions=self.versions)
+
+
+async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stack, store, tmp_path):
+    """Once both versions have enough human labels, live accuracy decides beside frames served."""
+    model = f"plums-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=5)
+    monitor = LiveAccuracy(model, model)
+    server = grpc.aio.server()
+    add_MonitorServiceServicer_to_server(monitor, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{port}", canary_min_labelled=10),
+                    deployer=SlowDeployer())
+    publisher = Bus(stack.kafka_bootstrap, source="test/registry")
+    await publisher.start()
+    try:
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def version(v):
+                return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
+
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
+            # Both versions have enough human labels: the canary's live accuracy is worse.
+            monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_labelled=40, live_accuracy=0.7)]
+            for _ in range(3):
+                await publisher.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
+                    status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version="2", canary=True)))
+            v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_ARCHIVED, what="v2 archived")
+            last = v2.history[-1]
+            assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
+            assert "live accuracy 0.700 on 40 labelled frames vs production v1 0.900 on 50" in last.reason
+            assert monitor.asked[0] == (model, model)
+            assert (await version("production")).version == "1"
+    finally:
+        await publisher.stop()
+        await server.stop(None)

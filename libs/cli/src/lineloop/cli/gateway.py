@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lineloop.bus import Bus
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
+from lineloop.edge import load_fleets
 from lineloop.edge.agent import running_agent
 from lineloop.runtime import StackSettings
 from lineloop.storage.objects import ObjectStore, content_key
@@ -282,6 +283,9 @@ def simulate_command(
         line=line, cameras=cameras, fps=fps, frames=frames, drift=drift, drift_at=drift_at, seed=seed, size=size,
         shares=_parse_shares(shares), upload=upload, gateway_id=gateway_id,
     )
+    if fleet and fleet not in (known := sorted(f.name for f in load_fleets())):
+        raise typer.BadParameter(f"unknown fleet {fleet!r}; configured fleets: {', '.join(known) or 'none'}",
+                                 param_hint="--fleet")
     stack = StackSettings()
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
     ingest = grpc_target("ingest", target)

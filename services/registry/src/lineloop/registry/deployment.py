@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineloop.edge import Fleet, load_fleets
 from lineloop.registry import handlers_models_compiled, state
+from lineloop.registry.deployer import Serving
 from lineloop.runtime import Service
 from lineloop.serving import ServingOptions, TritonControl, open_repository
 from lineloop.v1.common_pb2 import Stage
@@ -86,7 +87,7 @@ class TritonDeployer:
         # One change at a time per process: the registry's lease already serialises a model.
         self._lock = asyncio.Lock()
 
-    async def on_stage_change(self, version: ModelVersion, stage: Stage, canary_share: float) -> list[LineDeployment]:
+    async def on_stage_change(self, version: ModelVersion, stage: Stage, canary_share: float) -> Serving:
         async with self._lock:
             try:
                 deployment = await self._deploy_triton(version, stage, canary_share)
@@ -94,9 +95,8 @@ class TritonDeployer:
                 deploy_outcomes.add(1, {"kind": "triton", "outcome": "failed", "reason": type(err).__name__})
                 raise
             deploy_outcomes.add(1, {"kind": "triton", "outcome": "deployed", "reason": ""})
-            if stage == Stage.STAGE_PRODUCTION:
-                await self._roll_out(version)
-            return [deployment]
+            rollouts = await self._rollouts(version) if stage == Stage.STAGE_PRODUCTION else []
+            return Serving(lines=[deployment], rollouts=rollouts)
 
     # ---- Triton ---------------------------------------------------------------------------
 
@@ -175,8 +175,9 @@ class TritonDeployer:
 
     # ---- edge -----------------------------------------------------------------------------
 
-    async def _roll_out(self, version: ModelVersion) -> None:
-        """One rollout per fleet running the model; a fleet without a verified build is skipped, loudly."""
+    async def _rollouts(self, version: ModelVersion) -> list[EdgeRollout]:
+        """One rollout per fleet running the model; a fleet without a verified build is skipped, loudly.
+        The registry publishes them with the stage change they belong to."""
         rollouts = []
         for fleet in (f for f in self.fleets if f.runs(version.model_name)):
             with self.service.db.session() as s:
@@ -187,13 +188,9 @@ class TritonDeployer:
                             version.model_name, version.version, fleet.name)
                 continue
             rollouts.append(await self._rollout(fleet, build))
-        if not rollouts:
-            return
-        async with self.service.db.write() as s:
-            for rollout in rollouts:
-                self.service.bus.add_to_outbox(s, rollout)
-        self.service.bus.relay.wake()
-        deploy_outcomes.add(len(rollouts), {"kind": "edge", "outcome": "published", "reason": ""})
+        if rollouts:
+            deploy_outcomes.add(len(rollouts), {"kind": "edge", "outcome": "planned", "reason": ""})
+        return rollouts
 
     async def _rollout(self, fleet: Fleet, build: ModelCompiled) -> EdgeRollout:
         url = await self.service.objects.aio.presigned_get(

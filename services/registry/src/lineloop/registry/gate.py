@@ -2,8 +2,9 @@
 
 Both the candidate and the production model are run by the registry itself, with
 onnxruntime on their ONNX files (the artifact that is actually served), on the
-same frames: the human-labelled test split of the candidate's dataset version,
-which is the newest dataset the registry has seen for the model. Numbers a
+same frames: the human-labelled test split of the newest version of the candidate's
+dataset that any version of the model was trained on (usually the candidate's own; a
+run started by hand on an older version is still judged on the newest frames). Numbers a
 training run reports about itself are recorded but never trusted for the decision.
 """
 

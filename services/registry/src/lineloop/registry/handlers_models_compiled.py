@@ -15,7 +15,6 @@ from lineloop.v1.events_pb2 import BUILD_STATUS_OK, ModelCompiled
 
 SCHEMA_COMPONENT = "registry.builds"
 SCHEMA_VERSION = 1
-GROUP = "registry"
 
 metadata = MetaData()
 
@@ -67,5 +66,5 @@ async def on_model_compiled(msg: ModelCompiled, ctx: EventContext) -> None:
     record(ctx.session, msg)
 
 
-def subscribe(bus: Bus) -> None:
-    bus.handler(ModelCompiled, group=GROUP)(on_model_compiled)
+def subscribe(bus: Bus, group: str) -> None:
+    bus.handler(ModelCompiled, group=group)(on_model_compiled)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from lineloop.registry import handlers_frames_ingested, handlers_models_trained, state
+from lineloop.registry import handlers_frames_ingested, handlers_models_compiled, handlers_models_trained, state
 from lineloop.registry.api import RegistryApi
-from lineloop.registry.deployer import Deployer, NoDeployment
+from lineloop.registry.deployer import Deployer
+from lineloop.registry.deployment import TritonDeployer
 from lineloop.registry.settings import RegistrySettings
 from lineloop.registry.stages import Stages
 from lineloop.registry.worker import RegistryWorker
@@ -17,7 +18,10 @@ def build(settings: RegistrySettings | None = None, deployer: Deployer | None = 
     settings = settings or RegistrySettings()
     service = Service("registry", settings)
     service.migrate("registry", state.SCHEMA_VERSION, state.metadata)
-    stages = Stages(service, settings, deployer or NoDeployment())
+    service.migrate(handlers_models_compiled.SCHEMA_COMPONENT, handlers_models_compiled.SCHEMA_VERSION,
+                    handlers_models_compiled.metadata)
+    handlers_models_compiled.subscribe(service.bus, settings.consumer_group)
+    stages = Stages(service, settings, deployer or TritonDeployer(service, settings.deployment))
     worker = RegistryWorker(service, settings, stages)
     service.bus.handler(ModelTrained, group=settings.consumer_group)(handlers_models_trained.make_handler(worker.wake))
     service.bus.handler(FrameIngested, group=settings.consumer_group)(handlers_frames_ingested.on_frame_ingested)

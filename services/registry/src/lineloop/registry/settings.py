@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
+
+from lineloop.registry.deployment import DeploymentSettings
 from lineloop.runtime import ServiceSettings, service_config
 
 
@@ -22,6 +25,10 @@ class RegistrySettings(ServiceSettings):
     auto_promote: bool = True
     canary_share: float = 0.1
     canary_min_frames: int = 200
+    # Live accuracy (the monitor's, against human labels) decides too once both the canary
+    # and production have this many labelled frames: a worse canary is archived instead.
+    monitor_grpc: str = "127.0.0.1:50056"  # empty: frames served alone decide
+    canary_min_labelled: int = 20
     # Gate tolerances (absolute, in metric units): how far a candidate may fall behind production.
     tolerance_accuracy: float = 0.0
     tolerance_ok_false_positive_rate: float = 0.0
@@ -34,6 +41,8 @@ class RegistrySettings(ServiceSettings):
     poll_interval_s: float = 1.0
     eval_threads: int = 0  # 0: every core
     cache_dir: Path | None = None
+    # Triton and edge fleets (same LINELOOP_REGISTRY_ prefix, e.g. LINELOOP_REGISTRY_TRITON_FLAVOUR).
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
     @property
     def frame_cache_dir(self) -> Path:

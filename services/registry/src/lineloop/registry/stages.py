@@ -22,7 +22,7 @@ from lineloop.registry.deployer import Deployer
 from lineloop.registry.settings import RegistrySettings
 from lineloop.runtime import Service
 from lineloop.storage.sql import utcnow
-from lineloop.v1.common_pb2 import EvalMetrics, Stage
+from lineloop.v1.common_pb2 import EvalMetrics
 from lineloop.v1.events_pb2 import GateDecision, LineDeployment, ModelPromoted
 from lineloop.v1.registry_pb2 import ModelVersion
 
@@ -67,7 +67,7 @@ class Stages:
             after.stage = state.STAGE_OF[to]
             after.canary_share = share
         try:
-            deployments = list(await self.deployer.on_stage_change(after, state.STAGE_OF[to], share))
+            serving = await self.deployer.on_stage_change(after, state.STAGE_OF[to], share)
         except Exception as err:
             async with db.write() as s:
                 s.execute(update(state.models).where(state.models.c.model_name == model_name,
@@ -94,12 +94,14 @@ class Stages:
                 state.set_stage(s, model_name, v, to_stage, **values)
                 state.add_transition(s, model_name, v, from_stage, to_stage, actor,
                                      reason if v == version else why, self._metrics(s, model_name, v))
-            picture = deployments or self._picture(s, model_name)
+            picture = serving.lines or self._picture(s, model_name)
             promoted_at = Timestamp()
             promoted_at.GetCurrentTime()
             self.service.bus.add_to_outbox(s, ModelPromoted(
                 model_name=model_name, version=version, stage=state.STAGE_OF[to], previous_stage=state.STAGE_OF[previous],
                 actor=actor, reason=reason, deployments=picture, classes=row["classes"], promoted_at=promoted_at))
+            for rollout in serving.rollouts:
+                self.service.bus.add_to_outbox(s, rollout)
             result = state.version_proto(s, self._version(s, model_name, version))
         self.service.bus.relay.wake()
         return result

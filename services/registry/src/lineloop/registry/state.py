@@ -117,6 +117,16 @@ def version_by_run(s: Session, model_name: str, run_id: str) -> dict | None:
     return dict(row) if row else None
 
 
+def newest_dataset(s: Session, model_name: str, dataset: str) -> dict:
+    """(dataset_version, dataset_sha256) of the newest version of `dataset` any version of the
+    model was trained on: the test split every gate of the model is judged on. Dataset
+    versions are zero-padded (v0001, v0002), so they sort as strings."""
+    row = s.execute(select(versions.c.dataset_version, versions.c.dataset_sha256).where(
+        versions.c.model_name == model_name, versions.c.dataset == dataset,
+    ).order_by(versions.c.dataset_version.desc()).limit(1)).mappings().first()
+    return dict(row)
+
+
 def get_version_row(s: Session, model_name: str, version_or_alias: str) -> dict | None:
     q = select(versions).where(versions.c.model_name == model_name)
     alias = version_or_alias.lower()

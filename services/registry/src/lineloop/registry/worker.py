@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics as otel_metrics
 from sqlalchemy import select, update
@@ -16,6 +17,8 @@ from lineloop.registry.settings import RegistrySettings
 from lineloop.registry.stages import RegistryError, Stages
 from lineloop.runtime import Service
 from lineloop.v1.events_pb2 import GateDecision, ModelRegistered
+from lineloop.v1.monitor_pb2 import GetModelHealthRequest
+from lineloop.v1.monitor_pb2_grpc import MonitorServiceStub
 
 log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter("lineloop.registry")
@@ -72,8 +75,10 @@ class RegistryWorker:
         model_name, version = row["model_name"], row["version"]
         with self.service.db.session() as s:
             prod = state.get_version_row(s, model_name, "production")
+            judge = state.newest_dataset(s, model_name, row["dataset"])
+        dataset_version = f"{row['dataset']}/{judge['dataset_version']}"
         try:
-            test = await self.evaluator.test_split(row["dataset"], row["dataset_version"], row["dataset_sha256"])
+            test = await self.evaluator.test_split(row["dataset"], judge["dataset_version"], judge["dataset_sha256"])
             onnx = state.onnx_ref(row)
             candidate = await self.evaluator.evaluate(onnx.bucket, onnx.key, onnx.sha256, row["classes"], row["input_size"], test)
             baseline = None
@@ -81,10 +86,9 @@ class RegistryWorker:
                 ref = state.onnx_ref(prod)
                 baseline = await self.evaluator.evaluate(ref.bucket, ref.key, ref.sha256, prod["classes"], prod["input_size"], test)
             decision = decide(candidate, baseline, self.settings, baseline_version=prod["version"] if prod else "",
-                              dataset_version=f"{row['dataset']}/{row['dataset_version']}")
+                              dataset_version=dataset_version)
         except GateError as err:
-            decision = GateDecision(passed=False, reason=f"gate could not run: {err}",
-                                    dataset_version=f"{row['dataset']}/{row['dataset_version']}")
+            decision = GateDecision(passed=False, reason=f"gate could not run: {err}", dataset_version=dataset_version)
         stage = "candidate" if decision.passed else "rejected"
         async with self.service.db.write() as s:
             moved = s.execute(update(state.versions).where(
@@ -123,8 +127,36 @@ class RegistryWorker:
             else:
                 await self._auto(row, "production", "bootstrap: first version to meet the floors")
         for row in canaries:
-            await self._auto(row, "production", f"canary served {row['frames_served']} frames "
-                                                f"(policy: {self.settings.canary_min_frames})")
+            served = f"canary served {row['frames_served']} frames (policy: {self.settings.canary_min_frames})"
+            worse, live = await self._live_accuracy(row)
+            if worse:
+                await self._auto(row, "archived", f"{served}, but {live}")
+            else:
+                await self._auto(row, "production", f"{served}; {live}")
+
+    async def _live_accuracy(self, canary: dict) -> tuple[bool, str]:
+        """(canary is worse, what the monitor says) from its live accuracy per version."""
+        if not self.settings.monitor_grpc:
+            return False, "live accuracy not consulted (no monitor configured)"
+        with self.service.db.session() as s:
+            prod = state.get_version_row(s, canary["model_name"], "production")
+        if prod is None:
+            return False, "no production version to compare with"
+        try:
+            async with grpc.aio.insecure_channel(self.settings.monitor_grpc) as channel:
+                health = await MonitorServiceStub(channel).GetModelHealth(
+                    GetModelHealthRequest(line_id=canary["dataset"], model_name=canary["model_name"]), timeout=5)
+        except grpc.aio.AioRpcError as err:
+            return False, f"live accuracy not compared (monitor: {err.code().name})"
+        by_version = {v.model_version: v for v in health.versions}
+        c, p = by_version.get(canary["version"]), by_version.get(prod["version"])
+        need = self.settings.canary_min_labelled
+        if c is None or p is None or c.frames_labelled < need or p.frames_labelled < need:
+            return False, (f"live accuracy not yet comparable (labelled frames: canary {c.frames_labelled if c else 0}, "
+                           f"production {p.frames_labelled if p else 0}; need {need} each)")
+        verdict = (f"live accuracy {c.live_accuracy:.3f} on {c.frames_labelled} labelled frames vs production "
+                   f"v{prod['version']} {p.live_accuracy:.3f} on {p.frames_labelled}")
+        return c.live_accuracy < p.live_accuracy - self.settings.tolerance_accuracy - 1e-9, verdict
 
     async def _auto(self, row: dict, to: str, reason: str) -> None:
         try:

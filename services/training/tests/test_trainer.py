@@ -47,3 +47,10 @@ async def test_torchrun_path_trains_with_two_processes(job):
     assert result.world_size == 2
     assert [e.epoch for e in epochs] == [e.epoch for e in result.epochs] and len(epochs) >= 1
     assert result.test.samples == 4 and list(result.model.spec.classes) == CLASSES
+
+
+@pytest.mark.gpu
+def test_the_same_code_trains_on_cuda(job):
+    result = train(job)
+    assert result.device.startswith("cuda") and result.test.samples == 4
+    assert next(result.model.parameters()).device.type == "cpu"  # handed back ready for export

@@ -7,7 +7,6 @@ transaction that moves the run to RUNNING (a conditional UPDATE; the loser sees 
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 
@@ -22,7 +21,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     insert,
     select,
     update,
@@ -220,7 +218,3 @@ def run_proto(row: dict) -> Run:
         if ts is not None:
             getattr(run, name).CopyFrom(ts)
     return run
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, indent=2, default=str)

@@ -37,7 +37,7 @@ FAST = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
 @functools.cache
 def _models():
     data = demo_data(frames=160)
-    return data, [export_onnx(train_demo_model(data, epochs=e, seed=s)) for e, s in ((5, 0), (4, 3))]
+    return data, [train_demo_model(data, epochs=e, seed=s) for e, s in ((5, 0), (4, 3))]
 
 
 def _rollout(objects: ObjectStore, build, fleet: str, **changes) -> EdgeRollout:
@@ -72,14 +72,15 @@ async def _dead_letters(stack, key: str, count: int, timeout: float = 30.0) -> l
 async def test_agent_installs_signed_builds_and_refuses_tampered_ones(stack, tmp_path):
     uid = uuid.uuid4().hex[:8]
     fleet, model_name, dataset = f"fleet-{uid}", f"apples-{uid}", f"line-{uid}"
-    data, (onnx_a, onnx_b) = _models()
+    data, (net_a, net_b) = _models()
+    onnx_a, onnx_b = export_onnx(net_a), export_onnx(net_b)
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     upload_dataset(objects, data, dataset, "v0001")
     env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=32)
     profile = dataclasses.replace(load_profiles().get("onnxruntime-cpu-int8"), tolerance=Tolerance(0.8, 0.5))
     builds = {}
-    for version, onnx_bytes in (("1", onnx_a), ("2", onnx_b)):
-        event = register_event(objects, onnx_bytes, model_name=model_name, version=version, dataset=dataset,
+    for version, net in (("1", net_a), ("2", net_b)):
+        event = register_event(objects, net, model_name=model_name, version=version, dataset=dataset,
                                dataset_version="v0001", input_size=data.input_size)
         builds[version] = await asyncio.to_thread(run_build, env, event, profile, f"b-{uid}-{version}")
         assert builds[version].status == BUILD_STATUS_OK, builds[version].reason

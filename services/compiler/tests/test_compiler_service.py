@@ -14,11 +14,12 @@ from aiokafka import AIOKafkaConsumer
 
 from lineloop.bus import Bus
 from lineloop.compiler.main import build_service
+from lineloop.compiler.profiles import load_profiles
 from lineloop.compiler.settings import CompilerSettings
 from lineloop.compiler.signing import DEV_PUBLIC_KEY
+from lineloop.compiler.tensorrt_builds import capability
 from lineloop.compiler.testing import demo_data, register_event, train_demo_model, upload_dataset
 from lineloop.edge.manifest import BuildManifest, load_trusted_keys, sha256_hex, verify_manifest
-from lineloop.model.export import export_onnx
 from lineloop.runtime import StackSettings, error_info
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
 from lineloop.v1 import compiler_pb2, compiler_pb2_grpc
@@ -63,7 +64,7 @@ profiles:
 @functools.cache
 def _demo():
     data = demo_data(frames=300)
-    return data, export_onnx(train_demo_model(data, epochs=10))
+    return data, train_demo_model(data, epochs=10)
 
 
 def settings_for(stack, tmp_path) -> CompilerSettings:
@@ -105,12 +106,12 @@ async def _dead_letter(stack, topic: str, key: str, timeout: float = 30.0):
 async def test_gated_version_is_compiled_verified_signed_and_published(stack, tmp_path):
     uid = uuid.uuid4().hex[:8]
     model_name, dataset = f"apples-{uid}", f"line-{uid}"
-    data, onnx_bytes = _demo()
+    data, net = _demo()
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     upload_dataset(objects, data, dataset, "v0001")
-    gated = register_event(objects, onnx_bytes, model_name=model_name, version="v0001", dataset=dataset,
+    gated = register_event(objects, net, model_name=model_name, version="v0001", dataset=dataset,
                            dataset_version="v0001", input_size=data.input_size)
-    not_gated = register_event(objects, onnx_bytes, model_name=model_name, version="v0002", dataset=dataset,
+    not_gated = register_event(objects, net, model_name=model_name, version="v0002", dataset=dataset,
                                dataset_version="v0001", input_size=data.input_size, passed=False)
     broken = ModelRegistered(model_name=f"broken-{uid}", version="v0001", gate=gated.gate)
 
@@ -123,6 +124,9 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
             await compiled.put(msg)
 
     settings = settings_for(stack, tmp_path)
+    # The Jetson profile, which this host cannot build: its reason is the capability check's, whatever the host.
+    trt_check = capability(load_profiles(settings.profiles_file).get("tensorrt-fp16-sm87-trt10.3"))
+    assert not trt_check.available, "this test expects a host that cannot build the Jetson (sm_87) profile"
     service = build_service(settings)
     await observer.start()
     try:
@@ -145,6 +149,7 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
                 manifest = verify_manifest(manifest_bytes, build.signature, build.key_id, trusted, build.manifest.sha256)
                 assert (manifest.model_name, manifest.target, manifest.source["dataset_version"]) == (model_name, target, "v0001")
                 assert manifest.source["onnx"]["sha256"] == gated.onnx.sha256
+                assert manifest.source["weights"]["key"] == f"{model_name}/v0001/weights.pt"
                 (artifact,) = manifest.artifacts
                 assert sha256_hex(objects.get_bytes(artifact.bucket, artifact.key)) == artifact.sha256
                 assert [a.sha256 for a in build.artifacts] == [artifact.sha256]
@@ -171,7 +176,7 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
                 numbers = json.loads(objects.get_bytes("lineloop-builds", f"{model_name}/v0001/int8-strict/verification.json"))
                 assert numbers["passed"] is False and numbers["max_abs_error"] == pytest.approx(strict.verification.max_abs_error)
                 trt = by_target["tensorrt-fp16-sm87-trt10.3"]
-                assert (trt.status, trt.reason) == (BUILD_STATUS_UNAVAILABLE, "unavailable: no CUDA device")
+                assert (trt.status, trt.reason) == (BUILD_STATUS_UNAVAILABLE, trt_check.reason)
 
                 for request, code, reason in [
                     (compiler_pb2.CompileRequest(model_name=model_name, version="v0001", targets=["gpu-magic"]),
@@ -195,7 +200,7 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
             }
             trt_id = next(b["build_id"] for b in listed_json if b["target"].startswith("tensorrt"))
             shown = json.loads(await _cli("builds", "show", trt_id, "--json", "--target", f"127.0.0.1:{service.grpc_port}"))
-            assert (shown["status"], shown["reason"]) == ("BUILD_STATUS_UNAVAILABLE", "unavailable: no CUDA device")
+            assert (shown["status"], shown["reason"]) == ("BUILD_STATUS_UNAVAILABLE", trt_check.reason)
 
             headers = await _dead_letter(stack, "models.registered.v1.dlq", broken.model_name)
             assert headers["dlq_reason"] == "invalid_model_registered"

@@ -22,7 +22,9 @@ PROBABILITIES = "probabilities"
 EMBEDDING = "embedding"
 
 
-class _Serving(nn.Module):
+class Serving(nn.Module):
+    """The model under the serving contract (softmax scores, embedding): what is exported, and the reference."""
+
     def __init__(self, model: InspectionNet) -> None:
         super().__init__()
         self.model = model
@@ -34,7 +36,7 @@ class _Serving(nn.Module):
 
 def export_onnx(model: InspectionNet) -> bytes:
     """The model as ONNX bytes (eval mode, CPU copy; the caller's model is not changed)."""
-    serving = _Serving(_cpu_copy(model)).eval()
+    serving = Serving(_cpu_copy(model)).eval()
     size = model.spec.input_size
     example = torch.zeros(1, 3, size, size, dtype=torch.float32)
     buf = io.BytesIO()

@@ -7,6 +7,7 @@ multiple of 16 works; 96 x 96 is the default.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
 import torch
@@ -96,3 +97,15 @@ def from_checkpoint(ckpt: dict) -> InspectionNet:
     model = InspectionNet(ModelSpec.from_dict(ckpt["spec"]))
     model.load_state_dict(ckpt["state_dict"])
     return model
+
+
+def checkpoint_bytes(model: InspectionNet) -> bytes:
+    """weights.pt as training stores it."""
+    buf = io.BytesIO()
+    torch.save(checkpoint(model), buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(data: bytes) -> InspectionNet:
+    """A stored weights.pt as a CPU model in eval mode; `weights_only` so loading runs no pickled code."""
+    return from_checkpoint(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)).eval()

@@ -1,6 +1,8 @@
 """One build: source model -> target artifact -> verification -> signed manifest in S3.
 
-Blocking and CPU-heavy: the worker runs it in a thread, outside any transaction. Layout
+Blocking and CPU-heavy: the worker runs it in a thread, outside any transaction. Every build
+is verified against the torch model, loaded from the `weights.pt` training stores beside
+`model.onnx`. Layout
 under `lineloop-builds/<model>/<version>/<target>/`: the artifact (`model.onnx` or
 `model.plan`), `verification.json` (also for rejected builds, so the numbers can be
 inspected), `manifest.json` and `manifest.sig` (only for builds that passed).
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import posixpath
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,8 +25,9 @@ from lineloop.compiler.onnx_builds import BuildError, fp32_dynamic, int8_static
 from lineloop.compiler.profiles import TargetProfile
 from lineloop.compiler.signing import Signer
 from lineloop.compiler.tensorrt_builds import PlanRunner, build_plan, capability
-from lineloop.compiler.verify import OnnxRunner, Runner, verify
-from lineloop.edge.manifest import Artifact, BuildManifest
+from lineloop.compiler.verify import OnnxRunner, Runner, TorchRunner, verify
+from lineloop.edge.manifest import Artifact, BuildManifest, sha256_hex
+from lineloop.model.net import load_checkpoint
 from lineloop.storage.objects import ObjectStore, ObjectStoreError
 from lineloop.v1.events_pb2 import (
     BUILD_STATUS_FAILED,
@@ -37,6 +41,7 @@ from lineloop.v1.events_pb2 import (
 log = logging.getLogger(__name__)
 
 BUILDS_BUCKET = "lineloop-builds"
+WEIGHTS_FILE = "weights.pt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +55,11 @@ class BuildEnvironment:
 
 def build_prefix(model_name: str, version: str, target: str) -> str:
     return f"{model_name}/{version}/{target}/"
+
+
+def weights_key(onnx_key: str) -> str:
+    """The torch weights' key: training writes `weights.pt` and `model.onnx` under one run prefix."""
+    return posixpath.join(posixpath.dirname(onnx_key), WEIGHTS_FILE)
 
 
 def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProfile, build_id: str) -> ModelCompiled:
@@ -66,10 +76,12 @@ def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProf
             return result
     try:
         source = env.objects.get_bytes(model.onnx.bucket, model.onnx.key, model.onnx.sha256 or None)
+        weights_ref = {"bucket": model.onnx.bucket, "key": weights_key(model.onnx.key)}
+        weights = env.objects.get_bytes(weights_ref["bucket"], weights_ref["key"])
         frames = DatasetFrames(env.objects, env.work_dir / "frames", model.dataset, model.dataset_version, model.input_size)
         held_out = frames.split("test", "val", limit=env.verification_frames)
         calibration = frames.split("train", limit=profile.calibration_frames) if profile.precision == "int8" else None
-        reference = OnnxRunner(source, env.threads)
+        reference = TorchRunner(load_checkpoint(weights))
         artifact, candidate = _compile(env, model, profile, source, calibration)
     except (FramesUnavailable, BuildError, ObjectStoreError) as err:
         result.status, result.reason = BUILD_STATUS_FAILED, str(err)
@@ -99,6 +111,7 @@ def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProf
         runtime=profile.runtime, precision=profile.precision, profile=profile.as_dict(),
         source={
             "onnx": {"bucket": model.onnx.bucket, "key": model.onnx.key, "sha256": model.onnx.sha256},
+            "weights": {**weights_ref, "sha256": sha256_hex(weights)},  # the verification reference
             "run_id": model.run_id, "dataset": model.dataset, "dataset_version": model.dataset_version,
         },
         classes=tuple(model.classes), input_size=model.input_size,

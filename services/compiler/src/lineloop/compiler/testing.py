@@ -13,8 +13,9 @@ import json
 import numpy as np
 import torch
 
+from lineloop.model.export import export_onnx
 from lineloop.model.manifest import DATASETS_BUCKET, FRAMES_BUCKET, manifest_key
-from lineloop.model.net import InspectionNet, ModelSpec
+from lineloop.model.net import InspectionNet, ModelSpec, checkpoint_bytes
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1.common_pb2 import STAGE_CANDIDATE, ObjectRef
 from lineloop.v1.events_pb2 import GateDecision, ModelRegistered
@@ -86,11 +87,17 @@ def upload_dataset(objects: ObjectStore, data: DemoData, dataset: str, version: 
     return objects.put_bytes(DATASETS_BUCKET, manifest_key(dataset, version), body, "application/x-ndjson").to_proto()
 
 
-def register_event(objects: ObjectStore, onnx_bytes: bytes, *, model_name: str, version: str, dataset: str,
-                   dataset_version: str, input_size: int, passed: bool = True) -> ModelRegistered:
-    """Store the ONNX file where training puts it and describe the version as the registry would."""
-    stored = objects.put_bytes("lineloop-models", f"{model_name}/{version}/model.onnx", onnx_bytes,
-                               "application/octet-stream")
+def register_event(objects: ObjectStore, model: InspectionNet, *, model_name: str, version: str, dataset: str,
+                   dataset_version: str, input_size: int, passed: bool = True,
+                   onnx_bytes: bytes | None = None) -> ModelRegistered:
+    """Store weights.pt and model.onnx where training puts them and describe the version as the registry would.
+
+    `onnx_bytes` stands in for the model's own export: a broken export, in tests.
+    """
+    prefix = f"{model_name}/{version}/"
+    objects.put_bytes("lineloop-models", prefix + "weights.pt", checkpoint_bytes(model), "application/octet-stream")
+    stored = objects.put_bytes("lineloop-models", prefix + "model.onnx",
+                               export_onnx(model) if onnx_bytes is None else onnx_bytes, "application/octet-stream")
     return ModelRegistered(
         model_name=model_name, version=version, run_id=f"run-{version}", dataset=dataset,
         dataset_version=dataset_version, stage=STAGE_CANDIDATE, gate=GateDecision(passed=passed, reason="test"),

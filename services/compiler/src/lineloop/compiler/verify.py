@@ -1,4 +1,7 @@
-"""Verification of a build against the fp32 reference on held-out frames, and its timing.
+"""Verification of a build against the torch model on held-out frames, and its timing.
+
+The reference is the trained torch model itself (eager, CPU), not the ONNX export: a build
+derived from a broken export would otherwise agree with its own source and pass.
 
 Agreement and error are measured on the same frames for both models; latency is measured
 at batch 1 (p50/p99 over single-frame runs) and throughput at the profile's batch size, on
@@ -14,8 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from lineloop.compiler.profiles import Tolerance
+from lineloop.model.export import Serving
+from lineloop.model.net import InspectionNet
 from lineloop.v1.events_pb2 import VerificationReport
 
 # images [N,3,S,S] -> probabilities [N,C]
@@ -33,6 +39,18 @@ class OnnxRunner:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(["probabilities"], {"images": np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+class TorchRunner:
+    """The torch model (eager, CPU) under the serving contract: the reference for every build."""
+
+    def __init__(self, model: InspectionNet) -> None:
+        self.model = Serving(model).eval()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            probabilities, _ = self.model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        return probabilities.numpy()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests and deployment checks need beyond the venv:
-# PostgreSQL (initdb/pg_ctl for the `postgres` test fixtures) and docker-compose (offline
-# `config` validation of the compose file). Idempotent: installs only what is missing,
+# PostgreSQL (initdb/pg_ctl for the `postgres` test fixtures), docker-compose (offline
+# `config` validation of the compose file) and kcat (a gateway publishing frames with
+# nothing but a Kafka command line, in the ingest tests). Idempotent: installs only what is missing,
 # and only when it can (root with apt-get); otherwise says what is missing and why.
 set -euo pipefail
 
@@ -12,9 +13,10 @@ pg_bin_found() {
 }
 pg_bin_found || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "system-deps: postgresql and docker-compose present"
+    echo "system-deps: postgresql, docker-compose and kcat present"
     exit 0
 fi
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import io
+import json
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.timestamp_pb2 import Timestamp
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from lineloop.contracts.topics import event_type
 from lineloop.ingest.testing import (
     EventReader,
+    ensure_topics,
     frame,
     ingest_settings,
     jpeg,
@@ -29,7 +35,7 @@ from lineloop.ingest.testing import (
 from lineloop.runtime import error_info
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, PredictionSource, PredictionStatus
-from lineloop.v1.events_pb2 import RejectReason
+from lineloop.v1.events_pb2 import FrameCaptured, RejectReason
 
 R = RejectReason
 
@@ -97,6 +103,73 @@ async def test_json_over_kafka_and_grpc_upload_take_the_same_path(ingest, stack,
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetFrame(ingest_pb2.GetFrameRequest(frame_id=bad))
             assert err.value.code() == code and error_info(err.value).reason == reason
+
+
+async def dead_letters(stack, topic: str, group: str, frame_id: str, timeout: float = 30.0) -> list[dict[str, str]]:
+    """Headers of the records `group` dead-lettered from `topic` whose value names `frame_id`."""
+    dlq = event_type(FrameCaptured).dlq_topic
+    await ensure_topics(stack, [dlq])
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(dlq, p) for p in consumer.partitions_for_topic(dlq) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        found: list[dict[str, str]] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not found and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            for records in (await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))).values():
+                for record in records:
+                    headers = {k: v.decode() for k, v in record.headers}
+                    if (frame_id.encode() in (record.value or b"") and headers.get("dlq_topic") == topic
+                            and headers.get("dlq_consumer_group") == group):
+                        found.append(headers)
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def test_frames_published_by_kcat_as_json_are_ingested(ingest, stack, line, kcat, tmp_path):
+    """A gateway with nothing but kcat: the protobuf JSON mapping plus CloudEvents headers."""
+    image = jpeg(seed=31)
+    topic = event_type(FrameCaptured).topic
+    frame_id = uid("f")
+    captured_at = datetime.now(UTC).replace(microsecond=0)
+    # Written by hand, as a gateway in any language would (README "Publishing frames from a gateway").
+    document = {
+        "frameId": frame_id, "lineId": line, "cameraId": "cam-7", "gatewayId": "gw-kcat",
+        "capturedAt": captured_at.isoformat().replace("+00:00", "Z"), "contentType": "image/jpeg",
+        "inlineImage": base64.b64encode(image).decode(), "attributes": {"shift": "night"},
+    }
+    value = tmp_path / "frame.json"
+    value.write_text(json.dumps(document))
+    headers = {
+        "ce_specversion": "1.0", "ce_id": uid("kcat"), "ce_source": "gateway/gw-kcat",
+        "ce_type": "lineloop.v1.FrameCaptured", "content-type": "application/json",
+    }
+    async with EventReader(stack) as events:
+        await kcat.produce(stack.kafka_bootstrap, topic, value, key="cam-7", headers=headers)
+        await events.wait_for([frame_id])
+
+    assert frame_id not in events.rejected, events.rejected.get(frame_id)
+    (ingested,) = events.ingested[frame_id]
+    sha = hashlib.sha256(image).hexdigest()
+    assert (ingested.line_id, ingested.camera_id, ingested.gateway_id) == (line, "cam-7", "gw-kcat")
+    assert ingested.captured_at.ToDatetime(tzinfo=UTC) == captured_at
+    assert ingested.image == ObjectRef(bucket="lineloop-frames", key=f"{sha[:2]}/{sha}.jpg", sha256=sha,
+                                       size_bytes=len(image))
+    assert (ingested.content_type, ingested.width, ingested.height) == ("image/jpeg", 64, 64)
+    assert dict(ingested.attributes) == {"shift": "night"} and not ingested.duplicate
+    assert object_store(stack).get_bytes(ingested.image.bucket, ingested.image.key) == image
+
+    # The same record without the CloudEvents headers (what a key/value-only tool such as
+    # `tansu cat produce` sends) is dead-lettered with the reason, not ingested.
+    bare_id = uid("f")
+    value.write_text(json.dumps({**document, "frameId": bare_id}))
+    await kcat.produce(stack.kafka_bootstrap, topic, value, key="cam-7")
+    (dead,) = await dead_letters(stack, topic, ingest.settings.consumer_group, bare_id)
+    assert dead["dlq_reason"] == "missing_header" and "ce_specversion" in dead["dlq_detail"]
 
 
 def bad_frames(stack, line: str) -> list[tuple[object, int]]:

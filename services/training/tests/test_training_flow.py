@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
+import time
 import uuid
 
 import grpc
@@ -16,13 +18,18 @@ import pytest
 import pytest_asyncio
 
 from lineloop.bus import Bus
-from lineloop.model.synthetic import write_dataset
+from lineloop.model.manifest import FrameCache
+from lineloop.model.synthetic import SyntheticDataset, write_dataset
+from lineloop.registry.deployer import NoDeployment
 from lineloop.registry.main import build as build_registry
 from lineloop.registry.settings import RegistrySettings
-from lineloop.runtime import StackSettings, error_info
+from lineloop.runtime import Service, StackSettings, error_info
 from lineloop.storage.objects import ObjectStore
+from lineloop.storage.sql import Database
+from lineloop.training import state
 from lineloop.training.main import build as build_training
 from lineloop.training.settings import TrainingSettings
+from lineloop.training.worker import RunWorker
 from lineloop.v1 import registry_pb2 as rpb
 from lineloop.v1 import training_pb2 as pb
 from lineloop.v1.common_pb2 import Stage
@@ -63,7 +70,8 @@ async def services(stack, tmp_path_factory):
     suffix = uuid.uuid4().hex[:8]
     registry = build_registry(RegistrySettings(
         database_url=f"sqlite:///{tmp / 'registry.db'}", consumer_group=f"registry-{suffix}", cache_dir=tmp / "rcache",
-        floor_accuracy=0.0, floor_ok_false_positive_rate=1.0, eval_threads=1, **common))
+        floor_accuracy=0.0, floor_ok_false_positive_rate=1.0, eval_threads=1, **common),
+        deployer=NoDeployment())  # stages only: these tests run no Triton
     store = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
     bus = Bus(stack.kafka_bootstrap, source="test/training")
     async with registry.running():
@@ -207,3 +215,116 @@ async def test_bad_requests_are_refused_with_reasons(services: Services):
     await services.bus.publish(TrainingRequested(model_name="ghost", dataset="never-cut", reason="test"))
     await asyncio.sleep(2)
     assert len((await services.training.ListRuns(pb.ListRunsRequest(limit=1000))).runs) == before
+
+
+def hold_fetch_until_stopped(monkeypatch, dataset: SyntheticDataset) -> threading.Event:
+    """The worker's frame fetch for `dataset` waits until the run is told to stop, then runs:
+    the stop lands deterministically mid-fetch. Returns an event set when the fetch is reached."""
+    reached = threading.Event()
+    shas = {line["sha256"] for line in dataset.manifest_lines}
+    real_fetch_all = FrameCache.fetch_all
+
+    def fetch_all(self, entries, **kwargs):
+        should_stop = kwargs.get("should_stop")
+        if should_stop is not None and entries[0].sha256 in shas:
+            reached.set()
+            deadline = time.monotonic() + 60
+            while not should_stop():
+                assert time.monotonic() < deadline, "the run was never told to stop"
+                time.sleep(0.05)
+        return real_fetch_all(self, entries, **kwargs)
+
+    monkeypatch.setattr(FrameCache, "fetch_all", fetch_all)
+    return reached
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_cancel_while_fetching_frames_cancels_the_run_and_publishes_nothing(services: Services, monkeypatch):
+    name = f"line-{uuid.uuid4().hex[:6]}"
+    dataset = await asyncio.to_thread(write_dataset, services.store, name, "v0001", per_class=PER_CLASS, size=32, seed=21)
+    reached = hold_fetch_until_stopped(monkeypatch, dataset)
+    await services.bus.publish(dataset.event)
+    assert await asyncio.to_thread(reached.wait, 90), "the run never started fetching"
+    (run,) = await services.runs(name)
+    assert run.state == S.RUN_STATE_RUNNING
+
+    cancelled = await services.training.CancelRun(pb.CancelRunRequest(run_id=run.run_id, reason="wrong line"))
+    assert cancelled.state == S.RUN_STATE_CANCELLED, cancelled.error
+    assert "wrong line" in cancelled.error and not cancelled.epochs
+    assert not services.store.exists("lineloop-models", f"{name}/{run.run_id}/model.onnx")
+    assert await services.versions(name) == []  # no models.trained.v1, so nothing registered
+
+
+def worker_only(settings: TrainingSettings) -> Service:
+    """The training service without its consumers, so it runs only the runs a test queues
+    (a fresh consumer group would replay every dataset the session has published)."""
+    service = Service("training", settings)
+    service.migrate("training", state.SCHEMA_VERSION, state.metadata)
+    worker = RunWorker(service, settings)
+    service.on_start(worker.start)
+    service.on_stop(worker.stop)
+    return service
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_shutdown_while_fetching_frames_queues_the_run_for_the_next_start(stack, tmp_path, monkeypatch):
+    settings = TrainingSettings(
+        database_url=f"sqlite:///{tmp_path / 'training.db'}", cache_dir=tmp_path / "cache", default_params=TINY,
+        loader_workers=0, torch_threads=1, registry_grpc="", grpc_port=0, metrics_port=None, poll_interval_s=0.2,
+        stack=stack_settings(stack))
+    store = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    name = f"line-{uuid.uuid4().hex[:6]}"
+    dataset = await asyncio.to_thread(write_dataset, store, name, "v0001", per_class=PER_CLASS, size=32, seed=22)
+    reached = hold_fetch_until_stopped(monkeypatch, dataset)
+    ev = dataset.event
+
+    first = worker_only(settings)
+    async with first.running():
+        async with first.db.write() as s:
+            state.record_dataset(s, dataset=name, version="v0001", bucket=ev.manifest.bucket, key=ev.manifest.key,
+                                 sha256=ev.manifest.sha256, classes=list(ev.classes), line_id="")
+            run_id, _ = state.enqueue(s, model_name=name, dataset=name, version="v0001", sha256=ev.manifest.sha256,
+                                      params={}, reason="test", requested_by="test")
+        assert await asyncio.to_thread(reached.wait, 60), "the run never started fetching"
+
+    db = Database(settings.sql_url)
+    with db.session() as s:
+        row = state.get_run_row(s, run_id)
+    db.dispose()
+    assert row["state"] == state.QUEUED, row["error"]
+    assert "requeued" in row["error"] and not row["cancel_requested"]
+
+    monkeypatch.undo()  # the next start fetches normally
+    second = worker_only(settings)
+    async with second.running():
+        async def fetch():
+            with second.db.session() as s:
+                return state.get_run_row(s, run_id)
+
+        row = await until(fetch, lambda r: r["state"] in state.FINISHED, what="the requeued run to end")
+    assert row["state"] == state.SUCCEEDED, row["error"]
+    assert row["epochs"] and row["artifact_prefix"] == f"lineloop-models/{name}/{run_id}/"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_training_requested_trains_the_named_dataset_version(services: Services):
+    name = f"line-{uuid.uuid4().hex[:6]}"
+    datasets = [await asyncio.to_thread(write_dataset, services.store, name, version, per_class=PER_CLASS, size=32, seed=seed)
+                for version, seed in (("v0001", 31), ("v0002", 32))]
+    for dataset in datasets:
+        await services.bus.publish(dataset.event)
+    runs = await until(lambda: services.runs(name), lambda r: {x.dataset_version for x in r} == {"v0001", "v0002"},
+                       what="both versions received")
+    for run in runs:  # the runs the versions queued only cost time here
+        if run.state in (S.RUN_STATE_QUEUED, S.RUN_STATE_RUNNING):
+            await services.training.CancelRun(pb.CancelRunRequest(run_id=run.run_id, reason="test"))
+
+    model = f"{name}-requested"
+    await services.bus.publish(TrainingRequested(model_name=model, dataset=name, dataset_version="v0001",
+                                                 params={"epochs": "1"}, reason="drift on camera 2", requested_by="monitor"))
+    runs = await until(lambda: services.runs(model), lambda r: r and r[0].state in (S.RUN_STATE_SUCCEEDED, S.RUN_STATE_FAILED),
+                       what="the requested run to end")
+    assert len(runs) == 1 and runs[0].state == S.RUN_STATE_SUCCEEDED, runs[0].error
+    run = runs[0]
+    assert (run.dataset, run.dataset_version, run.dataset_sha256) == (name, "v0001", datasets[0].event.manifest.sha256)
+    assert run.reason == "drift on camera 2" and run.params["epochs"] == "1" and len(run.epochs) == 1

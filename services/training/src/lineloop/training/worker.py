@@ -5,7 +5,8 @@ fetches its manifest and frames, trains in a thread (the event loop stays free
 for gRPC, health and Kafka heartbeats), stores the artifacts, and in one
 transaction marks the run SUCCEEDED and writes `models.trained.v1` to the outbox.
 A cancel request (CancelRun, possibly on another replica) is seen through the
-database within `poll_interval_s` and stops training within a batch; a cancelled
+database within `poll_interval_s` and stops the frame fetch within a frame, training
+within a batch; a shutdown stops the run the same way and queues it again. A cancelled
 or failed run publishes nothing, so the registry never sees it.
 """
 
@@ -200,7 +201,12 @@ class RunWorker:
         timings["prepare_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        paths = await asyncio.to_thread(self.cache.fetch_all, entries, should_stop=cancel.is_set)
+        try:
+            paths = await asyncio.to_thread(self.cache.fetch_all, entries, should_stop=cancel.is_set)
+        except InterruptedError:
+            if not cancel.is_set():
+                raise
+            raise Cancelled() from None  # a cancel or shutdown while fetching ends the run as one mid-training does
         timings["fetch_s"] = time.perf_counter() - t1
         index = {c: i for i, c in enumerate(classes)}
         splits = {name: Split([p for p, e in zip(paths, entries) if e.split == name],

@@ -76,9 +76,9 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
                 ref, cur = verdict.reference.values[feature], verdict.current.values[feature]
                 score = verdict.scores[feature]
                 report.features.append(monitor_pb2.FeatureDrift(
-                    feature=feature, score=score, threshold=self._settings.psi_threshold,
+                    feature=feature, score=score, threshold=verdict.threshold,
                     reference_mean=sum(ref) / len(ref), current_mean=sum(cur) / len(cur),
-                    drifted=score > self._settings.psi_threshold,
+                    drifted=score > verdict.threshold,
                 ))
         for raw in recent:
             report.recent.append(json_format.Parse(raw, events_pb2.DriftDetected()))

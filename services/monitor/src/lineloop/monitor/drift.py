@@ -13,25 +13,43 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-_EPS = 1e-4
-
-
 def psi(reference: Sequence[float], current: Sequence[float], max_bins: int = 10) -> float:
     ref = np.asarray(reference, dtype=np.float64)
     cur = np.asarray(current, dtype=np.float64)
     if ref.size == 0 or cur.size == 0:
         return 0.0
-    # Sampling noise alone adds about (bins - 1) * (1/n_cur + 1/n_ref) to PSI:
-    # keep ~20 current samples per bin so small windows do not drift on noise.
-    bins = int(np.clip(min(ref.size, cur.size) // 20, 2, max_bins))
+    bins = _bins(ref.size, cur.size, max_bins)
     inner = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
     if inner.size == 0:  # a constant reference: one edge at its value
         inner = np.array([ref[0]])
-    ref_share = np.bincount(np.searchsorted(inner, ref, side="left"), minlength=inner.size + 1) / ref.size
-    cur_share = np.bincount(np.searchsorted(inner, cur, side="left"), minlength=inner.size + 1) / cur.size
-    ref_share = np.clip(ref_share, _EPS, None)
-    cur_share = np.clip(cur_share, _EPS, None)
+    # Half a count in every bin (Jeffreys smoothing): an empty bin in a small window is
+    # likely by chance, and a floor like 1e-4 would make ln(c / r) explode on it.
+    ref_share = _shares(np.searchsorted(inner, ref, side="left"), inner.size + 1)
+    cur_share = _shares(np.searchsorted(inner, cur, side="left"), inner.size + 1)
     return float(np.sum((cur_share - ref_share) * np.log(cur_share / ref_share)))
+
+
+def _shares(bin_of: np.ndarray, bins: int) -> np.ndarray:
+    return (np.bincount(bin_of, minlength=bins) + 0.5) / (bin_of.size + 0.5 * bins)
+
+
+def _bins(n_ref: int, n_cur: int, max_bins: int) -> int:
+    # Sampling noise alone adds about (bins - 1) * (1/n_cur + 1/n_ref) to PSI:
+    # keep ~20 current samples per bin so small windows do not drift on noise.
+    return int(np.clip(min(n_ref, n_cur) // 20, 2, max_bins))
+
+
+def noise_floor(n_ref: int, n_cur: int, max_bins: int = 10, z: float = 3.09) -> float:
+    """The PSI that sampling noise alone exceeds about once in a thousand windows of these sizes.
+
+    Under no drift PSI / (1/n_ref + 1/n_cur) is about chi-square with bins - 1 degrees of
+    freedom; its upper quantile (z = 3.09: 0.999) by the Wilson-Hilferty approximation. Bins
+    a reference squeezes together by ties (a feature that is mostly 0) make PSI noisier than
+    the mean suggests, which is what a floor on small windows guards against.
+    """
+    df = _bins(n_ref, n_cur, max_bins) - 1
+    chi2 = df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+    return float((1 / n_ref + 1 / n_cur) * chi2)
 
 
 def feature_scores(reference: Mapping[str, Sequence[float]], current: Mapping[str, Sequence[float]]) -> dict[str, float]:

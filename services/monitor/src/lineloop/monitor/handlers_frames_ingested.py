@@ -114,7 +114,7 @@ def _worst(verdict: Judgement, settings: MonitorSettings) -> tuple[int | None, s
     if verdict.accuracy is not None and verdict.labelled >= settings.min_labels_for_accuracy \
             and verdict.accuracy < settings.min_live_accuracy:
         return events_pb2.DRIFT_KIND_ACCURACY, "live_accuracy", verdict.accuracy, settings.min_live_accuracy
-    if verdict.worst_score > settings.psi_threshold:
+    if verdict.worst_score > verdict.threshold:
         kind = events_pb2.DRIFT_KIND_PREDICTION if verdict.worst_feature == "confidence" else events_pb2.DRIFT_KIND_INPUT
-        return kind, verdict.worst_feature, verdict.worst_score, settings.psi_threshold
+        return kind, verdict.worst_feature, verdict.worst_score, verdict.threshold
     return None, "", 0.0, 0.0

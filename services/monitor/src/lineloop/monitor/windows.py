@@ -26,6 +26,7 @@ class Judgement:
     reference: Window
     current: Window
     scores: dict[str, float]
+    threshold: float  # PSI above this is drift: the configured threshold, or sampling noise on small windows
     worst_feature: str
     worst_score: float
     accuracy: float | None
@@ -66,4 +67,5 @@ def judge(session: Session, line_id: str, settings: MonitorSettings) -> Judgemen
         .order_by(frames.c.seq.desc())
         .limit(settings.current_frames)
     ).all()
-    return Judgement(reference, current, scores, worst, scores[worst], drift.live_accuracy(pairs), len(pairs))
+    threshold = max(settings.psi_threshold, drift.noise_floor(reference.size, current.size))
+    return Judgement(reference, current, scores, threshold, worst, scores[worst], drift.live_accuracy(pairs), len(pairs))

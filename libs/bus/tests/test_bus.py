@@ -135,7 +135,8 @@ async def test_round_trip_carries_cloudevents_headers_and_continues_the_trace(st
     assert headers["traceparent"].split("-")[1] == f"{send.context.trace_id:032x}"
 
 
-async def test_redelivered_event_is_applied_once(stack, db):
+async def test_redelivered_event_is_applied_once(stack, database_url):
+    db = make_db(database_url)
     model = f"m-{uuid.uuid4()}"
     seen: list = []
     producer = Bus(stack.kafka_bootstrap, source="test/producer")

@@ -2,8 +2,9 @@
 
 Promotion loads the verified triton-onnx build into Triton as a numbered version, waits for
 readiness and a smoke inference, and only then publishes; the previous production version
-answers throughout; a rollback serves the previous version again; production rolls out a
-signed edge build per fleet.
+answers throughout; a rollback serves the previous version again; a replaced canary serves
+until the next change; production rolls out a signed edge build per fleet; every version
+lists its builds.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
     # The small test model is not confident enough for the production INT8 tolerance; that is the compiler's test.
     int8 = dataclasses.replace(profiles.get("onnxruntime-cpu-int8"), tolerance=Tolerance(0.8, 0.5))
     events = {}
-    for number, net in ((1, net_a), (2, net_b), (3, net_b)):
+    for number, net in ((1, net_a), (2, net_b), (3, net_b), (4, net_a)):
         events[number] = register_event(objects, net, model_name=model_name, version=str(number),
                                         dataset=dataset, dataset_version="v0001", input_size=data.input_size)
 
@@ -144,20 +145,32 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                 return await api.Promote(pb.PromoteRequest(model_name=model_name, version=version,
                                                            to_stage=Stage.STAGE_PRODUCTION, actor="qa", reason=reason))
 
-            for number in (1, 2, 3):
+            for number in (1, 2, 3, 4):
                 _add_version(service, events[number], number)
-            # Versions 1 and 2 are built by the real compiler code; version 3 never is.
-            for number in (1, 2):
-                for profile in (profiles.get("triton-onnx"), int8):
+            # Versions 1 and 2 are built by the real compiler code, 4 (a second canary) for Triton only; 3 never is.
+            triton_onnx = profiles.get("triton-onnx")
+            for number, targets in ((1, (triton_onnx, int8)), (2, (triton_onnx, int8)), (4, (triton_onnx,))):
+                for profile in targets:
                     build = await asyncio.to_thread(run_build, env, events[number], profile, f"b-{uid}-{number}-{profile.name}")
                     assert build.status == BUILD_STATUS_OK, build.reason
                     await observer.publish(build)
             async with asyncio.timeout(60):
                 while True:
                     with service.db.session() as s:
-                        if handlers_models_compiled.ok_build(s, model_name, "2", "onnxruntime-cpu-int8"):
+                        if handlers_models_compiled.ok_build(s, model_name, "4", "triton-onnx"):
                             break
                     await asyncio.sleep(0.2)
+
+            # Each version's builds, per target, as `lineloop models show` prints them.
+            v2 = await api.GetVersion(pb.GetVersionRequest(model_name=model_name, version="2"))
+            assert [(b.target, b.build_id, b.status) for b in v2.builds] == [
+                ("onnxruntime-cpu-int8", f"b-{uid}-2-onnxruntime-cpu-int8", BUILD_STATUS_OK),
+                ("triton-onnx", f"b-{uid}-2-triton-onnx", BUILD_STATUS_OK)]
+            assert v2.builds[1].verification.samples > 0 and v2.builds[1].signature
+            listed = await api.ListVersions(pb.ListVersionsRequest(model_name=model_name))
+            assert {v.version: [b.target for b in v.builds] for v in listed.versions} == {
+                "1": ["onnxruntime-cpu-int8", "triton-onnx"], "2": ["onnxruntime-cpu-int8", "triton-onnx"],
+                "3": [], "4": ["triton-onnx"]}
 
             images = data.split("test")[0][:4]
             await promote("1", "first")
@@ -215,6 +228,22 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
             assert (line.production_version, line.canary_version, line.canary_share) == ("1", "2", 0.25)
             with TritonControl(stack.triton_grpc) as triton:
                 assert triton.ready_versions(model_name) == [1, 2]
+
+            # A new canary replaces it: the outgoing one serves until ingest has switched, and goes at the next change.
+            async def canary_4(share: float) -> None:
+                await api.SetCanary(pb.SetCanaryRequest(model_name=model_name, version="4", share=share, actor="qa",
+                                                        reason="second canary"))
+                promoted = await asyncio.wait_for(promotions.get(), 30)
+                assert (promoted.deployments[0].canary_version, promoted.deployments[0].canary_share) == ("4", share)
+
+            await canary_4(0.25)
+            with TritonControl(stack.triton_grpc) as triton:
+                assert triton.ready_versions(model_name) == [1, 2, 4]
+            await canary_4(0.5)
+            with TritonControl(stack.triton_grpc) as triton:
+                async with asyncio.timeout(30):  # Triton may finish unloading a dropped version after the load returns
+                    while triton.ready_versions(model_name) != [1, 4]:
+                        await asyncio.sleep(0.2)
 
             # No verified build: the change is refused and nothing moves.
             with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -12,6 +12,7 @@ from lineloop.cli.common import console, grpc_target, print_json, rpc_errors
 from lineloop.v1 import registry_pb2 as pb
 from lineloop.v1 import registry_pb2_grpc
 from lineloop.v1.common_pb2 import Stage
+from lineloop.v1.events_pb2 import BuildStatus
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -53,6 +54,13 @@ def _show_version(v: pb.ModelVersion) -> None:
                         h.reason, f"{h.metrics.accuracy:.3f}" if h.HasField("metrics") else "-",
                         f"{h.metrics.ok_false_positive_rate:.3f}" if h.HasField("metrics") else "-")
     console.print(history)
+    builds = Table("target", "build", "status", "agreement", "p50 ms", "reason", title="builds")
+    for b in v.builds:
+        measured = b.verification.samples > 0
+        builds.add_row(b.target, b.build_id, BuildStatus.Name(b.status).removeprefix("BUILD_STATUS_").lower(),
+                       f"{b.verification.top1_agreement:.4f}" if measured else "-",
+                       f"{b.verification.latency_p50_ms:.2f}" if measured else "-", b.reason)
+    console.print(builds if v.builds else "builds: none yet")
 
 
 @app.command("list")
@@ -78,7 +86,7 @@ def list_versions(model: str = typer.Option("", "--model", help="Only this model
 @app.command()
 def show(model: str, version: str = typer.Argument("production", help="Version number or alias (production, staging, latest)."),
          target: str | None = TARGET, as_json: bool = JSON) -> None:
-    """One version: lineage, every gate number, full stage history."""
+    """One version: lineage, every gate number, full stage history, its builds per target."""
     target = grpc_target("registry", target)
     stub, channel = _stub(target)
     with channel, rpc_errors("registry", target):

@@ -1,9 +1,9 @@
 """The registry's deployer: Triton in the cloud, signed rollouts to edge fleets.
 
 On every stage change the serving set of a model is recomputed from the registry's stages
-(production, canary) plus the production version being replaced, which keeps serving until
-ingest has switched on `models.promoted.v1` (and makes an immediate rollback a no-load
-switch); it is dropped at the model's next change. Each version in the set is written into
+(production, canary) plus the production and canary versions being replaced, which keep
+serving until ingest has switched on `models.promoted.v1` (and make an immediate rollback a
+no-load switch); they are dropped at the model's next change. Each version in the set is written into
 Triton's repository from its verified `triton-onnx` build (numbered version = registry
 version), the model is (re)loaded with a version policy naming exactly that set, and the
 version being promoted must be ready and pass a smoke inference before this returns: any
@@ -105,8 +105,8 @@ class TritonDeployer:
         with self.service.db.session() as s:
             prod_row = state.get_version_row(s, version.model_name, "production")
             canary_row = state.get_version_row(s, version.model_name, "staging")
-        before = prod_row["version"] if prod_row else ""
-        prod, canary = before, canary_row["version"] if canary_row else ""
+        before = (prod_row["version"] if prod_row else "", canary_row["version"] if canary_row else "")
+        prod, canary = before
         v = version.version
         if stage == Stage.STAGE_PRODUCTION:
             prod, canary = v, "" if canary == v else canary
@@ -114,16 +114,15 @@ class TritonDeployer:
             canary = v
         elif stage == Stage.STAGE_ARCHIVED:
             prod, canary = ("" if prod == v else prod), ("" if canary == v else canary)
-        keep = {x for x in (prod, canary) if x}
-        if before and before != v and stage == Stage.STAGE_PRODUCTION:
-            keep.add(before)  # serves until ingest has switched to the new production
-        return prod, canary, keep
+        # The outgoing production and canary serve until ingest has switched on models.promoted.v1.
+        return prod, canary, {x for x in (prod, canary, *before) if x}
 
     async def _deploy_triton(self, version: ModelVersion, stage: Stage, canary_share: float) -> LineDeployment:
         model_name = version.model_name
         prod, canary, serving = self._serving_after(version, stage)
         triton_model = _triton_name(model_name)
         numbers = sorted(_triton_version(v) for v in serving)
+        promoted = version.version if version.version in (prod, canary) else ""  # an outgoing version needs no check
         if serving:
             options = ServingOptions(
                 max_batch_size=self.settings.triton_max_batch_size, instance_count=self.settings.triton_instance_count,
@@ -131,12 +130,11 @@ class TritonDeployer:
             )
             present = set(await asyncio.to_thread(self.repository.versions, triton_model))
             # The promoted version is always (re)written last: that also rewrites the config's version policy.
-            order = [v for v in serving if v != version.version and _triton_version(v) not in present]
-            order += [version.version] if version.version in serving else [max(serving, key=_triton_version)]
+            last = promoted or max(serving, key=_triton_version)
+            order = [v for v in serving if v != last and _triton_version(v) not in present] + [last]
             for v in order:
                 await self._write_version(model_name, v, options)
-            await asyncio.to_thread(self._load_and_check, triton_model, _triton_version(version.version)
-                                    if version.version in serving else None)
+            await asyncio.to_thread(self._load_and_check, triton_model, _triton_version(promoted) if promoted else None)
         else:
             await asyncio.to_thread(_unload, self.triton_grpc, triton_model)
         line = version.dataset

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from lineloop.registry import handlers_models_compiled
 from lineloop.storage.sql import utcnow
 from lineloop.v1.common_pb2 import EvalMetrics, ObjectRef, Stage
 from lineloop.v1.events_pb2 import GateDecision
@@ -197,6 +198,7 @@ def version_proto(s: Session, row: dict) -> ModelVersion:
         msg.history.append(StageTransition(
             from_stage=STAGE_OF[t["from_stage"]], to_stage=STAGE_OF[t["to_stage"]], actor=t["actor"], reason=t["reason"],
             at=_ts(t["at"]), metrics=EvalMetrics.FromString(t["metrics"]) if t["metrics"] else None))
+    msg.builds.extend(handlers_models_compiled.builds_of(s, row["model_name"], row["version"]))
     return msg
 
 

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import typer
@@ -27,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lineloop.bus import Bus
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
 from lineloop.edge import load_fleets
-from lineloop.edge.agent import running_agent
+from lineloop.edge.agent import AgentSetupError, running_agent
 from lineloop.runtime import StackSettings
 from lineloop.storage.objects import ObjectStore, content_key
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
@@ -42,6 +43,7 @@ TRUTH_BUCKET = "lineloop-sim"
 MAX_INLINE_BYTES = 1024 * 1024
 
 # Per-frame hook for a model running on the gateway: JPEG bytes -> its prediction (or None).
+# It is called in a worker thread (an awaitable it returns is awaited on the loop).
 EdgePredict = Callable[[bytes], Prediction | None | Awaitable[Prediction | None]]
 
 
@@ -227,7 +229,8 @@ async def simulate(
             image, label, strength = await asyncio.to_thread(gateway.render, index)
             frame = await asyncio.to_thread(gateway.captured, index, image)
             if edge_predict is not None:
-                prediction = edge_predict(image)
+                # Inference off the loop: the edge agent's rollout consumer and the sink keep running.
+                prediction = await asyncio.to_thread(edge_predict, image)
                 if inspect.isawaitable(prediction):
                     prediction = await prediction
                 if prediction is not None:
@@ -276,6 +279,11 @@ def simulate_command(
     gateway_id: str = typer.Option("gw-sim", "--gateway-id"),
     target: str = typer.Option(None, "--target", help="Ingest gRPC address (--via grpc); default LINELOOP_INGEST_GRPC."),
     fleet: str = typer.Option(None, "--fleet", help="Run this edge fleet's rolled-out model on the gateway."),
+    trusted_keys: list[Path] = typer.Option(
+        None, "--trusted-key", exists=True, dir_okay=False, readable=True,
+        help="--fleet: a public key (PEM) whose signed builds the gateway installs; repeatable. "
+             "Default: LINELOOP_EDGE_TRUSTED_KEYS, else the embedded compiler's development key.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Simulate a gateway: N cameras at F frames/s of synthetic apples, with optional drift."""
@@ -309,10 +317,15 @@ def simulate_command(
                 return await simulate(config, sink, objects, on_frame=advance)
             # The edge agent installs signed builds as they roll out, while frames keep flowing.
             async with running_agent(fleet=fleet, gateway_id=gateway_id, kafka_bootstrap=stack.kafka_bootstrap,
-                                     objects=objects, state_dir=stack.state_dir) as agent:
+                                     objects=objects, state_dir=stack.state_dir,
+                                     trusted_key_files=trusted_keys or None) as agent:
                 return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance)
 
-        report = asyncio.run(run())
+        try:
+            report = asyncio.run(run())
+        except AgentSetupError as err:
+            err_console.print(f"[red]edge agent: {err}[/red]")
+            raise typer.Exit(2) from None
     summary = {
         "run_id": report.run_id, "line": line, "via": via.value, "sent": report.sent,
         "seconds": round(report.seconds, 3), "rate": round(report.rate, 2), "labels": report.labels,

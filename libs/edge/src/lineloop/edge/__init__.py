@@ -2,10 +2,12 @@
 
 from lineloop.edge.fleets import Fleet, load_fleets
 from lineloop.edge.manifest import Artifact, BuildManifest, ManifestError, key_id, load_trusted_keys, verify_manifest
+from lineloop.edge.settings import EdgeSettings
 
 __all__ = [
     "Artifact",
     "BuildManifest",
+    "EdgeSettings",
     "Fleet",
     "ManifestError",
     "key_id",

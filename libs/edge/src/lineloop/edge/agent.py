@@ -5,7 +5,8 @@ manifest hashes to the announced sha256, carries a valid signature by a trusted 
 every artifact hashes as the manifest says. Anything else is refused: the rollout is
 dead-lettered with the reason (so the refusal is visible centrally), counted, and the
 model that was running keeps running. Installing builds the new session aside and swaps
-one reference, so capture and prediction never stop.
+one reference, so capture and prediction never stop. The rollout's staged plan decides
+whether and when a gateway installs (`admitting_stage`): pilots at once, the rest later.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from opentelemetry import metrics
 from lineloop.bus import Bus, EventContext, Reject
 from lineloop.edge.fleets import load_fleets
 from lineloop.edge.manifest import BuildManifest, ManifestError, check_artifact, load_trusted_keys, verify_manifest
+from lineloop.edge.settings import EdgeSettings
 from lineloop.storage.objects import ObjectStore, ObjectStoreError
 from lineloop.v1.common_pb2 import PREDICTION_SOURCE_EDGE, PREDICTION_STATUS_MISSING, PREDICTION_STATUS_OK, Prediction
 from lineloop.v1.events_pb2 import EdgeRollout
@@ -45,6 +47,10 @@ rollouts_applied = _meter.create_counter(
     unit="{rollout}",
     description="Rollouts seen by an edge agent. Attributes: fleet, outcome (installed, refused, skipped), reason.",
 )
+
+
+class AgentSetupError(ValueError):
+    """The agent cannot start: an unknown fleet, or trusted keys that cannot be loaded."""
 
 
 def _http_get(url: str) -> bytes:
@@ -98,13 +104,15 @@ class EdgeAgent:
         if rollout.fleet != self.fleet or rollout.target != self.target:
             rollouts_applied.add(1, {**labels, "outcome": "skipped", "reason": "other_fleet_or_target"})
             return
-        stage = self._stage_of(rollout)
+        stage = admitting_stage(rollout, self.gateway_id)
         if stage is None:
             rollouts_applied.add(1, {**labels, "outcome": "skipped", "reason": "not_in_plan"})
             return
-        if stage > 0 and self.stage_delay_s > 0:
-            # Later stages wait for the pilot to soak before installing.
-            await asyncio.sleep(self.stage_delay_s * stage)
+        wait_s = self._stage_wait_s(rollout, stage)
+        if wait_s > 0:
+            log.info("rollout %s: gateway %s is in stage %d, installs in %.1f s", rollout.rollout_id,
+                     self.gateway_id, stage, wait_s)
+            await asyncio.sleep(wait_s)
         try:
             await asyncio.to_thread(self.install, rollout)
         except ManifestError as err:
@@ -117,15 +125,14 @@ class EdgeAgent:
             raise Reject(err.reason, f"gateway {self.gateway_id}: {err.detail}") from err
         rollouts_applied.add(1, {**labels, "outcome": "installed", "reason": ""})
 
-    def _stage_of(self, rollout: EdgeRollout) -> int | None:
-        """Index of the first stage naming this gateway, else of the first open stage."""
-        for index, stage in enumerate(rollout.stages):
-            if self.gateway_id in stage.gateway_ids:
-                return index
-        for index, stage in enumerate(rollout.stages):
-            if not stage.gateway_ids:
-                return index
-        return None if rollout.stages else 0
+    def _stage_wait_s(self, rollout: EdgeRollout, stage: int) -> float:
+        """Stage k installs k x `stage_delay_s` after the rollout was created (else received)."""
+        wait_s = self.stage_delay_s * stage
+        if wait_s > 0 and rollout.HasField("created_at"):
+            # Timed from creation, so a gateway catching up on old rollouts does not wait again.
+            elapsed_s = time.time() - rollout.created_at.ToNanoseconds() / 1e9
+            return min(max(wait_s - elapsed_s, 0.0), wait_s)  # a gateway clock behind waits no longer than the delay
+        return wait_s
 
     def install(self, rollout: EdgeRollout) -> InstalledModel:
         """Download, verify and swap in the rollout's build (blocking; run it in a thread)."""
@@ -177,7 +184,11 @@ class EdgeAgent:
         return self._model
 
     def predict(self, image_bytes: bytes) -> Prediction:
-        """The gateway's prediction for one frame (status MISSING, with the reason, when it has none)."""
+        """The gateway's prediction for one frame (status MISSING, with the reason, when it has none).
+
+        Blocking (run it in a thread) and thread-safe: it reads the installed model once, so
+        a frame is predicted and reported by exactly one model even while a rollout swaps it.
+        """
         installed = self._model
         if installed is None:
             return Prediction(status=PREDICTION_STATUS_MISSING, missing_reason="no model installed on this gateway",
@@ -205,22 +216,50 @@ class EdgeAgent:
         )
 
 
+def admitting_stage(rollout: EdgeRollout, gateway_id: str) -> int | None:
+    """Index of the first stage of the rollout's plan that admits the gateway; None: none does.
+
+    The registry plans "pilot: the named gateways (max_gateways = their count), then all".
+    A stage naming gateways admits the first `max_gateways` of them (all when 0). A stage
+    naming none admits every gateway, unless it is capped (max_gateways > 0): a gateway
+    cannot count its fleet, so it waits for a later stage rather than overrun the cap.
+    A rollout without a plan is for every gateway at once.
+    """
+    if not rollout.stages:
+        return 0
+    for index, stage in enumerate(rollout.stages):
+        if stage.gateway_ids:
+            admitted = gateway_id in stage.gateway_ids[: stage.max_gateways or None]
+        else:
+            admitted = stage.max_gateways <= 0
+        if admitted:
+            return index
+    return None
+
+
 @contextlib.asynccontextmanager
 async def running_agent(*, fleet: str, gateway_id: str, kafka_bootstrap: str, objects: ObjectStore, state_dir: Path,
                         trusted_key_files: list[Path] | None = None, fleets_file: Path | None = None,
-                        stage_delay_s: float = 0.0) -> AsyncIterator[EdgeAgent]:
+                        settings: EdgeSettings | None = None) -> AsyncIterator[EdgeAgent]:
     """An agent for one gateway of `fleet`, consuming rollouts until the block ends.
 
-    The target is the fleet's (fleets configuration); trusted keys default to the embedded
-    compiler's development public key; installed models live under `<state_dir>/edge/<gateway>`
-    and the last one is resumed on start.
+    The target is the fleet's (fleets configuration). Trusted keys: `trusted_key_files`,
+    else `settings.trusted_keys` (LINELOOP_EDGE_TRUSTED_KEYS), else the embedded compiler's
+    development public key. Installed models live under `<state_dir>/edge/<gateway>` and the
+    last one is resumed on start. Raises AgentSetupError before connecting to anything.
     """
+    settings = settings or EdgeSettings()
     fleets = {f.name: f for f in load_fleets(fleets_file)}
     if fleet not in fleets:
-        raise ValueError(f"unknown fleet {fleet!r}; configured fleets: {', '.join(sorted(fleets)) or 'none'}")
-    keys = load_trusted_keys(trusted_key_files or [Path(state_dir) / DEV_PUBLIC_KEY])
+        raise AgentSetupError(f"unknown fleet {fleet!r}; configured fleets: {', '.join(sorted(fleets)) or 'none'}")
+    key_files = trusted_key_files or settings.trusted_keys or [Path(state_dir) / DEV_PUBLIC_KEY]
+    try:
+        keys = load_trusted_keys(key_files)
+    except (OSError, ValueError) as err:
+        raise AgentSetupError(f"gateway {gateway_id} cannot load its trusted keys: {err}") from err
     agent = EdgeAgent(fleet=fleet, gateway_id=gateway_id, target=fleets[fleet].target, objects=objects,
-                      trusted_keys=keys, install_dir=Path(state_dir) / "edge" / gateway_id, stage_delay_s=stage_delay_s)
+                      trusted_keys=keys, install_dir=Path(state_dir) / "edge" / gateway_id,
+                      stage_delay_s=settings.stage_delay_s)
     try:
         agent.restore()
     except (ManifestError, OSError) as err:

@@ -104,7 +104,10 @@ def load_trusted_keys(paths: list[Path]) -> dict[str, Ed25519PublicKey]:
     """PEM Ed25519 public keys, indexed by key id."""
     keys: dict[str, Ed25519PublicKey] = {}
     for path in paths:
-        loaded = serialization.load_pem_public_key(Path(path).read_bytes())
+        try:
+            loaded = serialization.load_pem_public_key(Path(path).read_bytes())
+        except ValueError as err:
+            raise ValueError(f"{path} is not a PEM public key") from err  # cryptography's message omits the file
         if not isinstance(loaded, Ed25519PublicKey):
             raise ValueError(f"{path} is not an Ed25519 public key")
         keys[key_id(loaded)] = loaded

@@ -40,10 +40,12 @@ T = TypeVar("T")
 # Quicker policies for a loop that turns in minutes on a laptop. Anything set
 # in the environment already wins.
 DEMO_ENV = {
-    "LINELOOP_LABELING_CUT_MIN_LABELS": "160",
-    "LINELOOP_LABELING_CUT_MIN_LABELS_DRIFT": "80",
+    # Enough labels that the first test split (~10%) can show a model meets the floors.
+    "LINELOOP_LABELING_CUT_MIN_LABELS": "400",
+    "LINELOOP_LABELING_CUT_MIN_LABELS_DRIFT": "200",
     "LINELOOP_LABELING_POLICY_INTERVAL_S": "3",
-    "LINELOOP_TRAINING_DEFAULT_PARAMS": '{"epochs": "12", "patience": "4"}',
+    # One-cycle training settles late on a few hundred frames: no early stop before that.
+    "LINELOOP_TRAINING_DEFAULT_PARAMS": '{"epochs": "40", "patience": "12"}',
     "LINELOOP_REGISTRY_CANARY_MIN_FRAMES": "60",
     "LINELOOP_MONITOR_REFERENCE_FRAMES": "120",
     "LINELOOP_MONITOR_CURRENT_FRAMES": "60",
@@ -106,7 +108,7 @@ class Demo:
         known_datasets = {d.version for d in labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions}
 
         step("2/7", f"Gateway: {self.cameras} cameras on {self.line} send apples (no model yet: predictions are missing)")
-        self.simulate(400)
+        self.simulate(800)
 
         step("3/7", "Simulated QA labels the review queue; the labeling policy cuts a dataset version")
         # Exactly the policy's threshold: labels left over would trigger the
@@ -155,7 +157,8 @@ class Demo:
         console.print(f"run {run.run_id}: {len(run.epochs)} epochs, test accuracy {t.accuracy:.3f}, "
                       f"ok false-positive rate {t.ok_false_positive_rate:.3f}")
         version = self.wait("the registry's gate decision", lambda: _newest(
-            registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions, known_versions))
+            [v for v in registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions
+             if v.gate.reason], known_versions))  # a decided gate always gives its reason
         show_gate(version)
         if version.stage == common_pb2.STAGE_REJECTED:
             raise DemoFailed(f"v{version.version} failed the gate: {version.gate.reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -47,6 +48,14 @@ async def test_torchrun_path_trains_with_two_processes(job):
     assert result.world_size == 2
     assert [e.epoch for e in epochs] == [e.epoch for e in result.epochs] and len(epochs) >= 1
     assert result.test.samples == 4 and list(result.model.spec.classes) == CLASSES
+
+
+def test_early_stopping_waits_for_the_annealing_half_and_keeps_the_best_epoch(job):
+    result = train(dataclasses.replace(job, params=dataclasses.replace(TINY, epochs=8, patience=1)))
+    ran = len(result.epochs)
+    assert ran >= 5  # never before epochs // 2 + patience: the one-cycle rate is still high
+    assert result.stopped_early == (ran < 8)
+    assert result.epochs[result.best_epoch - 1].val_loss <= min(e.val_loss for e in result.epochs) + 1e-4
 
 
 @pytest.mark.gpu

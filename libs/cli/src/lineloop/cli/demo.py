@@ -44,8 +44,6 @@ DEMO_ENV = {
     "LINELOOP_LABELING_CUT_MIN_LABELS": "400",
     "LINELOOP_LABELING_CUT_MIN_LABELS_DRIFT": "200",
     "LINELOOP_LABELING_POLICY_INTERVAL_S": "3",
-    # One-cycle training settles late on a few hundred frames: no early stop before that.
-    "LINELOOP_TRAINING_DEFAULT_PARAMS": '{"epochs": "40", "patience": "12"}',
     "LINELOOP_REGISTRY_CANARY_MIN_FRAMES": "60",
     "LINELOOP_MONITOR_REFERENCE_FRAMES": "120",
     "LINELOOP_MONITOR_CURRENT_FRAMES": "60",

@@ -43,7 +43,7 @@ class TrainParams:
     weight_decay: float = 1e-4
     width: int = 16
     input_size: int = 96
-    patience: int = 8
+    patience: int = 8  # epochs without a better val loss, counted in the schedule's second half
     seed: int = 1234
     label_smoothing: float = 0.05
     warm_lr_scale: float = 0.3  # fine-tuning from production weights takes smaller steps
@@ -229,7 +229,7 @@ def train(
         if val_eval.loss < best_loss - 1e-4:
             best_loss, best_epoch, stale = val_eval.loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
-        else:
+        elif epoch > p.epochs // 2:  # one-cycle: validation only settles once the rate anneals
             stale += 1
             if stale >= p.patience:
                 stopped_early = True

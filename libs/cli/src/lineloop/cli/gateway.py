@@ -10,6 +10,7 @@ into the frame event, for the simulated QA operator to label from later.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import hashlib
@@ -41,6 +42,7 @@ app = typer.Typer(no_args_is_help=True)
 FRAMES_BUCKET = "lineloop-frames"
 TRUTH_BUCKET = "lineloop-sim"
 MAX_INLINE_BYTES = 1024 * 1024
+RENDER_AHEAD = 3  # frames rendered ahead of the one being sent
 
 # Per-frame hook for a model running on the gateway: JPEG bytes -> its prediction (or None).
 # It is called in a worker thread (an awaitable it returns is awaited on the loop).
@@ -220,14 +222,23 @@ async def simulate(
     gateway = SimulatedGateway(config, objects)
     report = SimulationReport(config.run_id)
     interval = 1.0 / (config.cameras * config.fps)
+
+    def capture(index: int) -> tuple[FrameCaptured, bytes, str, float]:
+        image, label, strength = gateway.render(index)
+        return gateway.captured(index, image), image, label, strength
+
+    # Rendering is the slow part: the next frames render in worker threads while this one is
+    # sent (rendering is deterministic per index, so order and content do not change).
+    ahead: collections.deque[asyncio.Future] = collections.deque()
     started = time.perf_counter()
     try:
         for index in range(config.frames):
+            while len(ahead) < RENDER_AHEAD and index + len(ahead) < config.frames:
+                ahead.append(asyncio.ensure_future(asyncio.to_thread(capture, index + len(ahead))))
             delay = started + index * interval - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            image, label, strength = await asyncio.to_thread(gateway.render, index)
-            frame = await asyncio.to_thread(gateway.captured, index, image)
+            frame, image, label, strength = await ahead.popleft()
             if edge_predict is not None:
                 # Inference off the loop: the edge agent's rollout consumer and the sink keep running.
                 prediction = await asyncio.to_thread(edge_predict, image)
@@ -242,6 +253,8 @@ async def simulate(
             if on_frame is not None:
                 on_frame(SimulatedFrame(frame, label, strength))
     finally:
+        for pending in ahead:
+            pending.cancel()
         report.upload_result = await sink.close()
         report.seconds = time.perf_counter() - started
     return report

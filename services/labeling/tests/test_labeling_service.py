@@ -240,6 +240,7 @@ async def test_label_studio_round_trip_loses_nothing(stack, publisher, objects, 
         assert labels.effective.label_class == cls
         assert labels.effective.source == LabelSource.LABEL_SOURCE_IMPORT
         assert labels.effective.annotator == "labelstudio:7" and labels.effective.sha256 == by_frame[frame_id]["data"]["sha256"]
+        assert labels.effective.created_at.ToJsonString() == "2026-11-22T05:00:00Z"  # when the annotator made it
     again = await stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=ls_export))
     assert (again.imported, again.skipped) == (0, 3)
 
@@ -248,6 +249,7 @@ async def test_label_studio_round_trip_loses_nothing(stack, publisher, objects, 
     round_trip = {t["data"]["frame_id"]: [a["result"][0]["value"]["choices"][0] for a in t.get("annotations", [])]
                   for t in second}
     assert round_trip == {m.frame_id: [answers[m.frame_id]] if m.frame_id in answers else [] for m in frames}
+    assert {a["created_at"] for t in second for a in t.get("annotations", [])} == {"2026-11-22T05:00:00Z"}
     assert {k: v for k, v in second[0]["data"].items() if k != "image"} == \
         {k: v for k, v in by_frame[second[0]["data"]["frame_id"]]["data"].items() if k != "image"}
     back = await stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=json.dumps(second).encode()))
@@ -292,6 +294,9 @@ async def test_bad_input_gets_a_specific_status_and_changes_nothing(stack, publi
             {"result": [{"type": "choices", "value": {"choices": ["ok", "rot"]}}]}]}]).encode(): "exactly one choice",
         json.dumps([{"data": {"frame_id": frame.frame_id}, "annotations": [
             {"result": [{"type": "choices", "value": {"choices": ["mould"]}}]}]}]).encode(): "unknown class 'mould'",
+        json.dumps([{"data": {"frame_id": frame.frame_id}, "annotations": [
+            {"created_at": "yesterday", "result": [{"type": "choices", "value": {"choices": ["ok"]}}]}]}]).encode():
+            "created_at 'yesterday' is not an ISO 8601 time",
     }
     for data, expected in malformed.items():
         code, reason, detail = await refused(stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=data)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -99,6 +99,18 @@ def export_tasks(rows, objects: ObjectStore, url_expiry_s: int) -> bytes:
     return json.dumps(tasks, indent=1).encode()
 
 
+def _created_at(annotation: dict, where: str) -> datetime | None:
+    """When the annotator made it (Label Studio's ISO 8601 `created_at`), kept through import."""
+    raw = annotation.get("created_at")
+    if raw in (None, ""):
+        return None
+    try:
+        when = datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise _bad(f"{where}: created_at {raw!r} is not an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _bad(message: str) -> LabelRejected:
     return LabelRejected(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_LABEL_STUDIO_FILE", message)
 
@@ -166,6 +178,7 @@ def parse_export(data: bytes, classes: list[str]) -> tuple[list[dict[str, Any]],
                 key = f"labelstudio:{frame_id}:{digest}"
             found.append({
                 "frame_id": frame_id, "label_class": chosen[0], "annotator": _annotator(annotation),
+                "created_at": _created_at(annotation, where),
                 "note": str(meta.get("note") or f"imported from Label Studio task {task.get('id', '?')}"),
                 "key": key, "label_id": meta.get("lineloop_label_id"), "where": where,
             })
@@ -186,7 +199,7 @@ def import_export(s: Session, parsed: list[dict[str, Any]], emit: Emit) -> tuple
             continue
         label = labels.make_label(
             frame, item["label_class"], LabelSource.LABEL_SOURCE_IMPORT, item["annotator"], item["note"],
-            labels.utcnow(),
+            item["created_at"] or labels.utcnow(),
         )
         labels.record(s, label, item["key"], emit)
         imported += 1

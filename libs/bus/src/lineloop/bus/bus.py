@@ -78,6 +78,11 @@ class _Registration(Generic[M]):
     fn: Handler
 
 
+# How long a poll waits for records: FastStream's 200 ms default showed up in a quiet line's
+# latency (one frame through ingest: p50 201 -> 154 ms at 50 ms; 10 ms gained nothing more).
+BATCH_TIMEOUT_MS = 50
+
+
 class Bus:
     """Publishing, typed consumption, inbox/outbox and DLQ over one Kafka cluster."""
 
@@ -139,6 +144,7 @@ class Bus:
                 decoder=_keep_raw,
                 session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
+                batch_timeout_ms=BATCH_TIMEOUT_MS,
             )(consume)
             return fn
 

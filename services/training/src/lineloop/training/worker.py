@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 
 from lineloop.model.export import export_onnx
 from lineloop.model.manifest import FrameCache, ManifestError, class_list, parse_manifest
-from lineloop.model.net import checkpoint
+from lineloop.model.net import checkpoint_bytes
 from lineloop.runtime import Service
 from lineloop.storage.sql import utcnow
 from lineloop.training import state
@@ -273,11 +273,10 @@ class RunWorker:
                                timings: dict[str, float]) -> ModelTrained:
         run_id, model_name = row["run_id"], row["model_name"]
         prefix = f"{model_name}/{run_id}/"
-        buf = io.BytesIO()
-        torch.save(checkpoint(result.model), buf)
         onnx_bytes = await asyncio.to_thread(export_onnx, result.model)
         objects = self.service.objects.aio
-        weights = await objects.put_bytes(MODELS_BUCKET, prefix + "weights.pt", buf.getvalue(), "application/octet-stream")
+        weights = await objects.put_bytes(MODELS_BUCKET, prefix + "weights.pt", checkpoint_bytes(result.model),
+                                        "application/octet-stream")
         onnx = await objects.put_bytes(MODELS_BUCKET, prefix + "model.onnx", onnx_bytes, "application/onnx")
         with self.service.db.session() as s:
             epochs = s.execute(select(state.runs.c.epochs).where(state.runs.c.run_id == run_id)).scalar() or []

@@ -295,7 +295,11 @@ async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, stor
 
 
 class LiveAccuracy(MonitorServiceServicer):
-    """Stands in for the monitor's GetModelHealth: live accuracy per version, as given."""
+    """Stands in for the monitor's GetModelHealth: live accuracy per version, as given, for one model.
+
+    A registry in a fresh consumer group reads the topics from the start, so it also holds (and asks
+    about) the models earlier tests published; those get no versions, as from a monitor that saw none.
+    """
 
     def __init__(self, line: str, model: str) -> None:
         self.line, self.model = line, model
@@ -304,6 +308,8 @@ class LiveAccuracy(MonitorServiceServicer):
 
     async def GetModelHealth(self, request, context):
         self.asked.append((request.line_id, request.model_name))
+        if (request.line_id, request.model_name) != (self.line, self.model):
+            return ModelHealth(line_id=request.line_id, model_name=request.model_name)
         return ModelHealth(line_id=self.line, model_name=self.model, versions=self.versions)
 
 
@@ -341,7 +347,7 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
             last = v2.history[-1]
             assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
             assert "live accuracy 0.700 on 40 labelled frames vs production v1 0.900 on 50" in last.reason
-            assert monitor.asked[0] == (model, model)
+            assert (model, model) in monitor.asked
             assert (await version("production")).version == "1"
     finally:
         await publisher.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUCKETS = (
@@ -54,10 +54,17 @@ class ServiceSettings(BaseSettings):
     grpc_port: int = 0                # 0: any free port (tests)
     metrics_port: int | None = 0      # None: no /metrics endpoint
     database_url: str = ""            # empty: SQLite file under the state dir
+    # Kafka consumer group of every handler; replicas of one deployment share it.
+    consumer_group: str = ""          # empty: the service's name
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 3_000
     startup_timeout_s: float = 60.0
     stack: StackSettings = Field(default_factory=StackSettings)
+
+    @model_validator(mode="after")
+    def _default_consumer_group(self) -> ServiceSettings:
+        self.consumer_group = self.consumer_group or self.service_name
+        return self
 
     @property
     def sql_url(self) -> str:

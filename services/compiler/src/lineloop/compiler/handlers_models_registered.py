@@ -47,7 +47,7 @@ def problems(msg: ModelRegistered) -> list[str]:
     return found
 
 
-def subscribe(bus: Bus, catalogue: ProfileCatalogue, fleets: list[Fleet], worker: BuildWorker) -> None:
+def subscribe(bus: Bus, group: str, catalogue: ProfileCatalogue, fleets: list[Fleet], worker: BuildWorker) -> None:
     async def on_model_registered(msg: ModelRegistered, ctx: EventContext) -> None:
         if not msg.gate.passed or msg.stage == STAGE_REJECTED:
             registrations.add(1, {"outcome": "not_gated"})
@@ -62,4 +62,4 @@ def subscribe(bus: Bus, catalogue: ProfileCatalogue, fleets: list[Fleet], worker
         registrations.add(1, {"outcome": "queued"})
         worker.wake()
 
-    bus.handler(ModelRegistered, group="compiler")(on_model_registered)
+    bus.handler(ModelRegistered, group=group)(on_model_registered)

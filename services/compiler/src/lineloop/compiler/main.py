@@ -33,7 +33,7 @@ def build_service(settings: CompilerSettings | None = None) -> Service:
         service.db, service.bus, env, catalogue, concurrency=settings.build_workers,
         poll_interval_s=settings.poll_interval_s, claim_timeout_s=settings.claim_timeout_s,
     )
-    handlers_models_registered.subscribe(service.bus, catalogue, fleets, worker)
+    handlers_models_registered.subscribe(service.bus, settings.consumer_group, catalogue, fleets, worker)
     service.add_grpc(add_CompilerServiceServicer_to_server, CompilerApi(service.db, catalogue, worker, settings.compile_wait_s))
     service.on_start(worker.start)
     service.on_stop(worker.stop)

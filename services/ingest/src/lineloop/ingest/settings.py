@@ -17,8 +17,6 @@ class IngestSettings(ServiceSettings):
     grpc_port: int = 50051
     metrics_port: int | None = 9101
 
-    # Replicas of one deployment share it (and the database); tests use their own.
-    consumer_group: str = "ingest"
     frames_bucket: str = "lineloop-frames"
     # Buckets a gateway may upload to and reference from `image_ref` (comma-separated).
     upload_buckets: Annotated[list[str], NoDecode] = ["lineloop-frames"]

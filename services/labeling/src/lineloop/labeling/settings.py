@@ -16,7 +16,6 @@ class LabelingSettings(ServiceSettings):
     grpc_port: int = 50052
     metrics_port: int | None = 9102
 
-    consumer_group: str = "labeling"   # every replica of one deployment shares it
     classes: list[str] = Field(default_factory=lambda: ["ok", "bruise", "rot", "scab"])
 
     # Review queue: priority = uncertainty + balance + camera + drift terms, each weighted.

@@ -12,17 +12,14 @@ from lineloop.monitor.settings import MonitorSettings
 from lineloop.runtime import Service
 from lineloop.v1 import events_pb2, monitor_pb2_grpc
 
-GROUP = "monitor"
-
-
 def build(settings: MonitorSettings) -> Service:
     service = Service("monitor", settings)
     service.migrate("lineloop.monitor", state.SCHEMA_VERSION, state.metadata)
     bus = service.bus
-    bus.handler(events_pb2.FrameIngested, group=GROUP)(make_handler(settings))
-    bus.handler(events_pb2.FrameRejected, group=GROUP)(on_frame_rejected)
-    bus.handler(events_pb2.LabelCreated, group=GROUP)(on_label_created)
-    bus.handler(events_pb2.ModelPromoted, group=GROUP)(on_model_promoted)
+    bus.handler(events_pb2.FrameIngested, group=settings.consumer_group)(make_handler(settings))
+    bus.handler(events_pb2.FrameRejected, group=settings.consumer_group)(on_frame_rejected)
+    bus.handler(events_pb2.LabelCreated, group=settings.consumer_group)(on_label_created)
+    bus.handler(events_pb2.ModelPromoted, group=settings.consumer_group)(on_model_promoted)
     service.add_grpc(monitor_pb2_grpc.add_MonitorServiceServicer_to_server, MonitorApi(service.db, settings))
     return service
 

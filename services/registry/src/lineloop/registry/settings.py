@@ -16,8 +16,6 @@ class RegistrySettings(ServiceSettings):
     model_config = service_config("registry")
 
     grpc_port: int = 50054
-    # Kafka consumer group of every handler; replicas of one deployment share it.
-    consumer_group: str = "registry"
     metrics_port: int | None = 9104
     # Policy: a passing candidate becomes the canary, the canary production after
     # `canary_min_frames` served frames; with no production yet, a candidate that

@@ -14,8 +14,6 @@ class TrainingSettings(ServiceSettings):
     model_config = service_config("training")
 
     grpc_port: int = 50053
-    # Kafka consumer group of every handler; replicas of one deployment share it.
-    consumer_group: str = "training"
     metrics_port: int | None = 9103
     # The model a dataset trains: `{dataset}` is replaced by the dataset name.
     model_name_pattern: str = "{dataset}"

@@ -66,6 +66,8 @@ def recording_handler(bus: Bus, group: str, model: str, seen: list, *, emit: boo
             return
         if msg.reason == "poison":
             raise Reject("invalid_request", "reason 'poison' is refused")
+        if msg.reason == "bug":
+            raise ValueError("the handler cannot cope with 'bug'")
         seen.append((ctx.event_id, ctx.partition, trace.get_current_span().get_span_context()))
         ctx.session.execute(applied.insert().values(ce_id=ctx.event_id, model_name=model, reason=msg.reason))
         if emit:
@@ -182,6 +184,8 @@ async def test_poison_messages_go_to_the_dlq_and_valid_ones_behind_them_are_proc
         "missing_header": (good, headers(ce_id=None)),
         "unsupported_content_type": (b"{}", headers(**{"content-type": "application/json"})),
         "invalid_request": (events_pb2.TrainingRequested(model_name=model, reason="poison").SerializeToString(), headers()),
+        # A handler that keeps failing (not on a dependency that is down) gives up after its attempts.
+        "handler_error": (events_pb2.TrainingRequested(model_name=model, reason="bug").SerializeToString(), headers()),
     }
     try:
         key = model.encode()  # one key: one partition, so order is the test
@@ -201,6 +205,7 @@ async def test_poison_messages_go_to_the_dlq_and_valid_ones_behind_them_are_proc
     dlq = ours(await read_topic(stack.kafka_bootstrap, f"{TOPIC}.dlq", lambda rs: len(ours(rs)) >= len(poison)))
     assert sorted(h["dlq_reason"] for h in dlq) == sorted(poison)
     assert all(h["dlq_topic"] == TOPIC and h["dlq_detail"] for h in dlq)
+    assert {h["dlq_reason"]: h["dlq_detail"] for h in dlq}["handler_error"] == "ValueError: the handler cannot cope with 'bug'"
 
 
 async def test_two_consumers_in_one_group_split_the_partitions(stack, tmp_path):

@@ -6,7 +6,10 @@ A consumed record goes through one path:
   commit -> offset commit.
 A record that cannot be decoded, or that the handler rejects, goes to
 `<topic>.dlq` with the reason in headers; a handler that keeps failing is
-retried, then dead-lettered. Nothing blocks a partition or stops the service.
+retried, then dead-lettered. Nothing blocks a partition or stops the service,
+except a dependency that is down (object store, database, a gRPC peer): then
+the record is retried, with backoff, until it answers, because every record
+behind it would fail the same way and none of them is bad.
 Offsets are committed once per fetched batch, after every record in it is durable.
 """
 
@@ -32,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from lineloop.bus import outbox
 from lineloop.bus.cloudevents import Envelope, decode, header_dict, make_headers
-from lineloop.bus.errors import Reject
+from lineloop.bus.errors import Reject, is_unavailable
 from lineloop.contracts.topics import BY_TOPIC, EventType, event_type
 from lineloop.storage.sql import Database, utcnow
 from lineloop.telemetry import metrics
@@ -95,6 +98,7 @@ class Bus:
         partitions: int = 3,
         max_attempts: int = 3,
         retry_backoff_s: float = 0.5,
+        max_retry_backoff_s: float = 30.0,
         max_batch: int = 100,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -104,6 +108,7 @@ class Bus:
         self.partitions = partitions
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
+        self.max_retry_backoff_s = max_retry_backoff_s
         self.max_batch = max_batch
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -159,7 +164,9 @@ class Bus:
             await self._dead_letter(reg, record, headers, rej.reason, rej.detail)
             return
         parent = propagate.extract(headers)
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = errors = 0
+        while True:
+            attempt += 1
             started = time.perf_counter()
             outcome = "applied"
             with tracer.start_as_current_span(
@@ -180,16 +187,26 @@ class Bus:
                     await self._dead_letter(reg, record, headers, rej.reason, rej.detail)
                     return
                 except Exception as exc:
-                    outcome = "error"
                     span.record_exception(exc)
-                    if attempt == self.max_attempts:
-                        log.exception("handler %s failed %d times on %s; dead-lettering", reg.fn.__name__, attempt, env.id)
-                        await self._dead_letter(reg, record, headers, "handler_error", f"{type(exc).__name__}: {exc}")
-                        return
-                    log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, attempt, exc)
+                    if is_unavailable(exc):
+                        # Not the event's fault: wait for the dependency, however long, and count it.
+                        outcome = "unavailable"
+                        delay = min(self.retry_backoff_s * 2 ** min(attempt - 1, 16), self.max_retry_backoff_s)
+                        log.warning("handler %s on %s: a dependency is unavailable (attempt %d, next in %.1f s): %s",
+                                    reg.fn.__name__, env.id, attempt, delay, exc)
+                    else:
+                        outcome = "error"
+                        errors += 1
+                        if errors >= self.max_attempts:
+                            log.exception("handler %s failed %d times on %s; dead-lettering", reg.fn.__name__, errors, env.id)
+                            await self._dead_letter(reg, record, headers, "handler_error", f"{type(exc).__name__}: {exc}")
+                            return
+                        delay = self.retry_backoff_s * errors
+                        log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, errors, exc)
+                    metrics.handler_retries.add(1, {**labels, "reason": outcome})
                 finally:
                     metrics.handler_duration.record(time.perf_counter() - started, {**labels, "outcome": outcome})
-            await asyncio.sleep(self.retry_backoff_s * attempt)
+            await asyncio.sleep(delay)
 
     async def _apply(self, reg: _Registration, message: Message, ctx: EventContext) -> bool:
         """Run the handler once per (group, ce_id); False if it was already applied."""

@@ -30,6 +30,12 @@ events_dead_lettered = _meter.create_counter(
     unit="{event}",
     description="Events sent to <topic>.dlq. Attributes: topic, ce_type, reason.",
 )
+handler_retries = _meter.create_counter(
+    "lineloop.handler.retries",
+    unit="{retry}",
+    description="Handler attempts that will be retried. Attributes: topic, ce_type, group, "
+                "reason (unavailable: a dependency is down, retried until it answers; error: counts toward the DLQ).",
+)
 handler_duration = _meter.create_histogram(
     "lineloop.handler.duration",
     unit="s",

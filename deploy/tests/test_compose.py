@@ -45,6 +45,19 @@ def test_docker_compose_validates_the_file(repo, files):
     assert result.returncode == 0, result.stderr
 
 
+def test_the_gpu_compiler_image_gets_the_tensorrt_its_h100_profiles_build_with(repo):
+    gpu = yaml.safe_load((repo / "deploy/compose/gpu.yml").read_text())
+    arg = gpu["services"]["compiler"]["build"]["args"]["EXTRA_PACKAGES"]
+    default = re.fullmatch(r"\$\{LINELOOP_COMPILER_EXTRA_PACKAGES:-(.+)\}", arg).group(1)
+    (version,) = re.findall(r"\btensorrt-cu12==(\d+\.\d+)\.\*", default)
+    profiles = yaml.safe_load((repo / "services/compiler/src/lineloop/compiler/profiles.yaml").read_text())["profiles"]
+    cloud = {p["tensorrt_version"] for p in profiles.values() if p["runtime"] == "tensorrt" and p["gpu_arch"] == "sm_90"}
+    assert cloud == {version}, f"gpu.yml installs TensorRT {version}, the sm_90 profiles build with {sorted(cloud)}"
+    dockerfile = (repo / "services/compiler/Dockerfile").read_text()
+    assert 'ARG EXTRA_PACKAGES=""' in dockerfile
+    assert re.search(r"RUN if \[ -n \"\$\{EXTRA_PACKAGES\}\" \]; then .*pip install .*\$\{EXTRA_PACKAGES\}", dockerfile)
+
+
 def test_docker_compose_rejects_an_invalid_file(repo, tmp_path):
     # The validation above means something only if this docker-compose checks the keys we rely on.
     broken = (repo / "docker-compose.yml").read_text().replace("capabilities: [gpu]", "capability: [gpu]")

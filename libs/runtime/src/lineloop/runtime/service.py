@@ -2,8 +2,10 @@
 
 Start order: telemetry -> database schemas -> buckets -> gRPC (health
 NOT_SERVING) -> bus (topics, consumers, outbox relay) -> the service's own
-start hooks -> health SERVING. SIGTERM/SIGINT reverse it: NOT_SERVING first,
-so load balancers drain, then hooks, consumers, gRPC (with grace), database.
+start hooks -> health SERVING. SIGTERM/SIGINT stop the inputs first: NOT_SERVING,
+so load balancers drain, then gRPC (with grace) and the consumers (a record in
+flight is cancelled and redelivered), and only then the hooks, which may close
+what handlers use (executors, clients), then the database.
 """
 
 from __future__ import annotations
@@ -116,14 +118,15 @@ class Service:
 
     async def stop(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(GRPC_GRACE_S)
+        # Before the hooks: a handler retrying against a closed executor would dead-letter a good event.
+        await self.bus.stop()
         for hook in reversed(self._stop_hooks):
             try:
                 await hook()
             except Exception:
                 log.exception("stop hook %s failed", getattr(hook, "__name__", hook))
-        await self.bus.stop()
-        if self._server is not None:
-            await self._server.stop(GRPC_GRACE_S)
         if self._telemetry is not None:
             self._telemetry.shutdown()
         self.db.dispose()

@@ -12,6 +12,7 @@ from lineloop.monitor.settings import MonitorSettings
 from lineloop.runtime import Service
 from lineloop.v1 import events_pb2, monitor_pb2_grpc
 
+
 def build(settings: MonitorSettings) -> Service:
     service = Service("monitor", settings)
     service.migrate("lineloop.monitor", state.SCHEMA_VERSION, state.metadata)

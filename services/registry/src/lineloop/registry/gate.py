@@ -11,7 +11,6 @@ training run reports about itself are recorded but never trusted for the decisio
 from __future__ import annotations
 
 import asyncio
-import os
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from lineloop.model.metrics import Evaluation
 from lineloop.model.onnx_eval import evaluate_onnx
 from lineloop.model.preprocess import frame_input
 from lineloop.registry.settings import RegistrySettings
+from lineloop.runtime.cpu import available_cpus
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1.common_pb2 import EvalMetrics
 from lineloop.v1.events_pb2 import GateCheck, GateDecision
@@ -76,7 +76,7 @@ class Evaluator:
     def __init__(self, store: ObjectStore, settings: RegistrySettings) -> None:
         self.store = store
         self.cache = FrameCache(settings.frame_cache_dir, store)
-        self.threads = settings.eval_threads or (os.cpu_count() or 1)
+        self.threads = settings.eval_threads or available_cpus()  # the container's CPU quota, not the node's cores
 
     async def test_split(self, dataset: str, version: str, sha256: str) -> list[ManifestEntry]:
         try:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar
 
 from lineloop.runtime import ServiceSettings, service_config
+from lineloop.runtime.cpu import available_cpus
 
 
 class TrainingSettings(ServiceSettings):
@@ -45,7 +45,7 @@ class TrainingSettings(ServiceSettings):
         frames/s, bench_training.py), so workers start at 4 cores, a quarter of them."""
         if self.loader_workers >= 0:
             return self.loader_workers
-        cores = os.cpu_count() or 1
+        cores = available_cpus()  # the container's CPU quota, not the node's cores
         import torch  # only here: settings are read by code that never trains
 
         if torch.cuda.is_available():

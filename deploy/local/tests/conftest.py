@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from lineloop.stack.config import StackConfig, free_ports
+from lineloop.stack.process import marked_processes
 from lineloop.stack.services import SERVICE_PORTS
 
 LINELOOP = str(Path(sys.executable).parent / "lineloop")
@@ -30,14 +31,18 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def processes_under(state_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
+    """Processes naming the state directory in their command line, running in it, or carrying
+    the stack's marker for it in their environment."""
+    found = {proc.pid: proc for proc in marked_processes(run_dir=state_dir / "run")}
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
         try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
             if str(state_dir) in " ".join(proc.info["cmdline"] or []) or proc.info["cwd"] == str(state_dir):
-                found.append(proc)
+                found[proc.pid] = proc
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return found
+    return list(found.values())
 
 
 def leftover_sockets(config: StackConfig) -> list[Path]:

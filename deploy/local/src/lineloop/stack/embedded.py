@@ -17,7 +17,7 @@ from minio import Minio
 
 from lineloop.stack import probes, servers
 from lineloop.stack.config import BUCKETS, HOST, TANSU_BUCKET, StackConfig
-from lineloop.stack.process import ManagedProcess, wait_until
+from lineloop.stack.process import ManagedProcess, port_holders, state_lock, wait_until
 
 Report = Callable[[str], None]
 
@@ -102,7 +102,7 @@ class EmbeddedStack:
         return [servers.seaweedfs(self.config), servers.triton(self.config), servers.tansu(self.config)]
 
     def _process(self, spec: servers.ServerSpec) -> ManagedProcess:
-        return ManagedProcess(spec.name, self.config.run_dir, self.config.logs_dir / f"{spec.name}.log", spec.marker)
+        return ManagedProcess(spec.name, self.config.run_dir, self.config.logs_dir / f"{spec.name}.log")
 
     def up(self, report: Report = lambda line: None) -> dict[str, float]:
         """Start what is not running; wait until every server answers.
@@ -110,6 +110,10 @@ class EmbeddedStack:
         Returns the start-up seconds of each server started now (empty when all were up).
         """
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        with state_lock(self.config.run_dir):
+            return self._up(report)
+
+    def _up(self, report: Report) -> dict[str, float]:
         s3_spec, triton_spec, kafka_spec = self.specs()
         started: dict[str, tuple[float, object]] = {}
         try:
@@ -136,8 +140,10 @@ class EmbeddedStack:
             return
         busy = {label: port for label, port in spec.ports.items() if probes.port_open(HOST, port)}
         if busy:
-            taken = ", ".join(f"{label} {port}" for label, port in busy.items())
-            raise StackError(f"{spec.name}: port(s) already in use by another process: {taken}")
+            raise StackError(f"{spec.name}: not started, port(s) in use: " + "; ".join(
+                f"{label} {port} is held by {port_holders(port) or 'a process that has just exited'}"
+                for label, port in busy.items()
+            ))
         spec.prepare()
         report(f"{spec.name}: starting")
         handle = process.start(spec.argv, spec.env, cwd=self.config.state_dir, die_with_parent=self.die_with_parent)
@@ -168,6 +174,10 @@ class EmbeddedStack:
 
     def down(self, report: Report = lambda line: None) -> list[str]:
         """Stop the servers this state directory started; returns the names stopped."""
+        with state_lock(self.config.run_dir):
+            return self._down(report)
+
+    def _down(self, report: Report) -> list[str]:
         s3_spec, triton_spec, kafka_spec = self.specs()
 
         def stop(spec: servers.ServerSpec) -> str | None:

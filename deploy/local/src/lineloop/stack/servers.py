@@ -27,7 +27,6 @@ class ServerSpec:
     argv: list[str]
     env: dict[str, str]
     ports: dict[str, int]
-    marker: str  # must be in the command line of the process we started
     ready: Callable[[], bool]
     stop_timeout: float
     prepare: Callable[[], None] = lambda: None  # files the server needs before it starts
@@ -109,7 +108,6 @@ def seaweedfs(config: StackConfig) -> ServerSpec:
         argv=argv,
         env=dict(os.environ),
         ports=ports,
-        marker=str(state / "s3"),
         ready=lambda: probes.s3_ready(config.s3_endpoint),
         stop_timeout=15.0,
         prepare=prepare,
@@ -161,7 +159,6 @@ def tansu(config: StackConfig) -> ServerSpec:
         argv=argv,
         env=env,
         ports={"kafka": config.kafka_port},
-        marker=listener,
         ready=lambda: probes.kafka_ready(config.kafka_bootstrap),
         stop_timeout=10.0,
     )
@@ -232,7 +229,6 @@ def triton(config: StackConfig) -> ServerSpec:
             "triton grpc": config.triton_grpc_port,
             "triton metrics": config.triton_metrics_port,
         },
-        marker=str(backends),
         ready=lambda: probes.triton_ready(config.triton_http),
         stop_timeout=20.0,
         prepare=prepare,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lineloop.stack import probes
 from lineloop.stack.config import HOST, StackConfig
-from lineloop.stack.process import ManagedProcess, wait_until
+from lineloop.stack.process import ManagedProcess, port_holders, state_lock, wait_until
 from lineloop.stack.servers import scripts_dir
 
 # name: (gRPC port, metrics port), from the README conventions.
@@ -86,14 +86,17 @@ class ServiceFleet:
         }
 
     def _process(self, name: str) -> ManagedProcess:
-        script = scripts_dir() / f"lineloop-{name}"
-        return ManagedProcess(f"service-{name}", self.config.run_dir, self.config.logs_dir / f"{name}.log", str(script))
+        return ManagedProcess(f"service-{name}", self.config.run_dir, self.config.logs_dir / f"{name}.log")
 
     def up(self, names: list[str] | None = None, report: Report = lambda line: None) -> list[ServiceResult]:
         """Start every service not running, then wait for each to answer SERVING.
 
         A service whose entry point does not exist yet is reported, not fatal.
         """
+        with state_lock(self.config.run_dir):
+            return self._up(names, report)
+
+    def _up(self, names: list[str] | None, report: Report) -> list[ServiceResult]:
         results: dict[str, ServiceResult] = {}
         launched: dict[str, tuple[float, object]] = {}
         for name in names or list(SERVICE_PORTS):
@@ -108,10 +111,13 @@ class ServiceFleet:
                 report(f"{name}: not started: {problem}")
                 continue
             grpc_port, metrics_port = self._ports(name)
-            busy = [str(p) for p in (grpc_port, metrics_port) if probes.port_open(HOST, p)]
+            busy = [p for p in (grpc_port, metrics_port) if probes.port_open(HOST, p)]
             if busy:
-                results[name] = ServiceResult(name, "failed", f"port(s) in use by another process: {', '.join(busy)}")
-                report(f"{name}: not started: port(s) {', '.join(busy)} in use")
+                detail = "port(s) in use: " + "; ".join(
+                    f"{p} is held by {port_holders(p) or 'a process that has just exited'}" for p in busy
+                )
+                results[name] = ServiceResult(name, "failed", detail)
+                report(f"{name}: not started: {detail}")
                 continue
             script = scripts_dir() / f"lineloop-{name}"
             handle = process.start([str(script)], self.env(name), cwd=self.config.state_dir,
@@ -140,7 +146,7 @@ class ServiceFleet:
                 report(f"{name}: stopped")
             return ServiceResult(name, "stopped" if stopped else "not running")
 
-        with ThreadPoolExecutor(max_workers=len(SERVICE_PORTS)) as pool:
+        with state_lock(self.config.run_dir), ThreadPoolExecutor(max_workers=len(SERVICE_PORTS)) as pool:
             return list(pool.map(stop, SERVICE_PORTS))
 
     def status(self) -> list[dict]:

@@ -7,6 +7,7 @@ import time
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lineloop.stack.config import StackConfig
@@ -35,7 +36,8 @@ def _start_stack(embedded: EmbeddedStack) -> float:
         try:
             timings = embedded.up(report)
         except (StackError, MissingBinary) as err:
-            errors.print(f"[red]stack failed to start:[/red] {err}")
+            # Unwrapped and unstyled: it names pids and commands to copy.
+            errors.print(f"[red]stack failed to start:[/red] {escape(str(err))}", soft_wrap=True)
             raise typer.Exit(1) from err
     total = time.monotonic() - started
     if timings:
@@ -110,7 +112,7 @@ def register_top_level(root: typer.Typer) -> None:
             else:
                 failed = failed or result.state == "failed"
                 colour = "red" if result.state == "failed" else "yellow"
-                console.print(f"[{colour}]✗[/{colour}] {result.name}: {result.state}: {result.detail}")
+                console.print(f"[{colour}]✗[/{colour}] {result.name}: {result.state}: {escape(result.detail)}", soft_wrap=True)
         if failed:
             raise typer.Exit(1)
 

@@ -50,18 +50,38 @@ class DecodedImage:
     height: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """An image whose header passed the limits; no pixel decoded yet."""
+
+    image: Image.Image  # lazily opened: `load_image` decodes it
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Decode `data` into an RGB image, or raise `ImageRejected` saying why not."""
+    return load_image(open_image(data, limits))
+
+
+def open_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ImageHeader:
+    """Read and check the header only: format, dimensions. Cheap, whatever the image's size."""
     if len(data) > limits.max_bytes:
         raise ImageRejected(Failure.TOO_LARGE, f"{len(data)} bytes, the limit is {limits.max_bytes}")
     if not data:
         raise ImageRejected(Failure.UNDECODABLE, "no image bytes")
     try:
-        # Reads the header only. Pillow itself refuses twice its own pixel limit;
-        # our (lower) limits are checked below, before any pixel is decoded.
+        # Reads the header only. Pillow itself refuses (DecompressionBombError) twice its
+        # own Image.MAX_IMAGE_PIXELS; our lower limits are checked below, before any pixel
+        # is decoded, so a bomb is refused either way without allocating its pixels.
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageRejected(Failure.TOO_LARGE, str(exc)) from exc
+        raise ImageRejected(Failure.TOO_LARGE, f"decompression bomb: {exc}") from exc
     except Exception as exc:  # Pillow raises UnidentifiedImageError, SyntaxError, struct.error...
         raise ImageRejected(Failure.UNDECODABLE, f"not a readable image: {exc}") from exc
     if image.format not in SUPPORTED_FORMATS:
@@ -76,10 +96,19 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
             Failure.TOO_LARGE,
             f"{width}x{height} ({width * height} pixels); limits {limits.max_side} per side, {limits.max_pixels} pixels",
         )
+    return ImageHeader(image, image.format, width, height)
+
+
+def load_image(header: ImageHeader) -> DecodedImage:
+    """Decode the pixels of an image `open_image` accepted, as RGB."""
+    image = header.image
     try:
         image.load()
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        rgb = image
+        if image.mode != "RGB":
+            rgb = image.convert("RGB")
+            image.close()  # frees the source pixels now, not whenever the header is dropped
     except Exception as exc:  # truncated data: OSError("image file is truncated"), zlib errors...
-        raise ImageRejected(Failure.UNDECODABLE, f"{image.format} data does not decode: {exc}") from exc
-    content_type, extension = SUPPORTED_FORMATS[image.format]
-    return DecodedImage(rgb, image.format, content_type, extension, width, height)
+        raise ImageRejected(Failure.UNDECODABLE, f"{header.format} data does not decode: {exc}") from exc
+    content_type, extension = SUPPORTED_FORMATS[header.format]
+    return DecodedImage(rgb, header.format, content_type, extension, header.width, header.height)

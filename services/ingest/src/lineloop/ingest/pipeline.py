@@ -3,6 +3,9 @@
 `prepare` does the slow, stateless part and may run for many frames at once:
 validate, fetch or take the image, verify its sha256, decode with limits,
 compute quality statistics, store it content-addressed, score it on Triton.
+Decoded frames share a pixel budget: a frame reads its dimensions from the
+header, then waits until its pixels fit beside those of the frames in flight,
+and holds them until its full-resolution image is no longer needed.
 `record` is the short database part, run in the caller's transaction: frame
 index, duplicate detection, and the event to publish.
 """
@@ -10,9 +13,9 @@ index, duplicate detection, and the event to publish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +28,25 @@ from sqlalchemy.orm import Session
 from lineloop.ingest import state
 from lineloop.ingest.scoring import TritonScorer
 from lineloop.ingest.settings import IngestSettings
+from lineloop.runtime.cpu import available_cpus
 from lineloop.storage.objects import ObjectNotFound, ObjectStore, Sha256Mismatch, StoredObject, content_key, sha256_hex
 from lineloop.storage.sql import Database
 from lineloop.telemetry import metrics as shared_metrics
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, QualityStats
 from lineloop.v1.events_pb2 import FrameCaptured, FrameIngested, FrameRejected, RejectReason
-from lineloop.vision import SUPPORTED_CONTENT_TYPES, DecodedImage, DecodeLimits, Failure, ImageRejected, decode_image, quality_stats
+from lineloop.vision import (
+    SUPPORTED_CONTENT_TYPES,
+    DecodedImage,
+    DecodeLimits,
+    Failure,
+    ImageHeader,
+    ImageRejected,
+    OverBudget,
+    PixelBudget,
+    load_image,
+    open_image,
+    quality_stats,
+)
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -42,6 +58,10 @@ frames_total = _meter.create_counter(
 stage_duration = _meter.create_histogram(
     "lineloop.ingest.stage.duration", unit="s", description="Time per pipeline stage. Attributes: stage.",
     explicit_bucket_boundaries_advisory=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+decode_pixels = _meter.create_up_down_counter(
+    "lineloop.ingest.decode.pixels", unit="{pixel}",
+    description="Pixels of the decode budget held by frames in flight (LINELOOP_INGEST_DECODE_PIXEL_BUDGET caps it).",
 )
 
 # Ids become object keys, metric labels and file names downstream: a safe charset only.
@@ -110,9 +130,11 @@ class Pipeline:
         self.db = db
         self.scorer = scorer
         # S3 calls block a thread each: as many as frames in flight, beside the
-        # default executor the bus and gRPC use. Decoding is CPU work: one thread per core.
+        # default executor the bus and gRPC use. Decoding is CPU work: one thread per CPU
+        # the container may use (its cgroup quota), not per core of the node.
         self._io = ThreadPoolExecutor(settings.max_concurrent_frames, thread_name_prefix="ingest-s3")
-        self._cpu = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="ingest-decode")
+        self._cpu = ThreadPoolExecutor(available_cpus(), thread_name_prefix="ingest-decode")
+        self.decode_budget = PixelBudget(settings.decode_pixel_budget)
         self.limits = DecodeLimits(
             max_bytes=settings.max_image_bytes, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels
         )
@@ -135,18 +157,53 @@ class Pipeline:
         self._validate(frame)
         data, declared_sha = await self._image_bytes(frame)
         t1 = time.perf_counter()
-        # Includes waiting for a free decode thread when many frames arrive at once.
-        image, quality = await self._run(self._cpu, self._decode, data)
-        t2 = time.perf_counter()
-        stored, prediction = await asyncio.gather(
-            self._store(frame, data, image.extension, image.content_type, declared_sha),
-            self._score(frame, image.image),
-        )
-        t3 = time.perf_counter()
+        # The header only: limits and decompression bombs are refused before any pixel exists.
+        header = await self._run(self._cpu, self._open, data)
+        async with self._decode_pixels(header):
+            t2 = time.perf_counter()
+            # Includes waiting for a free decode thread when many frames arrive at once.
+            image, quality = await self._run(self._cpu, self._decode, header)
+            del header
+            t3 = time.perf_counter()
+            # Scoring needs the full-resolution image, so the frame keeps its pixels until
+            # both are done; a failure of one cancels the other rather than let it hold
+            # the image past the budget.
+            store = asyncio.ensure_future(self._store(frame, data, image.extension, image.content_type, declared_sha))
+            score = asyncio.ensure_future(self._score(frame, image.image))
+            try:
+                stored, prediction = await asyncio.gather(store, score)
+            except BaseException:
+                store.cancel()
+                score.cancel()
+                raise
+            prepared = Prepared(frame, stored, image.content_type, image.width, image.height, quality, prediction)
+            del image, score
+        t4 = time.perf_counter()
         stage_duration.record(t1 - t0, {"stage": "fetch"})
-        stage_duration.record(t2 - t1, {"stage": "decode"})
-        stage_duration.record(t3 - t2, {"stage": "store_and_score"})
-        return Prepared(frame, stored, image.content_type, image.width, image.height, quality, prediction)
+        stage_duration.record(t2 - t1, {"stage": "decode_budget_wait"})
+        stage_duration.record(t3 - t2, {"stage": "decode"})
+        stage_duration.record(t4 - t3, {"stage": "store_and_score"})
+        return prepared
+
+    @contextlib.asynccontextmanager
+    async def _decode_pixels(self, header: ImageHeader):
+        """Hold the frame's pixels of the decode budget while its full-resolution image lives."""
+        pixels = header.pixels
+        try:
+            await self.decode_budget.acquire(pixels)
+        except OverBudget as exc:
+            # Only when LINELOOP_INGEST_MAX_IMAGE_PIXELS were above the budget (settings refuse
+            # that): waiting could never end, so the frame is refused instead.
+            raise FrameRefused(
+                RejectReason.REJECT_REASON_IMAGE_TOO_LARGE,
+                f"{header.width}x{header.height}: {exc} (LINELOOP_INGEST_DECODE_PIXEL_BUDGET)",
+            ) from exc
+        decode_pixels.add(pixels)
+        try:
+            yield
+        finally:
+            self.decode_budget.release(pixels)
+            decode_pixels.add(-pixels)
 
     def _validate(self, frame: FrameCaptured) -> None:
         for name in ("frame_id", "line_id", "camera_id", "gateway_id"):
@@ -219,9 +276,15 @@ class Pipeline:
         self._io.shutdown(wait=False, cancel_futures=True)
         self._cpu.shutdown(wait=False, cancel_futures=True)
 
-    def _decode(self, data: bytes) -> tuple[DecodedImage, QualityStats]:
+    def _open(self, data: bytes) -> ImageHeader:
         try:
-            image = decode_image(data, self.limits)
+            return open_image(data, self.limits)
+        except ImageRejected as exc:
+            raise FrameRefused(_DECODE_REASONS[exc.failure], exc.detail) from exc
+
+    def _decode(self, header: ImageHeader) -> tuple[DecodedImage, QualityStats]:
+        try:
+            image = load_image(header)
         except ImageRejected as exc:
             raise FrameRefused(_DECODE_REASONS[exc.failure], exc.detail) from exc
         q = quality_stats(image.image)

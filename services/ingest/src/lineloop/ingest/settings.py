@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from lineloop.runtime import ServiceSettings, service_config
@@ -26,6 +26,13 @@ class IngestSettings(ServiceSettings):
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_side: int = 8192
     max_image_pixels: int = 40_000_000
+    # Pixels of all the frames decoded at once: a frame holds its pixels (read from its
+    # header, before decoding) from decode until it is scored, and waits while others hold
+    # the rest. A decoded frame takes ~4 bytes a pixel (Pillow's RGB), up to 8 while a
+    # greyscale/CMYK/RGBA image converts: 48 MP is ~190-380 MB, which with ingest's own
+    # ~150 MB and the fetched bytes of frames in flight fits the 1 GiB pod limit. One frame
+    # at the pixel cap fits; the cap may not exceed the budget.
+    decode_pixel_budget: int = 48_000_000
     # Gateway clocks drift a little; beyond this a capture time is refused.
     max_clock_skew_s: float = 300.0
 
@@ -39,6 +46,15 @@ class IngestSettings(ServiceSettings):
     # Frames of one fetched batch prepared (fetched, decoded, stored, scored) at once.
     max_concurrent_frames: int = 64
     presigned_url_ttl_s: int = 900
+
+    @model_validator(mode="after")
+    def _a_frame_at_the_cap_fits_the_budget(self) -> IngestSettings:
+        if self.max_image_pixels > self.decode_pixel_budget:
+            raise ValueError(
+                f"max_image_pixels ({self.max_image_pixels}) is more than decode_pixel_budget "
+                f"({self.decode_pixel_budget}): frames between the two would pass the checks and never decode"
+            )
+        return self
 
     @field_validator("lines", "upload_buckets", mode="before")
     @classmethod

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from lineloop.bus import Reject
 from lineloop.bus.cloudevents import JSON, PROTOBUF, decode
-from lineloop.contracts.topics import BY_TOPIC, EventType
+from lineloop.contracts.topics import BY_TOPIC, EventType, event_type
 from tests.fuzz.harness import run_cases
 from tests.fuzz.strategies import bad_headers, good_headers, messages
 
 TOPICS = sorted(BY_TOPIC)
-DECODE_REASONS = {"undecodable", "unsupported_content_type"}
+DECODE_REASONS = {"undecodable", "unsupported_content_type", "invalid_field"}
 
 
 def _decode(et: EventType, value: bytes, headers: dict[str, str]) -> str:
@@ -38,7 +38,12 @@ def test_generated_messages_decode_to_what_was_sent(topic):
 
     def check(msg) -> str:
         headers = good_headers(et.ce_type)
-        decoded, envelope = decode(et, msg.SerializeToString(), headers)
+        try:
+            decoded, envelope = decode(et, msg.SerializeToString(), headers)
+        except Reject as rej:
+            # A Timestamp out of range or an unknown enum number: parsed by protobuf, refused by decode.
+            assert rej.reason == "invalid_field" and rej.detail, rej
+            return "rejected:invalid_field"
         assert decoded == msg and envelope.type == et.ce_type
         if not et.accepts_json:
             return "decoded"
@@ -112,3 +117,19 @@ def test_wrong_or_missing_headers_are_refused_with_their_reason(topic):
         return outcome
 
     run_cases(f"decode:{topic}:bad_headers", st.tuples(bad_headers(et.ce_type), payloads), check)
+
+
+def test_values_no_handler_can_use_are_refused_at_decode():
+    """Found by this fuzz: handlers raised ValueError on these (ToDatetime, RejectReason.Name)."""
+    from lineloop.v1.events_pb2 import DriftDetected, FrameIngested, FrameRejected
+
+    out_of_range = FrameIngested(frame_id="f-1")
+    out_of_range.captured_at.seconds = -(2**63)
+    bad_nanos = DriftDetected()
+    bad_nanos.detected_at.nanos = -28360
+    unknown_enum = FrameRejected(frame_id="f-1", reason=-1)
+    for msg in (out_of_range, bad_nanos, unknown_enum):
+        et = event_type(msg)
+        with pytest.raises(Reject) as refused:
+            decode(et, msg.SerializeToString(), good_headers(et.ce_type))
+        assert refused.value.reason == "invalid_field", refused.value

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate
 
@@ -20,6 +21,9 @@ SPECVERSION = "1.0"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "content-type")
+# What google.protobuf.Timestamp allows (0001-01-01 .. 9999-12-31): the binary format carries any int64,
+# and ToDatetime() in a handler raised ValueError on the rest (found by tests/fuzz).
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,12 @@ def decode(et: EventType, value: bytes | None, headers: dict[str, str]) -> tuple
         raise Reject("unsupported_specversion", f"ce_specversion {headers['ce_specversion']!r}, expected {SPECVERSION}")
     if headers["ce_type"] != et.ce_type:
         raise Reject("wrong_type", f"ce_type {headers['ce_type']!r} on {et.topic}, expected {et.ce_type!r}")
+    time = None
+    if headers.get("ce_time"):
+        try:
+            time = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise Reject("invalid_header", f"ce_time {headers['ce_time']!r} is not RFC 3339") from exc
     content_type = headers["content-type"].split(";")[0].strip().lower()
     msg = et.message()
     try:
@@ -77,14 +87,53 @@ def decode(et: EventType, value: bytes | None, headers: dict[str, str]) -> tuple
             raise Reject("unsupported_content_type", f"content-type {content_type!r}, {et.topic} takes {accepted}")
     except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
         raise Reject("undecodable", f"{content_type} value does not decode as {et.ce_type}: {exc}") from exc
-    time = None
-    if headers.get("ce_time"):
-        try:
-            time = datetime.fromisoformat(headers["ce_time"].replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise Reject("invalid_header", f"ce_time {headers['ce_time']!r} is not RFC 3339") from exc
+    problem = _invalid_field(msg)
+    if problem:
+        raise Reject("invalid_field", f"{et.ce_type}: {problem}")
     env = Envelope(
         id=headers["ce_id"], source=headers["ce_source"], type=headers["ce_type"],
         time=time, content_type=content_type, headers=headers,
     )
     return msg, env
+
+
+def _invalid_field(msg: Message, path: str = "") -> str | None:
+    """What no handler can use, whatever the event means: a Timestamp outside its range, or an
+    enum number this build does not know (proto3 parses both; `.Name()` and `ToDatetime()` raise).
+
+    An unknown enum value from a newer producer is refused too: the record waits in the DLQ
+    until this consumer knows it, instead of being applied as something it is not.
+    """
+    if msg.DESCRIPTOR.full_name == "google.protobuf.Timestamp":
+        seconds, nanos = msg.seconds, msg.nanos
+        if not (_TIMESTAMP_SECONDS[0] <= seconds <= _TIMESTAMP_SECONDS[1]) or not 0 <= nanos <= 999_999_999:
+            return f"{path or 'timestamp'} ({seconds} s, {nanos} ns) is outside 0001-01-01..9999-12-31"
+        return None
+    for field, value in msg.ListFields():
+        name = f"{path}.{field.name}" if path else field.name
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                found = next((p for n, v in items if (p := _invalid_field(v, n))), None)
+            elif value_field.type == FieldDescriptor.TYPE_ENUM:
+                found = next((_unknown_enum(value_field, n, v) for n, v in items
+                              if v not in value_field.enum_type.values_by_number), None)
+            else:
+                found = None
+        else:
+            values = value if field.is_repeated else [value]
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                found = next((p for v in values if (p := _invalid_field(v, name))), None)
+            elif field.type == FieldDescriptor.TYPE_ENUM:
+                found = next((_unknown_enum(field, name, v) for v in values
+                              if v not in field.enum_type.values_by_number), None)
+            else:
+                found = None
+        if found:
+            return found
+    return None
+
+
+def _unknown_enum(field: FieldDescriptor, name: str, number: int) -> str:
+    return f"{name} = {number} is not a {field.enum_type.full_name} this build knows"

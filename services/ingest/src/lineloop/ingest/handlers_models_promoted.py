@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from lineloop.bus import EventContext
+from lineloop.bus import EventContext, Reject
 from lineloop.ingest import state
 from lineloop.ingest.scoring import ServingPicture, TritonScorer
 from lineloop.v1.events_pb2 import ModelPromoted
@@ -14,6 +14,11 @@ log = logging.getLogger(__name__)
 
 def make_handler(serving: ServingPicture, scorer: TritonScorer):
     async def on_models_promoted(msg: ModelPromoted, ctx: EventContext) -> None:
+        lines = [d.line_id for d in msg.deployments]
+        if len(set(lines)) != len(lines):
+            # One line served twice by one picture: which entry wins is undefined (the index's key refused it).
+            twice = sorted({line for line in lines if lines.count(line) > 1})
+            raise Reject("invalid_event", f"{msg.model_name}:{msg.version} lists line(s) {twice[:5]!r} more than once")
         state.apply_promotion(ctx.session, msg)
         # This replica re-reads the picture at its next frame (the handler commits
         # before any other task runs); other replicas within deployment_refresh_s.

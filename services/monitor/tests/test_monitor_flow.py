@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 
 import grpc
@@ -139,6 +141,64 @@ async def test_human_labels_give_live_accuracy_per_version(stack, monitor):
             await asyncio.sleep(0.3)
     assert health.versions[0].frames_labelled == 10
     assert health.versions[0].live_accuracy == pytest.approx(0.6)
+
+
+async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
+    """40 of the current window's 100 frames come without a prediction (Triton down): their
+    quality is as usual, so nothing drifted; the line is in a scoring outage instead."""
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(4)
+    outage = "Triton at 127.0.0.1:8001 UNAVAILABLE scoring with apples:3: connection refused"
+    producer = Bus(stack.kafka_bootstrap, source="test/ingest")
+    await producer.start()
+    try:
+        for i in range(200):
+            msg = frame(line, i, rng, sharpness=900.0)
+            if i >= 100 and i % 5 < 2:  # as ingest's scoring.missing() publishes it
+                msg.prediction.Clear()
+                msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
+                msg.prediction.source = common_pb2.PREDICTION_SOURCE_CLOUD
+                msg.prediction.missing_reason = outage
+            await producer.publish(msg)
+    finally:
+        await producer.stop()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{monitor.grpc_port}") as channel:
+        stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+        for _ in range(200):
+            try:
+                health = await stub.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=line))
+                if health.frames_ingested == 200:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.3)
+        report = await stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(line_id=line))
+
+    assert health.frames_ingested == 200 and not health.drift_active
+    scoring = health.scoring
+    assert scoring.outage and scoring.unscored_share == pytest.approx(0.4) and scoring.window_frames == 50
+    assert scoring.frames_unscored == 40 and scoring.last_missing_reason == outage
+    assert health.versions[0].frames_scored == 160 and health.versions[0].mean_confidence == pytest.approx(0.9)
+    by_feature = {f.feature: f for f in report.features}
+    assert not report.recent and not any(f.drifted for f in report.features)
+    assert by_feature["confidence"].current_mean == pytest.approx(0.9)  # unscored frames are not 0.0
+    drift, requests = await asyncio.gather(
+        collect(stack, events_pb2.DriftDetected, lambda m: m.line_id == line, timeout=8),
+        collect(stack, events_pb2.TrainingRequested, lambda m: m.dataset == line, timeout=8),
+    )
+    assert drift == [] and requests == []
+
+    env = {**os.environ, "LINELOOP_MONITOR_GRPC": f"127.0.0.1:{monitor.grpc_port}", "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lineloop.cli.main", "health", "show", "--line", line, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    text = " ".join(out.decode().split())
+    assert "SCORING OUTAGE" in text and "40% of the newest 50 frames unscored" in text
+    assert "40 frames ingested without a prediction in all: not in prediction statistics, not re-scored" in text
+    assert outage in text
 
 
 def test_topics_the_monitor_reads_and_writes_exist_in_the_contract():

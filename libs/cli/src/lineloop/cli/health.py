@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lineloop.cli.common import console, grpc_target, print_json, rpc_errors
@@ -23,7 +24,7 @@ def _stub(target: str) -> tuple[monitor_pb2_grpc.MonitorServiceStub, grpc.Channe
 
 @app.command()
 def show(line: str = LINE, target: str | None = TARGET, as_json: bool = JSON) -> None:
-    """Frames, rejections, live accuracy and class mix per model version."""
+    """Frames, rejections, scoring, live accuracy and class mix per model version."""
     target = grpc_target("monitor", target)
     stub, channel = _stub(target)
     with channel, rpc_errors("monitor", target):
@@ -35,6 +36,7 @@ def show(line: str = LINE, target: str | None = TARGET, as_json: bool = JSON) ->
     console.print(f"line [bold]{health.line_id}[/bold] · model {health.model_name} · {state}")
     console.print(f"frames ingested {health.frames_ingested} · rejected {health.frames_rejected} "
                   + " ".join(f"{k}={v}" for k, v in sorted(health.reject_reasons.items())))
+    console.print(_scoring(health.scoring))
     table = Table("version", "scored", "labelled", "live accuracy", "mean confidence", "class mix")
     for v in health.versions:
         accuracy = f"{v.live_accuracy:.3f}" if v.frames_labelled else "-"
@@ -76,6 +78,20 @@ def watch(line: str = typer.Option("", "--line", help="Only this line."), target
                 console.print(_describe(event))
         except KeyboardInterrupt:
             pass
+
+
+def _scoring(scoring: monitor_pb2.ScoringHealth) -> str:
+    share = f"{scoring.unscored_share:.0%} of the newest {scoring.window_frames} frames unscored"
+    if scoring.outage:
+        since = scoring.outage_since.ToDatetime().isoformat(timespec="seconds")
+        state = f"[red]SCORING OUTAGE[/red] since {since}: {share} (threshold {scoring.threshold:.0%})"
+    else:
+        state = f"scoring ok: {share}"
+    text = (f"{state} · {scoring.frames_unscored} frames ingested without a prediction in all: "
+            "not in prediction statistics, not re-scored")
+    if scoring.last_missing_reason:
+        text += f"\n  last reason: {escape(scoring.last_missing_reason)}"
+    return text
 
 
 def _describe(event: events_pb2.DriftDetected) -> str:

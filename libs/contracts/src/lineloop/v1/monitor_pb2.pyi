@@ -43,7 +43,7 @@ class VersionHealth(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., frames_scored: _Optional[int] = ..., frames_labelled: _Optional[int] = ..., live_accuracy: _Optional[float] = ..., class_mix: _Optional[_Mapping[str, float]] = ..., mean_confidence: _Optional[float] = ...) -> None: ...
 
 class ModelHealth(_message.Message):
-    __slots__ = ("line_id", "model_name", "versions", "frames_ingested", "frames_rejected", "reject_reasons", "drift_active", "window")
+    __slots__ = ("line_id", "model_name", "versions", "frames_ingested", "frames_rejected", "reject_reasons", "drift_active", "window", "scoring")
     class RejectReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class ModelHealth(_message.Message):
     REJECT_REASONS_FIELD_NUMBER: _ClassVar[int]
     DRIFT_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     line_id: str
     model_name: str
     versions: _containers.RepeatedCompositeFieldContainer[VersionHealth]
@@ -67,7 +68,26 @@ class ModelHealth(_message.Message):
     reject_reasons: _containers.ScalarMap[str, int]
     drift_active: bool
     window: _common_pb2.TimeWindow
-    def __init__(self, line_id: _Optional[str] = ..., model_name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionHealth, _Mapping]]] = ..., frames_ingested: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., drift_active: _Optional[bool] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ...) -> None: ...
+    scoring: ScoringHealth
+    def __init__(self, line_id: _Optional[str] = ..., model_name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionHealth, _Mapping]]] = ..., frames_ingested: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., drift_active: _Optional[bool] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., scoring: _Optional[_Union[ScoringHealth, _Mapping]] = ...) -> None: ...
+
+class ScoringHealth(_message.Message):
+    __slots__ = ("outage", "unscored_share", "threshold", "window_frames", "outage_since", "frames_unscored", "last_missing_reason")
+    OUTAGE_FIELD_NUMBER: _ClassVar[int]
+    UNSCORED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    OUTAGE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_UNSCORED_FIELD_NUMBER: _ClassVar[int]
+    LAST_MISSING_REASON_FIELD_NUMBER: _ClassVar[int]
+    outage: bool
+    unscored_share: float
+    threshold: float
+    window_frames: int
+    outage_since: _timestamp_pb2.Timestamp
+    frames_unscored: int
+    last_missing_reason: str
+    def __init__(self, outage: _Optional[bool] = ..., unscored_share: _Optional[float] = ..., threshold: _Optional[float] = ..., window_frames: _Optional[int] = ..., outage_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., frames_unscored: _Optional[int] = ..., last_missing_reason: _Optional[str] = ...) -> None: ...
 
 class GetDriftReportRequest(_message.Message):
     __slots__ = ("line_id",)

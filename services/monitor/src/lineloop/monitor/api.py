@@ -7,11 +7,10 @@ from collections import Counter
 
 import grpc
 from google.protobuf import json_format
-from sqlalchemy import func, select
 
-from lineloop.monitor import drift
+from lineloop.monitor import drift, state
+from lineloop.monitor.handlers_frames_ingested import current_unscored_share
 from lineloop.monitor.settings import MonitorSettings
-from lineloop.monitor.state import FEATURES, drift_reports, frames, labels, lines, rejections
 from lineloop.monitor.windows import judge
 from lineloop.runtime import abort
 from lineloop.storage.sql import Database, as_utc, utcnow
@@ -28,23 +27,25 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
     async def GetModelHealth(self, request, context):
         with self._db.session() as s:
             line = await self._line(s, request.line_id, context)
-            rows = s.execute(
-                select(frames.c.model_version, frames.c.predicted_class, labels.c.label_class, frames.c.confidence)
-                .outerjoin(labels, labels.c.frame_id == frames.c.frame_id)
-                .where(frames.c.line_id == line.line_id)
-            ).all()
-            rejected = dict(s.execute(
-                select(rejections.c.reason, rejections.c.count).where(rejections.c.line_id == line.line_id)
-            ).all())
+            rows = state.scored_frames_with_labels(s, line.line_id)
+            rejected = state.rejection_counts(s, line.line_id)
+            share, window_frames = current_unscored_share(s, line, self._settings)
         health = monitor_pb2.ModelHealth(
-            line_id=line.line_id, model_name=request.model_name or line.model_name, frames_ingested=len(rows),
+            # frames_seen, not rows: old frames are pruned (retention_s), the count is not.
+            line_id=line.line_id, model_name=request.model_name or line.model_name, frames_ingested=line.frames_seen,
             frames_rejected=sum(rejected.values()), reject_reasons=rejected,
             drift_active=line.drift_until is not None and as_utc(line.drift_until) > utcnow(),
+            scoring=monitor_pb2.ScoringHealth(
+                outage=line.scoring_outage_since is not None, unscored_share=share,
+                threshold=self._settings.max_unscored_share, window_frames=window_frames,
+                frames_unscored=line.frames_unscored, last_missing_reason=line.last_missing_reason or "",
+            ),
         )
+        if line.scoring_outage_since is not None:
+            health.scoring.outage_since.FromDatetime(as_utc(line.scoring_outage_since))
         by_version: dict[str, list] = {}
         for r in rows:
-            if r.model_version:
-                by_version.setdefault(r.model_version, []).append(r)
+            by_version.setdefault(r.model_version, []).append(r)
         for version, vrows in sorted(by_version.items()):
             mix = Counter(r.predicted_class for r in vrows)
             accuracy = drift.live_accuracy([(r.predicted_class, r.label_class) for r in vrows if r.label_class])
@@ -60,11 +61,8 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
     async def GetDriftReport(self, request, context):
         with self._db.session() as s:
             line = await self._line(s, request.line_id, context)
-            verdict = judge(s, line.line_id, self._settings)
-            recent = s.execute(
-                select(drift_reports.c.event).where(drift_reports.c.line_id == line.line_id)
-                .order_by(drift_reports.c.detected_at.desc()).limit(10)
-            ).scalars().all()
+            verdict = judge(s, line, self._settings)
+            recent = state.recent_drift_events(s, line.line_id, 10)
         report = monitor_pb2.DriftReport(line_id=line.line_id)
         report.generated_at.FromDatetime(utcnow())
         if verdict is not None:
@@ -72,13 +70,13 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
             report.reference.end.FromDatetime(verdict.reference.end)
             report.current.start.FromDatetime(verdict.current.start)
             report.current.end.FromDatetime(verdict.current.end)
-            for feature in FEATURES:
+            for feature, score in verdict.scores.items():  # a prediction statistic without predictions is left out
                 ref, cur = verdict.reference.values[feature], verdict.current.values[feature]
-                score = verdict.scores[feature]
+                threshold = verdict.thresholds[feature]
                 report.features.append(monitor_pb2.FeatureDrift(
-                    feature=feature, score=score, threshold=verdict.threshold,
+                    feature=feature, score=score, threshold=threshold,
                     reference_mean=sum(ref) / len(ref), current_mean=sum(cur) / len(cur),
-                    drifted=score > verdict.threshold,
+                    drifted=score > threshold,
                 ))
         for raw in recent:
             report.recent.append(json_format.Parse(raw, events_pb2.DriftDetected()))
@@ -89,11 +87,7 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
         since = utcnow()
         while not context.cancelled():
             with self._db.session() as s:
-                query = select(drift_reports.c.event, drift_reports.c.detected_at).where(
-                    drift_reports.c.detected_at > since).order_by(drift_reports.c.detected_at)
-                if request.line_id:
-                    query = query.where(drift_reports.c.line_id == request.line_id)
-                rows = s.execute(query).all()
+                rows = state.drift_events_since(s, since, request.line_id)
             for raw, detected_at in rows:
                 since = max(since, as_utc(detected_at))
                 yield json_format.Parse(raw, events_pb2.DriftDetected())
@@ -101,10 +95,10 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
 
     async def _line(self, s, line_id: str, context):
         if not line_id:
-            known = s.execute(select(func.count()).select_from(lines)).scalar_one()
+            known = state.count_lines(s)
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "LINE_REQUIRED",
                         f"line_id is required ({known} lines known)", service="monitor")
-        line = s.execute(select(lines).where(lines.c.line_id == line_id)).first()
+        line = state.get_line(s, line_id)
         if line is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, "UNKNOWN_LINE",
                         f"no frames seen for line {line_id!r}", service="monitor", line_id=line_id)

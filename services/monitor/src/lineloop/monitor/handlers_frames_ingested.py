@@ -1,44 +1,52 @@
-"""frames.ingested.v1: record the frame's statistics and prediction; judge the line's drift now and then."""
+"""frames.ingested.v1: record the frame's statistics and prediction; judge the line's drift and
+scoring now and then.
+
+Several replicas handle one line's frames at once: everything below runs in the handler's
+transaction with the line's row locked (`state.open_line`), see lineloop.monitor.state.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from google.protobuf import json_format
 from opentelemetry import metrics as otel_metrics
-from sqlalchemy import select, update
+from sqlalchemy import Row
+from sqlalchemy.orm import Session
 
 from lineloop.bus import EventContext
+from lineloop.monitor import state
 from lineloop.monitor.settings import MonitorSettings
-from lineloop.monitor.state import drift_reports, frames, lines
 from lineloop.monitor.windows import Judgement, judge
 from lineloop.storage.sql import as_utc, utcnow
 from lineloop.v1 import common_pb2, events_pb2
 
+log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter(__name__)
 drift_score = _meter.create_gauge("lineloop.monitor.drift_score", description="PSI of a quality statistic, current vs reference window. Attributes: line, feature.")
 live_accuracy = _meter.create_gauge("lineloop.monitor.live_accuracy", description="Share of human-labelled frames the serving model got right. Attributes: line.")
+frames_unscored = _meter.create_counter(
+    "lineloop.monitor.frames_unscored", unit="{frame}",
+    description="Frames ingested without a prediction: kept out of prediction statistics, never scored later. Attributes: line.",
+)
+unscored_share = _meter.create_gauge("lineloop.monitor.unscored_share", description="Share of the current window's frames ingested without a prediction. Attributes: line.")
+scoring_outage = _meter.create_gauge("lineloop.monitor.scoring_outage", description="1 while the line's unscored share is above max_unscored_share. Attributes: line.")
 
 
 def make_handler(settings: MonitorSettings):
     async def on_frame_ingested(msg: events_pb2.FrameIngested, ctx: EventContext) -> None:
         s = ctx.session
-        line = s.execute(select(lines).where(lines.c.line_id == msg.line_id)).first()
         pred = msg.prediction if msg.prediction.status == common_pb2.PREDICTION_STATUS_OK else None
-        if line is None:
-            s.execute(lines.insert().values(
-                line_id=msg.line_id, frames_seen=0, reference_from_seq=1,
-                # Before any model serves the line, retraining targets the model
-                # training names after the line's dataset (its default pattern).
-                model_name=(pred.model_name if pred else "") or msg.line_id,
-            ))
-            line = s.execute(select(lines).where(lines.c.line_id == msg.line_id)).one()
-        if s.execute(select(frames.c.frame_id).where(frames.c.frame_id == msg.frame_id)).first():
+        # Before any model serves the line, retraining targets the model
+        # training names after the line's dataset (its default pattern).
+        line = state.open_line(s, msg.line_id, model_name=(pred.model_name if pred else "") or msg.line_id)
+        if state.frame_known(s, msg.frame_id):
             return  # the same frame re-sent under a new event id
         seq = line.frames_seen + 1
         q = msg.quality
-        s.execute(frames.insert().values(
+        state.add_frame(s, dict(
             frame_id=msg.frame_id, line_id=msg.line_id, camera_id=msg.camera_id,
             ingested_at=msg.ingested_at.ToDatetime(tzinfo=utcnow().tzinfo) if msg.HasField("ingested_at") else utcnow(),
             seq=seq, brightness_mean=q.brightness_mean, brightness_std=q.brightness_std, contrast=q.contrast,
@@ -49,10 +57,11 @@ def make_handler(settings: MonitorSettings):
             model_name=pred.model_name if pred else "", model_version=pred.model_version if pred else "",
             canary=bool(pred and pred.canary),
         ))
-        values = {"frames_seen": seq}
-        if pred and pred.model_name:
-            values["model_name"] = pred.model_name
-        s.execute(update(lines).where(lines.c.line_id == msg.line_id).values(**values))
+        missing_reason = None
+        if pred is None:
+            missing_reason = msg.prediction.missing_reason or "the event carries no prediction"
+            frames_unscored.add(1, {"line": msg.line_id})
+        state.count_frame(s, msg.line_id, seq, model_name=pred.model_name if pred else "", missing_reason=missing_reason)
         if seq % settings.evaluate_every == 0:
             evaluate(ctx, msg.line_id, settings)
 
@@ -60,9 +69,16 @@ def make_handler(settings: MonitorSettings):
 
 
 def evaluate(ctx: EventContext, line_id: str, settings: MonitorSettings) -> events_pb2.DriftDetected | None:
-    """Judge the line's windows; report drift (and ask for training) once per cooldown."""
+    """Judge the line's scoring and windows; report drift (and ask for training) once per episode.
+
+    Called with the line's row locked: of replicas judging the line at once, the first to report
+    drift sets `drift_until`, and the others, waiting on the lock, see it and stay quiet.
+    """
     s = ctx.session
-    verdict = judge(s, line_id, settings)
+    now = utcnow()
+    line = state.get_line(s, line_id)
+    check_scoring(s, line, settings, now)
+    verdict = judge(s, line, settings)
     if verdict is None:
         return None
     for feature, score in verdict.scores.items():
@@ -70,8 +86,6 @@ def evaluate(ctx: EventContext, line_id: str, settings: MonitorSettings) -> even
     if verdict.accuracy is not None:
         live_accuracy.set(verdict.accuracy, {"line": line_id})
 
-    line = s.execute(select(lines).where(lines.c.line_id == line_id)).one()
-    now = utcnow()
     if line.drift_until is not None and as_utc(line.drift_until) > now:
         return None
     kind, feature, score, threshold = _worst(verdict, settings)
@@ -88,33 +102,56 @@ def evaluate(ctx: EventContext, line_id: str, settings: MonitorSettings) -> even
     event.current.start.FromDatetime(verdict.current.start)
     event.current.end.FromDatetime(verdict.current.end)
     event.detected_at.FromDatetime(now)
-    versions = s.execute(
-        select(frames.c.model_version).where(frames.c.line_id == line_id, frames.c.model_version != "")
-        .order_by(frames.c.seq.desc()).limit(1)
-    ).first()
-    if versions:
-        event.model_version = versions.model_version
+    version = state.latest_model_version(s, line_id)
+    if version:
+        event.model_version = version
     ctx.emit(event)
     if settings.request_training:
         ctx.emit(events_pb2.TrainingRequested(
             model_name=line.model_name, dataset=line_id, reason=f"drift:{feature}",
             requested_by="lineloop/monitor",
         ))
-    s.execute(update(lines).where(lines.c.line_id == line_id).values(
-        drift_until=now + timedelta(seconds=settings.drift_cooldown_s), last_drift_id=event.drift_id,
-    ))
-    s.execute(drift_reports.insert().values(
-        drift_id=event.drift_id, line_id=line_id, detected_at=now, kind=kind, feature=feature, score=score,
-        threshold=threshold, event=json_format.MessageToJson(event, indent=None),
-    ))
+    state.start_drift_episode(
+        s, line_id, until=now + timedelta(seconds=settings.drift_cooldown_s), drift_id=event.drift_id,
+        detected_at=now, kind=kind, feature=feature, score=score, threshold=threshold,
+        event_json=json_format.MessageToJson(event, indent=None),
+    )
     return event
+
+
+def current_unscored_share(s: Session, line: Row, settings: MonitorSettings) -> tuple[float, int]:
+    """(share of unscored frames, frames) in the line's newest `current_frames` frames."""
+    first = max(1, line.frames_seen - settings.current_frames + 1)
+    unscored, total = state.unscored_among(s, line.line_id, first, line.frames_seen)
+    return (unscored / total if total else 0.0), total
+
+
+def check_scoring(s: Session, line: Row, settings: MonitorSettings, now: datetime) -> None:
+    """A scoring outage is its own alert: raised (once) while too many of the newest frames came
+    without a prediction on a line that has been scored before (a line waiting for its first
+    model is not out of anything), cleared when the share falls back."""
+    share, _ = current_unscored_share(s, line, settings)
+    ever_scored = line.frames_seen > line.frames_unscored
+    outage = ever_scored and share > settings.max_unscored_share
+    unscored_share.set(share, {"line": line.line_id})
+    scoring_outage.set(1 if outage else 0, {"line": line.line_id})
+    if outage and line.scoring_outage_since is None:
+        log.warning("scoring outage on line %s: %.0f%% of the newest frames have no prediction (%s); "
+                    "they stay out of prediction statistics and are not scored later",
+                    line.line_id, share * 100, line.last_missing_reason, extra={"line_id": line.line_id})
+        state.set_scoring_outage(s, line.line_id, now)
+    elif not outage and line.scoring_outage_since is not None:
+        log.info("scoring outage on line %s is over (%.0f%% unscored)", line.line_id, share * 100,
+                 extra={"line_id": line.line_id})
+        state.set_scoring_outage(s, line.line_id, None)
 
 
 def _worst(verdict: Judgement, settings: MonitorSettings) -> tuple[int | None, str, float, float]:
     if verdict.accuracy is not None and verdict.labelled >= settings.min_labels_for_accuracy \
             and verdict.accuracy < settings.min_live_accuracy:
         return events_pb2.DRIFT_KIND_ACCURACY, "live_accuracy", verdict.accuracy, settings.min_live_accuracy
-    if verdict.worst_score > verdict.threshold:
-        kind = events_pb2.DRIFT_KIND_PREDICTION if verdict.worst_feature == "confidence" else events_pb2.DRIFT_KIND_INPUT
-        return kind, verdict.worst_feature, verdict.worst_score, verdict.threshold
+    if verdict.drifted:
+        feature = verdict.worst_feature
+        kind = events_pb2.DRIFT_KIND_PREDICTION if feature in state.PREDICTION else events_pb2.DRIFT_KIND_INPUT
+        return kind, feature, verdict.worst_score, verdict.thresholds[feature]
     return None, "", 0.0, 0.0

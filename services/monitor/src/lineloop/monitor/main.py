@@ -8,6 +8,7 @@ from lineloop.monitor.handlers_frames_ingested import make_handler
 from lineloop.monitor.handlers_frames_rejected import on_frame_rejected
 from lineloop.monitor.handlers_labels_created import on_label_created
 from lineloop.monitor.handlers_models_promoted import on_model_promoted
+from lineloop.monitor.retention import Pruner
 from lineloop.monitor.settings import MonitorSettings
 from lineloop.runtime import Service
 from lineloop.v1 import events_pb2, monitor_pb2_grpc
@@ -22,6 +23,9 @@ def build(settings: MonitorSettings) -> Service:
     bus.handler(events_pb2.LabelCreated, group=settings.consumer_group)(on_label_created)
     bus.handler(events_pb2.ModelPromoted, group=settings.consumer_group)(on_model_promoted)
     service.add_grpc(monitor_pb2_grpc.add_MonitorServiceServicer_to_server, MonitorApi(service.db, settings))
+    pruner = Pruner(service.db, settings)
+    service.on_start(pruner.start)
+    service.on_stop(pruner.stop)
     return service
 
 

@@ -26,3 +26,11 @@ class MonitorSettings(ServiceSettings):
     # second retraining is requested for it.
     drift_cooldown_s: float = 600.0
     request_training: bool = True
+    # Frames ingested without a prediction (Triton down, model not loaded) stay out of the
+    # prediction statistics; above this share of the current window the line is in a scoring
+    # outage (an alert of its own, not drift). Such frames are not scored later.
+    max_unscored_share: float = 0.2
+    # Frames (and their labels) older than this are deleted once no window needs them; a human
+    # label arriving later than this after its frame no longer counts toward live accuracy.
+    retention_s: float = 7 * 24 * 3600.0
+    prune_every_s: float = 600.0

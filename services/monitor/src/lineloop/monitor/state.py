@@ -1,46 +1,88 @@
-"""The monitor's own state: per-frame statistics, labels, rejections, drift reports, line state."""
+"""The monitor's own state (per-frame statistics, labels, rejections, drift reports, line state)
+and every SQL statement the monitor runs, behind named functions.
+
+N replicas on PostgreSQL: frames.ingested.v1 is keyed by camera, so one line's frames reach
+several replicas at once. A frame's whole effect on its line happens in the handler's one
+transaction, after `open_line` has locked the line's row (SELECT ... FOR UPDATE): arrival
+numbers, counters, and the drift and scoring-outage transitions are serialised per line, so
+sequence numbers are unique and contiguous, no count is lost and a drift episode is reported
+once (the second replica sees the first one's `drift_until`). The unique index on
+(line_id, seq) holds the database to it. On SQLite (one process, the embedded stack) FOR UPDATE
+is not rendered: `Database.write()` already runs the process's writers one at a time.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
+    Row,
     String,
     Table,
     Text,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateColumn
 
-SCHEMA_VERSION = 1
+# v2: line counters for unscored frames and the scoring-outage state, labelled_at, the
+# (line_id, seq) index. v1 databases are upgraded in place by `_upgrade` below.
+SCHEMA_VERSION = 2
 metadata = MetaData()
 
-FEATURES = (
+QUALITY = (
     "brightness_mean", "brightness_std", "contrast", "sharpness",
-    "mean_r", "mean_g", "mean_b", "saturation_share", "confidence",
+    "mean_r", "mean_g", "mean_b", "saturation_share",
 )
+# Statistics of the model's predictions: only frames that have one count toward them.
+PREDICTION = ("confidence",)
+FEATURES = QUALITY + PREDICTION
 
 frames = Table(
     "monitor_frames", metadata,
     Column("frame_id", String(128), primary_key=True),
-    Column("line_id", String(128), nullable=False, index=True),
+    Column("line_id", String(128), nullable=False),
     Column("camera_id", String(128), nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False, index=True),
     Column("seq", Integer, nullable=False),  # per-line arrival number, for windows
-    *(Column(f, Float, nullable=False) for f in FEATURES),
-    Column("predicted_class", String(64), nullable=False),  # "" when no prediction
+    *(Column(f, Float, nullable=False) for f in QUALITY),
+    Column("confidence", Float, nullable=False),  # 0.0 and never read when unscored (see `scored`)
+    Column("predicted_class", String(64), nullable=False),  # "" when ingest had no prediction
     Column("model_name", String(128), nullable=False),
     Column("model_version", String(64), nullable=False),
     Column("canary", Boolean, nullable=False),
 )
+LINE_SEQ_INDEX = "monitor_frames_line_seq"
+# Windows are seq ranges of one line; unique: one arrival number per frame (see the module doc).
+line_seq = Index(LINE_SEQ_INDEX, frames.c.line_id, frames.c.seq, unique=True)
+
+# A frame ingest published without a prediction (Triton down, no model deployed).
+scored = frames.c.predicted_class != ""
 
 # Human labels, kept apart from frames: a label may arrive before its frame.
 labels = Table(
     "monitor_labels", metadata,
     Column("frame_id", String(128), primary_key=True),
     Column("label_class", String(64), nullable=False),
+    Column("labelled_at", DateTime(timezone=True), nullable=True),  # NULL: recorded by v1
 )
 
 rejections = Table(
@@ -58,6 +100,9 @@ lines = Table(
     Column("model_name", String(128), nullable=False),
     Column("drift_until", DateTime(timezone=True), nullable=True),
     Column("last_drift_id", String(64), nullable=True),
+    Column("frames_unscored", Integer, nullable=False, server_default="0"),
+    Column("scoring_outage_since", DateTime(timezone=True), nullable=True),  # NULL: no outage
+    Column("last_missing_reason", Text, nullable=True),
 )
 
 drift_reports = Table(
@@ -71,3 +116,226 @@ drift_reports = Table(
     Column("threshold", Float, nullable=False),
     Column("event", Text, nullable=False),  # the DriftDetected event, protobuf JSON
 )
+
+
+@event.listens_for(metadata, "after_create")
+def _upgrade(target: MetaData, connection: Connection, **_) -> None:
+    """create_all only adds missing tables: bring a v1 database's tables to v2.
+
+    Runs under Database.migrate's lock, on every start; does nothing on a v2 database.
+    """
+    inspector = inspect(connection)
+    for table in target.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                ddl = CreateColumn(column).compile(dialect=connection.dialect)
+                connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+    if not any(ix["name"] == LINE_SEQ_INDEX for ix in inspector.get_indexes(frames.name)):
+        # v1 replicas could give two frames one number: renumber each line's frames in
+        # arrival order before the unique index makes that impossible.
+        duplicated = connection.execute(
+            select(frames.c.line_id).group_by(frames.c.line_id, frames.c.seq).having(func.count() > 1).limit(1)
+        ).first()
+        if duplicated:
+            connection.execute(text(
+                "UPDATE monitor_frames SET seq = renumbered.n FROM (SELECT frame_id, ROW_NUMBER() OVER "
+                "(PARTITION BY line_id ORDER BY seq, ingested_at, frame_id) AS n FROM monitor_frames) AS renumbered "
+                "WHERE monitor_frames.frame_id = renumbered.frame_id"
+            ))
+            connection.execute(update(lines).values(frames_seen=select(func.coalesce(func.max(frames.c.seq), 0))
+                                                    .where(frames.c.line_id == lines.c.line_id).scalar_subquery()))
+        line_seq.create(connection)
+
+
+def _insert(session: Session, table: Table):
+    """INSERT with ON CONFLICT support, in the dialect of the session's database."""
+    return (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+# ---- lines -----------------------------------------------------------------------------------
+
+def open_line(session: Session, line_id: str, model_name: str) -> Row:
+    """The line's row, created if new, locked until the transaction ends (see the module doc)."""
+    line = _lock_line(session, line_id)
+    if line is None:
+        # Two replicas may both see no row: one inserts, the other's insert does nothing.
+        session.execute(_insert(session, lines).values(
+            line_id=line_id, frames_seen=0, reference_from_seq=1, model_name=model_name, frames_unscored=0,
+        ).on_conflict_do_nothing(index_elements=["line_id"]))
+        line = _lock_line(session, line_id)
+    return line
+
+
+def _lock_line(session: Session, line_id: str) -> Row | None:
+    return session.execute(select(lines).where(lines.c.line_id == line_id).with_for_update()).first()
+
+
+def get_line(session: Session, line_id: str) -> Row | None:
+    return session.execute(select(lines).where(lines.c.line_id == line_id)).first()
+
+
+def count_lines(session: Session) -> int:
+    return session.execute(select(func.count()).select_from(lines)).scalar_one()
+
+
+def count_frame(session: Session, line_id: str, seq: int, *, model_name: str, missing_reason: str | None) -> None:
+    """The line's frame `seq` is recorded; `missing_reason` when it came without a prediction."""
+    values: dict = {"frames_seen": seq}
+    if model_name:
+        values["model_name"] = model_name
+    if missing_reason is not None:
+        values["frames_unscored"] = lines.c.frames_unscored + 1
+        values["last_missing_reason"] = missing_reason
+    session.execute(update(lines).where(lines.c.line_id == line_id).values(**values))
+
+
+def set_scoring_outage(session: Session, line_id: str, since: datetime | None) -> None:
+    session.execute(update(lines).where(lines.c.line_id == line_id).values(scoring_outage_since=since))
+
+
+def restart_reference(session: Session, line_id: str, model_name: str) -> None:
+    """A new production model: the line's next frames are its new reference; the drift episode is over."""
+    session.execute(update(lines).where(lines.c.line_id == line_id).values(
+        reference_from_seq=lines.c.frames_seen + 1, drift_until=None, model_name=model_name,
+    ))
+
+
+# ---- frames ----------------------------------------------------------------------------------
+
+def frame_known(session: Session, frame_id: str) -> bool:
+    return session.execute(select(frames.c.frame_id).where(frames.c.frame_id == frame_id)).first() is not None
+
+
+def add_frame(session: Session, values: Mapping) -> None:
+    session.execute(frames.insert().values(**values))
+
+
+def window_rows(session: Session, line_id: str, first_seq: int, last_seq: int) -> Sequence[Row]:
+    """The line's frames first_seq..last_seq in arrival order: time, statistics, scored or not."""
+    return session.execute(
+        select(frames.c.ingested_at, scored.label("scored"), *(frames.c[f] for f in FEATURES))
+        .where(frames.c.line_id == line_id, frames.c.seq >= first_seq, frames.c.seq <= last_seq)
+        .order_by(frames.c.seq)
+    ).all()
+
+
+def unscored_among(session: Session, line_id: str, first_seq: int, last_seq: int) -> tuple[int, int]:
+    """(unscored, all) frames of the line numbered first_seq..last_seq."""
+    row = session.execute(
+        select(func.count(), func.count().filter(~scored))
+        .where(frames.c.line_id == line_id, frames.c.seq >= first_seq, frames.c.seq <= last_seq)
+    ).one()
+    return row[1], row[0]
+
+
+def labelled_predictions(session: Session, line_id: str, after_seq: int, limit: int) -> Sequence[Row]:
+    """(predicted_class, label_class) of the newest labelled frames after `after_seq`."""
+    return session.execute(
+        select(frames.c.predicted_class, labels.c.label_class)
+        .join(labels, labels.c.frame_id == frames.c.frame_id)
+        .where(frames.c.line_id == line_id, frames.c.seq > after_seq)
+        .order_by(frames.c.seq.desc())
+        .limit(limit)
+    ).all()
+
+
+def latest_model_version(session: Session, line_id: str) -> str | None:
+    return session.execute(
+        select(frames.c.model_version).where(frames.c.line_id == line_id, frames.c.model_version != "")
+        .order_by(frames.c.seq.desc()).limit(1)
+    ).scalar()
+
+
+def scored_frames_with_labels(session: Session, line_id: str) -> Sequence[Row]:
+    """Every retained scored frame of the line: version, prediction, human label (or None), confidence."""
+    return session.execute(
+        select(frames.c.model_version, frames.c.predicted_class, labels.c.label_class, frames.c.confidence)
+        .outerjoin(labels, labels.c.frame_id == frames.c.frame_id)
+        .where(frames.c.line_id == line_id, frames.c.model_version != "")
+    ).all()
+
+
+def prune(session: Session, *, older_than: datetime, reference_frames: int, current_frames: int,
+          batch: int) -> int:
+    """Delete up to `batch` frames (and their labels) ingested before `older_than` that no window
+    needs: outside the line's reference window and before its current window. Returns how many.
+
+    Replicas prune side by side: on PostgreSQL each skips rows another is deleting (SKIP
+    LOCKED); windows only move forward, so a row no window needs now is never needed again.
+    """
+    victims = session.execute(
+        select(frames.c.frame_id)
+        .join(lines, lines.c.line_id == frames.c.line_id)
+        .where(
+            frames.c.ingested_at < older_than,
+            frames.c.seq <= lines.c.frames_seen - current_frames,
+            or_(frames.c.seq < lines.c.reference_from_seq,
+                frames.c.seq >= lines.c.reference_from_seq + reference_frames),
+        )
+        .limit(batch)
+        .with_for_update(of=frames, skip_locked=True)
+    ).scalars().all()
+    if victims:
+        session.execute(delete(labels).where(labels.c.frame_id.in_(victims)))
+        session.execute(delete(frames).where(frames.c.frame_id.in_(victims)))
+    return len(victims)
+
+
+def prune_orphan_labels(session: Session, *, older_than: datetime) -> int:
+    """Labels recorded before `older_than` whose frame never reached the monitor (or is gone)."""
+    result = session.execute(delete(labels).where(
+        labels.c.labelled_at < older_than,
+        ~select(frames.c.frame_id).where(frames.c.frame_id == labels.c.frame_id).exists(),
+    ))
+    return result.rowcount
+
+
+# ---- labels, rejections ----------------------------------------------------------------------
+
+def record_label(session: Session, frame_id: str, label_class: str, at: datetime) -> None:
+    """The frame's human label; a newer one replaces it (an upsert: replicas may race)."""
+    session.execute(_insert(session, labels).values(frame_id=frame_id, label_class=label_class, labelled_at=at)
+                    .on_conflict_do_update(index_elements=["frame_id"],
+                                           set_={"label_class": label_class, "labelled_at": at}))
+
+
+def count_rejection(session: Session, line_id: str, reason: str) -> None:
+    stmt = _insert(session, rejections).values(line_id=line_id, reason=reason, count=1)
+    session.execute(stmt.on_conflict_do_update(index_elements=["line_id", "reason"],
+                                               set_={"count": rejections.c.count + 1}))
+
+
+def rejection_counts(session: Session, line_id: str) -> dict[str, int]:
+    return dict(session.execute(
+        select(rejections.c.reason, rejections.c.count).where(rejections.c.line_id == line_id)
+    ).all())
+
+
+# ---- drift -----------------------------------------------------------------------------------
+
+def start_drift_episode(session: Session, line_id: str, *, until: datetime, drift_id: str, detected_at: datetime,
+                        kind: int, feature: str, score: float, threshold: float, event_json: str) -> None:
+    """Record a reported drift; no other is reported on the line before `until` (or a promotion)."""
+    session.execute(update(lines).where(lines.c.line_id == line_id).values(drift_until=until, last_drift_id=drift_id))
+    session.execute(drift_reports.insert().values(
+        drift_id=drift_id, line_id=line_id, detected_at=detected_at, kind=kind, feature=feature, score=score,
+        threshold=threshold, event=event_json,
+    ))
+
+
+def recent_drift_events(session: Session, line_id: str, limit: int) -> Sequence[str]:
+    return session.execute(
+        select(drift_reports.c.event).where(drift_reports.c.line_id == line_id)
+        .order_by(drift_reports.c.detected_at.desc()).limit(limit)
+    ).scalars().all()
+
+
+def drift_events_since(session: Session, since: datetime, line_id: str = "") -> Sequence[Row]:
+    """(event, detected_at) recorded after `since`, oldest first; of one line if given."""
+    query = select(drift_reports.c.event, drift_reports.c.detected_at).where(
+        drift_reports.c.detected_at > since).order_by(drift_reports.c.detected_at)
+    if line_id:
+        query = query.where(drift_reports.c.line_id == line_id)
+    return session.execute(query).all()
+

@@ -5,18 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from lineloop.monitor import drift
+from lineloop.monitor import drift, state
 from lineloop.monitor.settings import MonitorSettings
-from lineloop.monitor.state import FEATURES, frames, labels, lines
 
 
 @dataclass
 class Window:
     start: datetime
     end: datetime
+    # Quality statistics of every frame; prediction statistics (confidence) of scored frames only:
+    # a frame ingested while Triton was down has no confidence, not a confidence of 0.
     values: dict[str, list[float]]
     size: int
 
@@ -25,47 +26,45 @@ class Window:
 class Judgement:
     reference: Window
     current: Window
-    scores: dict[str, float]
-    threshold: float  # PSI above this is drift: the configured threshold, or sampling noise on small windows
+    scores: dict[str, float]  # features both windows have values of
+    # PSI above this is drift: the configured threshold, or sampling noise on small windows
+    # (a prediction statistic's windows are smaller while frames go unscored).
+    thresholds: dict[str, float]
     worst_feature: str
     worst_score: float
     accuracy: float | None
     labelled: int
 
+    @property
+    def drifted(self) -> bool:
+        return self.worst_score > self.thresholds[self.worst_feature]
+
 
 def _window(session: Session, line_id: str, first_seq: int, last_seq: int) -> Window | None:
-    rows = session.execute(
-        select(frames.c.ingested_at, *(frames.c[f] for f in FEATURES))
-        .where(frames.c.line_id == line_id, frames.c.seq >= first_seq, frames.c.seq <= last_seq)
-        .order_by(frames.c.seq)
-    ).all()
+    rows = state.window_rows(session, line_id, first_seq, last_seq)
     if not rows:
         return None
-    values = {f: [getattr(r, f) for r in rows] for f in FEATURES}
+    values = {f: [getattr(r, f) for r in rows] for f in state.QUALITY}
+    values.update({f: [getattr(r, f) for r in rows if r.scored] for f in state.PREDICTION})
     return Window(rows[0].ingested_at, rows[-1].ingested_at, values, len(rows))
 
 
-def judge(session: Session, line_id: str, settings: MonitorSettings) -> Judgement | None:
-    """Scores of the newest window against the line's reference; None until both are full."""
-    line = session.execute(select(lines).where(lines.c.line_id == line_id)).first()
-    if line is None:
-        return None
+def judge(session: Session, line: Row, settings: MonitorSettings) -> Judgement | None:
+    """Scores of the line's newest window against its reference; None until both are full."""
     ref_first = line.reference_from_seq
     ref_last = ref_first + settings.reference_frames - 1
     if line.frames_seen < ref_last + settings.current_frames:
         return None
-    reference = _window(session, line_id, ref_first, ref_last)
-    current = _window(session, line_id, line.frames_seen - settings.current_frames + 1, line.frames_seen)
+    reference = _window(session, line.line_id, ref_first, ref_last)
+    current = _window(session, line.line_id, line.frames_seen - settings.current_frames + 1, line.frames_seen)
     if reference is None or current is None or reference.size < settings.reference_frames:
         return None
-    scores = drift.feature_scores(reference.values, current.values)
-    worst = max(scores, key=scores.get)
-    pairs = session.execute(
-        select(frames.c.predicted_class, labels.c.label_class)
-        .join(labels, labels.c.frame_id == frames.c.frame_id)
-        .where(frames.c.line_id == line_id, frames.c.seq > ref_last)
-        .order_by(frames.c.seq.desc())
-        .limit(settings.current_frames)
-    ).all()
-    threshold = max(settings.psi_threshold, drift.noise_floor(reference.size, current.size))
-    return Judgement(reference, current, scores, threshold, worst, scores[worst], drift.live_accuracy(pairs), len(pairs))
+    judged = [f for f in state.FEATURES if reference.values[f] and current.values[f]]
+    scores = drift.feature_scores({f: reference.values[f] for f in judged}, {f: current.values[f] for f in judged})
+    thresholds = {
+        f: max(settings.psi_threshold, drift.noise_floor(len(reference.values[f]), len(current.values[f])))
+        for f in judged
+    }
+    worst = max(judged, key=lambda f: scores[f] / thresholds[f])
+    pairs = state.labelled_predictions(session, line.line_id, ref_last, settings.current_frames)
+    return Judgement(reference, current, scores, thresholds, worst, scores[worst], drift.live_accuracy(pairs), len(pairs))

@@ -1,4 +1,5 @@
-"""The bus on the real broker: headers, tracing, inbox, outbox, DLQ, consumer groups.
+"""The bus on the real broker: headers, tracing, inbox, outbox, DLQ, consumer groups,
+offsets that never pass an unfinished record, the poison bound.
 
 Every test uses its own consumer group and marks its events with a unique
 model name, because the session's broker is shared with other tests.
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from opentelemetry import trace
 from sqlalchemy import Column, MetaData, String, Table, func, select
 
@@ -319,3 +321,130 @@ async def test_handler_state_and_emitted_events_commit_together(stack, database_
     with db.session() as s:
         assert s.execute(select(func.count()).select_from(outbox_mod.inbox)).scalar_one() >= 1
     assert outbox_mod.pending(db) == 0
+
+
+def dlq_records_of(group: str, records: list) -> list[dict[str, str]]:
+    return [{k: v.decode() for k, v in r.headers} for r in records
+            if dict(r.headers).get("dlq_consumer_group") == group.encode()]
+
+
+async def test_a_failed_dlq_write_rewinds_the_batch_instead_of_committing_past_it(stack, database_url):
+    db = make_db(database_url)
+    model = f"m-{uuid.uuid4()}"
+    group = f"g-{uuid.uuid4()}"
+    seen: list = []
+    consumer = Bus(stack.kafka_bootstrap, source="test/consumer", db=db, retry_backoff_s=0.1, **FAST)
+    recording_handler(consumer, group, model, seen)
+
+    # The DLQ is unreachable for the first two writes (the broker refuses the produce).
+    publish = consumer.broker.publish
+    dlq_failures: list[str] = []
+
+    async def flaky_publish(*args, topic: str, **kwargs):
+        if topic.endswith(".dlq") and len(dlq_failures) < 2:
+            dlq_failures.append(topic)
+            raise KafkaConnectionError("injected: the DLQ partition's leader is unreachable")
+        return await publish(*args, topic=topic, **kwargs)
+
+    consumer.broker.publish = flaky_publish
+    producer = Bus(stack.kafka_bootstrap, source="test/producer")
+    await producer.start()
+    await consumer.start()
+    key = model.encode()  # one partition: the records behind the bad one are the test
+    try:
+        bad = await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="poison"), key=key)
+        for reason in ("behind-1", "behind-2"):
+            await producer.publish(events_pb2.TrainingRequested(model_name=model, reason=reason), key=key)
+        await eventually(lambda: dlq_failures, what="the first injected DLQ failure")
+        # Later traffic: before the fix, its batch's commit moved the offset past the records above.
+        await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="later"), key=key)
+        await eventually(lambda: len(applied_rows(db, model)) == 3, what="every good record applied")
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    assert sorted(r.reason for r in applied_rows(db, model)) == ["behind-1", "behind-2", "later"]
+    assert len(dlq_failures) == 2  # the bad record was redelivered after each failed DLQ write
+    dlq = dlq_records_of(group, await read_topic(
+        stack.kafka_bootstrap, f"{TOPIC}.dlq", lambda rs: any(h.get("ce_id") == bad for h in dlq_records_of(group, rs))))
+    assert [h["dlq_reason"] for h in dlq if h["ce_id"] == bad] == ["invalid_request"]
+
+    # And after a restart nothing is redone: the commit covers exactly what was finished.
+    seen.clear()
+    restarted = Bus(stack.kafka_bootstrap, source="test/consumer", db=db, **FAST)
+    recording_handler(restarted, group, model, seen)
+    await restarted.start()
+    try:
+        producer = Bus(stack.kafka_bootstrap, source="test/producer")
+        await producer.start()
+        await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="after-restart"), key=key)
+        await producer.stop()
+        await eventually(lambda: len(applied_rows(db, model)) == 4, what="the record after the restart")
+    finally:
+        await restarted.stop()
+    assert [s[0] for s in seen] and len(seen) == 1
+
+
+_CRASHING_CONSUMER = textwrap.dedent("""
+    import asyncio, os, sys
+    from lineloop.bus import Bus
+    from lineloop.v1 import events_pb2
+    from test_bus import FAST, applied, make_db
+
+    bootstrap, url, group, model = sys.argv[1:5]
+
+    async def main() -> None:
+        db = make_db(url)
+        bus = Bus(bootstrap, source="test/crashing", db=db, max_deliveries=2, **FAST)
+        done = asyncio.Event()
+
+        @bus.handler(events_pb2.TrainingRequested, group=group)
+        async def on_training_requested(msg, ctx):
+            if msg.model_name != model:
+                return
+            if msg.reason == "kill":
+                os._exit(137)  # what an OOM-kill looks like to the bus: nothing runs after it
+            ctx.session.execute(applied.insert().values(ce_id=ctx.event_id, model_name=model, reason=msg.reason))
+            done.set()
+
+        await bus.start()
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        finally:
+            await bus.stop()
+
+    asyncio.run(main())
+""")
+
+
+async def test_a_record_that_keeps_killing_the_process_is_dead_lettered_after_max_deliveries(stack, database_url):
+    db = make_db(database_url)
+    model = f"m-{uuid.uuid4()}"
+    group = f"g-{uuid.uuid4()}"
+    producer = Bus(stack.kafka_bootstrap, source="test/producer")
+    await producer.start()
+    try:
+        key = model.encode()
+        killer = await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="kill"), key=key)
+        await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="behind"), key=key)
+    finally:
+        await producer.stop()
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    exits = []
+    for _ in range(5):  # the bound is 2 deliveries: the third run must get through
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CRASHING_CONSUMER, stack.kafka_bootstrap, database_url, group, model,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        exits.append(proc.returncode)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == 137, err.decode()[-3000:]
+    assert exits == [137, 137, 0]  # exactly max_deliveries crashes, then the DLQ, then the record behind it
+    assert [r.reason for r in applied_rows(db, model)] == ["behind"]
+    dlq = dlq_records_of(group, await read_topic(
+        stack.kafka_bootstrap, f"{TOPIC}.dlq", lambda rs: any(h.get("ce_id") == killer for h in dlq_records_of(group, rs))))
+    poison = [h for h in dlq if h["ce_id"] == killer]
+    assert [h["dlq_reason"] for h in poison] == ["poison"]
+    assert "delivered 2 times" in poison[0]["dlq_detail"]

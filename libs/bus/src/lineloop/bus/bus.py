@@ -1,16 +1,21 @@
 """The event bus every service uses: typed protobuf handlers on FastStream's KafkaBroker.
 
-A consumed record goes through one path:
-  decode (CloudEvents headers + protobuf/JSON value) -> inbox check ->
-  handler (in a DB transaction, with events it emits written to the outbox) ->
-  commit -> offset commit.
-A record that cannot be decoded, or that the handler rejects, goes to
-`<topic>.dlq` with the reason in headers; a handler that keeps failing is
-retried, then dead-lettered. Nothing blocks a partition or stops the service,
-except a dependency that is down (object store, database, a gRPC peer): then
-the record is retried, with backoff, until it answers, because every record
-behind it would fail the same way and none of them is bad.
-Offsets are committed once per fetched batch, after every record in it is durable.
+A fetched batch goes through FastStream's own stages, each record then through the bus:
+  FastStream: poll (aiokafka getmany) -> parser -> decoder (`decode_batch`: CloudEvents
+  headers + protobuf/JSON value per record, or why not) -> middlewares (ingest's prefetch)
+  -> the batch handler -> ack policy NACK_ON_ERROR.
+  Bus, per record in offset order: already finished (inbox)? skip -> count the delivery
+  (poison bound) -> handler in a DB transaction (events it emits go to the outbox, the
+  ce_id to the inbox) -> next record.
+A record that cannot be decoded, that the handler rejects, or that kept failing goes to
+`<topic>.dlq` with the reason in headers, and its ce_id is recorded so a redelivery is not
+dead-lettered twice. A dependency that is down (object store, database, a gRPC peer) is
+waited out with backoff: every record behind it would fail the same way and none is bad.
+The commit rule: the batch is acked (offsets committed) only when every record in it was
+applied, dead-lettered with the DLQ write acknowledged, or skipped as already finished. If
+anything escapes (the DLQ write fails, the database is gone mid-step), FastStream nacks the
+batch, which seeks every partition back to its first record in the batch, so nothing
+behind the failure is committed; the batch is redelivered after a backoff. docs/bus.md.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -26,8 +31,8 @@ from typing import Any, Generic, TypeVar
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream import AckPolicy, BaseMiddleware, StreamMessage
+from faststream.kafka import KafkaBroker, KafkaMessage, KafkaRouter
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from sqlalchemy.exc import IntegrityError
@@ -37,13 +42,16 @@ from lineloop.bus import outbox
 from lineloop.bus.cloudevents import Envelope, decode, header_dict, make_headers
 from lineloop.bus.errors import Reject, is_unavailable
 from lineloop.contracts.topics import BY_TOPIC, EventType, event_type
-from lineloop.storage.sql import Database, utcnow
+from lineloop.storage.sql import Database
 from lineloop.telemetry import metrics
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 M = TypeVar("M", bound=Message)
+
+# Set by `lineloop dlq replay` on the record it republishes: `<dlq topic>/<partition>/<offset>`.
+REPLAYED_FROM = "dlq_replayed_from"
 
 
 @dataclass
@@ -71,6 +79,27 @@ class EventContext:
         return event_id
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One record of a batch as the bus's decoder leaves it: decoded, or refused with a reason."""
+
+    record: ConsumerRecord
+    headers: dict[str, str]
+    message: Message | None = None
+    envelope: Envelope | None = None
+    refused: Reject | None = None
+
+    @property
+    def key(self) -> str:
+        """What the inbox knows the record by: its ce_id, or where it is when it has none."""
+        ce_id = self.envelope.id if self.envelope else self.headers.get("ce_id")
+        return ce_id or f"@{self.record.topic}/{self.record.partition}/{self.record.offset}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.record.topic}[{self.record.partition}]@{self.record.offset}"
+
+
 Handler = Callable[[M, EventContext], Awaitable[None]]
 
 
@@ -79,6 +108,12 @@ class _Registration(Generic[M]):
     et: EventType
     group: str
     fn: Handler
+    failures: int = 0  # consecutive batches that had to be redelivered (their backoff)
+
+    @property
+    def consumer(self) -> str:
+        """The inbox's name for this handler: one per (group, topic)."""
+        return f"{self.group}:{self.et.topic}"
 
 
 # How long a poll waits for records: FastStream's 200 ms default showed up in a quiet line's
@@ -97,6 +132,7 @@ class Bus:
         db: Database | None = None,
         partitions: int = 3,
         max_attempts: int = 3,
+        max_deliveries: int = 5,
         retry_backoff_s: float = 0.5,
         max_retry_backoff_s: float = 30.0,
         max_batch: int = 100,
@@ -107,6 +143,7 @@ class Bus:
         self.db = db
         self.partitions = partitions
         self.max_attempts = max_attempts
+        self.max_deliveries = max_deliveries
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_backoff_s = max_retry_backoff_s
         self.max_batch = max_batch
@@ -124,8 +161,14 @@ class Bus:
 
     # ---- consuming ----------------------------------------------------------
 
-    def handler(self, message_type: type[M], *, group: str) -> Callable[[Handler], Handler]:
-        """Register `fn(msg, ctx)` for the topic of `message_type`, in consumer group `group`."""
+    def handler(
+        self, message_type: type[M], *, group: str, middlewares: Sequence[type[BaseMiddleware]] = (),
+    ) -> Callable[[Handler], Handler]:
+        """Register `fn(msg, ctx)` for the topic of `message_type`, in consumer group `group`.
+
+        `middlewares` wrap this subscriber's batches only (FastStream middlewares; `await
+        msg.decode()` in one gives the batch's `Delivery`s).
+        """
 
         def register(fn: Handler) -> Handler:
             if self._started:
@@ -133,122 +176,163 @@ class Bus:
             reg = _Registration(event_type(message_type), group, fn)
             self._registrations.append(reg)
 
-            async def consume(body: Any, msg: KafkaMessage) -> None:
-                records = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-                for record in records:
-                    await self._process(reg, record)
-                await msg.ack()
+            async def consume(deliveries: Any, msg: KafkaMessage) -> None:
+                try:
+                    for delivery in deliveries:
+                        await self._process(reg, delivery)
+                except Exception as exc:
+                    # NACK_ON_ERROR turns the raise into a seek back to the batch's first record in
+                    # every partition: nothing is committed past a record that was not finished.
+                    reg.failures += 1
+                    delay = min(self.retry_backoff_s * 2 ** min(reg.failures - 1, 16), self.max_retry_backoff_s)
+                    log.error("batch of %s in group %s not finished (%s: %s); redelivering it in %.1f s",
+                              reg.et.topic, reg.group, type(exc).__name__, exc, delay)
+                    metrics.batches_redelivered.add(1, {"topic": reg.et.topic, "group": reg.group,
+                                                        "error": type(exc).__name__})
+                    await asyncio.sleep(delay)
+                    raise
+                reg.failures = 0
 
-            self.broker.subscriber(
+            # A router scopes `middlewares` to this one subscriber (FastStream 0.7 takes
+            # middlewares per broker or per router, not per subscriber).
+            router = KafkaRouter(middlewares=tuple(middlewares))
+            router.subscriber(
                 reg.et.topic,
                 group_id=group,
                 batch=True,
                 max_records=self.max_batch,
                 auto_offset_reset="earliest",
-                ack_policy=AckPolicy.MANUAL,
-                decoder=_keep_raw,
+                ack_policy=AckPolicy.NACK_ON_ERROR,
+                decoder=_batch_decoder(reg.et),
                 session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
                 batch_timeout_ms=BATCH_TIMEOUT_MS,
             )(consume)
+            self.broker.include_router(router)
             return fn
 
         return register
 
-    async def _process(self, reg: _Registration, record: ConsumerRecord) -> None:
-        headers = header_dict(record.headers)
+    async def _process(self, reg: _Registration, delivery: Delivery) -> None:
         labels = {"topic": reg.et.topic, "ce_type": reg.et.ce_type, "group": reg.group}
-        try:
-            message, env = decode(reg.et, record.value, headers)
-        except Reject as rej:
-            await self._dead_letter(reg, record, headers, rej.reason, rej.detail)
+        record = delivery.record
+        if self.db is not None:
+            done, count = await self._begin(reg, delivery)
+            if done is not None:
+                # Applied, or dead-lettered, on an earlier delivery: skipped, and the inbox says why.
+                metrics.events_consumed.add(1, {**labels, "outcome": f"already_{done}"})
+                return
+            if count > self.max_deliveries:
+                await self._dead_letter(reg, delivery, "poison", (
+                    f"delivered {count - 1} times without finishing (the process died while handling it); "
+                    f"the limit is {self.max_deliveries}"))
+                return
+        if delivery.refused is not None:
+            await self._dead_letter(reg, delivery, delivery.refused.reason, delivery.refused.detail)
             return
-        parent = propagate.extract(headers)
+        message, env = delivery.message, delivery.envelope
+        parent = propagate.extract(delivery.headers)
         attempt = errors = 0
-        while True:
-            attempt += 1
-            started = time.perf_counter()
-            outcome = "applied"
-            with tracer.start_as_current_span(
-                f"{reg.et.topic} process", context=parent, kind=trace.SpanKind.CONSUMER
-            ) as span:
-                span.set_attribute("messaging.system", "kafka")
-                span.set_attribute("messaging.destination.name", reg.et.topic)
-                span.set_attribute("messaging.consumer.group.name", reg.group)
-                span.set_attribute("messaging.message.id", env.id)
+        try:
+            while True:
+                attempt += 1
+                started = time.perf_counter()
+                outcome = "applied"
+                with tracer.start_as_current_span(
+                    f"{reg.et.topic} process", context=parent, kind=trace.SpanKind.CONSUMER
+                ) as span:
+                    span.set_attribute("messaging.system", "kafka")
+                    span.set_attribute("messaging.destination.name", reg.et.topic)
+                    span.set_attribute("messaging.consumer.group.name", reg.group)
+                    span.set_attribute("messaging.message.id", env.id)
+                    try:
+                        ctx = EventContext(env, record.topic, record.partition, record.offset, self.source)
+                        applied = await self._apply(reg, message, ctx, delivery.key)
+                        outcome = "applied" if applied else "duplicate"
+                        metrics.events_consumed.add(1, {**labels, "outcome": outcome})
+                        return
+                    except Reject as rej:
+                        outcome = "rejected"
+                        await self._dead_letter(reg, delivery, rej.reason, rej.detail)
+                        return
+                    except Exception as exc:
+                        span.record_exception(exc)
+                        if is_unavailable(exc):
+                            # Not the event's fault: wait for the dependency, however long, and count it.
+                            outcome = "unavailable"
+                            delay = min(self.retry_backoff_s * 2 ** min(attempt - 1, 16), self.max_retry_backoff_s)
+                            log.warning("handler %s on %s: a dependency is unavailable (attempt %d, next in %.1f s): %s",
+                                        reg.fn.__name__, env.id, attempt, delay, exc)
+                        else:
+                            outcome = "error"
+                            errors += 1
+                            if errors >= self.max_attempts:
+                                log.exception("handler %s failed %d times on %s; dead-lettering",
+                                              reg.fn.__name__, errors, env.id)
+                                await self._dead_letter(reg, delivery, "handler_error", f"{type(exc).__name__}: {exc}")
+                                return
+                            delay = self.retry_backoff_s * errors
+                            log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, errors, exc)
+                        metrics.handler_retries.add(1, {**labels, "reason": outcome})
+                    finally:
+                        metrics.handler_duration.record(time.perf_counter() - started, {**labels, "outcome": outcome})
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            # An orderly stop mid-record is not the record's fault: take its delivery back.
+            if self.db is not None:
                 try:
-                    ctx = EventContext(env, record.topic, record.partition, record.offset, self.source)
-                    applied = await self._apply(reg, message, ctx)
-                    outcome = "applied" if applied else "duplicate"
-                    metrics.events_consumed.add(1, {**labels, "outcome": outcome})
-                    return
-                except Reject as rej:
-                    outcome = "rejected"
-                    await self._dead_letter(reg, record, headers, rej.reason, rej.detail)
-                    return
-                except Exception as exc:
-                    span.record_exception(exc)
-                    if is_unavailable(exc):
-                        # Not the event's fault: wait for the dependency, however long, and count it.
-                        outcome = "unavailable"
-                        delay = min(self.retry_backoff_s * 2 ** min(attempt - 1, 16), self.max_retry_backoff_s)
-                        log.warning("handler %s on %s: a dependency is unavailable (attempt %d, next in %.1f s): %s",
-                                    reg.fn.__name__, env.id, attempt, delay, exc)
-                    else:
-                        outcome = "error"
-                        errors += 1
-                        if errors >= self.max_attempts:
-                            log.exception("handler %s failed %d times on %s; dead-lettering", reg.fn.__name__, errors, env.id)
-                            await self._dead_letter(reg, record, headers, "handler_error", f"{type(exc).__name__}: {exc}")
-                            return
-                        delay = self.retry_backoff_s * errors
-                        log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, errors, exc)
-                    metrics.handler_retries.add(1, {**labels, "reason": outcome})
-                finally:
-                    metrics.handler_duration.record(time.perf_counter() - started, {**labels, "outcome": outcome})
-            await asyncio.sleep(delay)
+                    async with self.db.write() as s:
+                        outbox.uncount_delivery(s, reg.consumer, record.partition, record.offset)
+                except Exception:
+                    log.warning("could not take back the delivery count of %s", delivery.where, exc_info=True)
+            raise
 
-    async def _apply(self, reg: _Registration, message: Message, ctx: EventContext) -> bool:
+    async def _begin(self, reg: _Registration, delivery: Delivery) -> tuple[str | None, int]:
+        """Whether the record is already finished, else count this delivery (its own commit)."""
+        record = delivery.record
+        async with self.db.write() as s:
+            done = outbox.finished(
+                s, reg.consumer, delivery.key, partition=record.partition, offset=record.offset,
+                replay=REPLAYED_FROM in delivery.headers,
+            )
+            if done is not None:
+                return done, 0
+            return None, outbox.count_delivery(s, reg.consumer, record.partition, record.offset)
+
+    async def _apply(self, reg: _Registration, message: Message, ctx: EventContext, key: str) -> bool:
         """Run the handler once per (group, ce_id); False if it was already applied."""
         if self.db is None:
             await reg.fn(message, ctx)
             return True
-        consumer = f"{reg.group}:{reg.et.topic}"
-        async with self.db.write() as session:
-            seen = session.execute(
-                outbox.inbox.select().where(outbox.inbox.c.consumer == consumer, outbox.inbox.c.ce_id == ctx.event_id)
-            ).first()
-            if seen:
-                return False
-            ctx.session = session
-            try:
-                await reg.fn(message, ctx)
-                session.execute(outbox.inbox.insert().values(
-                    consumer=consumer, ce_id=ctx.event_id, topic=reg.et.topic, applied_at=utcnow(),
-                ))
-                session.flush()
-            except IntegrityError:
-                # Another replica applied the same event first (rebalance redelivery).
-                if session.execute(
-                    outbox.inbox.select().where(
-                        outbox.inbox.c.consumer == consumer, outbox.inbox.c.ce_id == ctx.event_id
-                    )
-                ).first():
+        try:
+            async with self.db.write() as session:
+                if outbox.finished(session, reg.consumer, key, partition=ctx.partition, offset=ctx.offset,
+                                   replay=REPLAYED_FROM in ctx.envelope.headers) == "applied":
                     return False
-                raise
+                ctx.session = session
+                await reg.fn(message, ctx)
+                outbox.mark_applied(session, reg.consumer, key, reg.et.topic)
+        except IntegrityError:
+            # Another replica applied the same event first (rebalance redelivery): its inbox row
+            # won the primary key. Anything else is the handler's own error.
+            with self.db.session() as session:
+                if outbox.finished(session, reg.consumer, key, partition=ctx.partition, offset=ctx.offset,
+                                   replay=False) == "applied":
+                    return False
+            raise
         if ctx.emitted and self.relay is not None:
             self.relay.wake()
         return True
 
-    async def _dead_letter(
-        self, reg: _Registration, record: ConsumerRecord, headers: dict[str, str], reason: str, detail: str
-    ) -> None:
+    async def _dead_letter(self, reg: _Registration, delivery: Delivery, reason: str, detail: str) -> None:
+        """Publish to the DLQ and wait for its ack, then record the refusal; either failing raises."""
+        record = delivery.record
         log.warning(
-            "dead-lettering %s[%d]@%d (%s): %s", record.topic, record.partition, record.offset, reason, detail,
+            "dead-lettering %s (%s): %s", delivery.where, reason, detail,
             extra={"dlq_reason": reason, "topic": record.topic},
         )
         dlq_headers = {
-            **{k: v for k, v in headers.items() if k != "correlation_id"},
+            **{k: v for k, v in delivery.headers.items() if k != "correlation_id"},
             "dlq_reason": reason,
             "dlq_detail": detail[:2000],
             "dlq_topic": record.topic,
@@ -259,6 +343,14 @@ class Bus:
         }
         dlq_headers.setdefault("content-type", "application/octet-stream")
         await self.broker.publish(record.value or b"", topic=reg.et.dlq_topic, key=record.key, headers=dlq_headers)
+        # A crash here leaves the record unmarked: it is dead-lettered again on redelivery (a
+        # duplicate DLQ record, never a lost one). Replicas racing on one key both upsert.
+        if self.db is not None:
+            async with self.db.write() as s:
+                outbox.mark_dead_lettered(
+                    s, reg.consumer, delivery.key, topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=reason,
+                )
         metrics.events_dead_lettered.add(1, {"topic": reg.et.topic, "ce_type": reg.et.ce_type, "reason": reason})
 
     # ---- publishing ---------------------------------------------------------
@@ -314,6 +406,23 @@ class Bus:
         self._started = False
 
 
-async def _keep_raw(msg: Any) -> None:
-    """The bus decodes records itself (headers decide the codec), not FastStream."""
-    return None
+def _batch_decoder(et: EventType) -> Callable[[StreamMessage[Any]], Awaitable[list[Delivery]]]:
+    """FastStream decoder for one topic's batches: each record decoded, or refused with why.
+
+    A refusal is data, not an exception: one bad record must not fail the batch around it.
+    """
+
+    async def decode_batch(msg: StreamMessage[Any]) -> list[Delivery]:
+        raw = msg.raw_message
+        deliveries = []
+        for record in raw if isinstance(raw, tuple) else (raw,):
+            headers = header_dict(record.headers)
+            try:
+                message, envelope = decode(et, record.value, headers)
+            except Reject as rej:
+                deliveries.append(Delivery(record, headers, refused=rej))
+            else:
+                deliveries.append(Delivery(record, headers, message, envelope))
+        return deliveries
+
+    return decode_batch

@@ -1,7 +1,13 @@
 """Inbox and outbox tables, and the relay that drains the outbox to Kafka.
 
 The inbox records which `ce_id`s a consumer group has applied, in the same
-transaction as the state change, so a redelivered event changes nothing. The
+transaction as the state change, so a redelivered event changes nothing.
+`bus_dead_lettered` records the ones it refused (after the DLQ write was
+acknowledged), so a redelivered refused record is not dead-lettered twice; a
+replay from the DLQ (header `dlq_replayed_from`) is let through once, and
+applying it moves the ce_id from there to the inbox. `bus_deliveries` counts
+how often the record at a partition's head was delivered without finishing:
+the poison bound (see `count_delivery`). The
 outbox holds events written in the same transaction as the state that caused
 them; the relay publishes them after commit, so a crash between "state saved"
 and "event sent" loses nothing (the relay sends it on restart; a crash after
@@ -27,10 +33,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     delete,
     func,
     select,
+    update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from lineloop.bus.cloudevents import make_headers
@@ -45,7 +54,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 SCHEMA_COMPONENT = "lineloop.bus"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2 added bus_dead_lettered and bus_deliveries (tables only)
 
 metadata = MetaData()
 
@@ -56,6 +65,34 @@ inbox = Table(
     Column("ce_id", String(128), primary_key=True),
     Column("topic", String(255), nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# A ce_id this consumer dead-lettered (key: the ce_id, or `@topic/partition/offset` when the
+# record had none). Where: the record that was refused, so a redelivery of that very record is
+# recognised even when it is itself a replay.
+dead_lettered = Table(
+    "bus_dead_lettered",
+    metadata,
+    Column("consumer", String(128), primary_key=True),
+    Column("ce_id", String(255), primary_key=True),
+    Column("topic", String(255), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("dead_lettered_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per (consumer, partition): the offset of the record being handled there and how many
+# times it was delivered. A partition is handled in offset order, so one row per partition is
+# enough and the table never grows with traffic.
+deliveries = Table(
+    "bus_deliveries",
+    metadata,
+    Column("consumer", String(128), primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("offset", BigInteger, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 outbox = Table(
@@ -90,6 +127,81 @@ def add(session: Session, msg: Message, *, source: str, event_id: str | None = N
         )
     )
     return headers["ce_id"]
+
+
+def _insert(s: Session, table: Table):
+    return (sqlite.insert if s.get_bind().dialect.name == "sqlite" else postgresql.insert)(table)
+
+
+def finished(s: Session, consumer: str, key: str, *, partition: int, offset: int, replay: bool) -> str | None:
+    """'applied' or 'dead_lettered' when this consumer is done with the event `key`, else None.
+
+    A replay from the DLQ is a new chance for a refused event, unless this very record was refused.
+    """
+    if s.execute(select(inbox.c.ce_id).where(inbox.c.consumer == consumer, inbox.c.ce_id == key)).first():
+        return "applied"
+    refused = s.execute(
+        select(dead_lettered.c.partition, dead_lettered.c.offset)
+        .where(dead_lettered.c.consumer == consumer, dead_lettered.c.ce_id == key)
+    ).first()
+    if refused is None:
+        return None
+    if replay and (refused.partition, refused.offset) != (partition, offset):
+        return None
+    return "dead_lettered"
+
+
+def mark_applied(s: Session, consumer: str, key: str, topic: str) -> None:
+    """In the handler's transaction: applied once (an IntegrityError says another replica was first)."""
+    s.execute(inbox.insert().values(consumer=consumer, ce_id=key, topic=topic, applied_at=utcnow()))
+    s.execute(delete(dead_lettered).where(dead_lettered.c.consumer == consumer, dead_lettered.c.ce_id == key))
+
+
+def mark_dead_lettered(
+    s: Session, consumer: str, key: str, *, topic: str, partition: int, offset: int, reason: str
+) -> None:
+    """After the DLQ write was acknowledged. An upsert: replicas racing on one key both succeed."""
+    values = dict(topic=topic, partition=partition, offset=offset, reason=reason, dead_lettered_at=utcnow())
+    s.execute(
+        _insert(s, dead_lettered).values(consumer=consumer, ce_id=key, **values)
+        .on_conflict_do_update(index_elements=[dead_lettered.c.consumer, dead_lettered.c.ce_id], set_=values)
+    )
+
+
+def count_delivery(s: Session, consumer: str, partition: int, offset: int) -> int:
+    """Record one more delivery of the record at `offset`; returns how many it has had (0: not counted).
+
+    Committed on its own BEFORE the handler runs, so a delivery that kills the process
+    (OOM-kill, segfault) is counted all the same. N replicas on PostgreSQL: the UPDATE takes
+    the row lock, so concurrent deliveries (a zombie member after a rebalance) each count; an
+    older offset than the row's is a record a later one already passed (partition order):
+    it is not counted and the row keeps the head.
+    """
+    s.execute(
+        _insert(s, deliveries)
+        .values(consumer=consumer, partition=partition, offset=offset, deliveries=0, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=[deliveries.c.consumer, deliveries.c.partition])
+    )
+    row = s.execute(
+        update(deliveries)
+        .where(deliveries.c.consumer == consumer, deliveries.c.partition == partition, deliveries.c.offset <= offset)
+        .values(
+            deliveries=case((deliveries.c.offset == offset, deliveries.c.deliveries + 1), else_=1),
+            offset=offset, updated_at=utcnow(),
+        )
+        .returning(deliveries.c.deliveries)
+    ).first()
+    return row.deliveries if row else 0
+
+
+def uncount_delivery(s: Session, consumer: str, partition: int, offset: int) -> None:
+    """A delivery that ended in an orderly stop (cancelled) does not count toward the poison bound."""
+    s.execute(
+        update(deliveries)
+        .where(deliveries.c.consumer == consumer, deliveries.c.partition == partition,
+               deliveries.c.offset == offset, deliveries.c.deliveries > 0)
+        .values(deliveries=deliveries.c.deliveries - 1)
+    )
 
 
 def pending(db: Database) -> int:

@@ -54,3 +54,14 @@ outbox_pending = _meter.create_gauge(
     unit="{event}",
     description="Outbox rows not yet relayed to the bus. Attributes: service.",
 )
+batches_redelivered = _meter.create_counter(
+    "lineloop.bus.batches_redelivered",
+    unit="{batch}",
+    description="Fetched batches not finished (e.g. the DLQ write failed): rewound, nothing committed past them, "
+                "redelivered after a backoff. Attributes: topic, group, error.",
+)
+dlq_replayed = _meter.create_counter(
+    "lineloop.dlq.replayed",
+    unit="{event}",
+    description="DLQ records republished to their original topic by `lineloop dlq replay`. Attributes: topic, reason.",
+)

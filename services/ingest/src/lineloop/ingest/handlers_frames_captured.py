@@ -2,10 +2,11 @@
 
 The bus applies the records of a fetched batch one after another, each in its
 own transaction. The slow part of a frame (S3, decode, Triton) needs no
-transaction, so a consume middleware starts it for every frame of the batch at
-once, waits for all of them, and only then lets the bus apply them in order:
-Triton sees the batch's frames together, and the database lock is held for
-the short index writes only.
+transaction, so a FastStream middleware on this subscriber starts it for every
+frame of the batch at once (from the bus decoder's `Delivery`s: it decodes
+nothing itself), waits for all of them, and only then lets the bus apply them
+in order: Triton sees the batch's frames together, and the database lock is
+held for the short index writes only.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka import ConsumerRecord
 from faststream import BaseMiddleware
 
-from lineloop.bus import EventContext, Reject
-from lineloop.bus.cloudevents import decode, header_dict
-from lineloop.contracts.topics import event_type
+from lineloop.bus import Delivery, EventContext
 from lineloop.ingest.pipeline import Pipeline, Prepared, Refused
 from lineloop.v1.events_pb2 import FrameCaptured
 
 log = logging.getLogger(__name__)
-FRAMES_CAPTURED = event_type(FrameCaptured)
 
 
 class BatchPrefetch:
@@ -41,7 +38,7 @@ class BatchPrefetch:
 
         class PrefetchMiddleware(BaseMiddleware):
             async def consume_scope(self, call_next, msg) -> Any:
-                started = await prefetch.start(msg.raw_message)
+                started = await prefetch.start(await msg.decode())
                 try:
                     return await call_next(msg)
                 finally:
@@ -49,22 +46,17 @@ class BatchPrefetch:
 
         return PrefetchMiddleware
 
-    async def start(self, raw: ConsumerRecord | tuple[ConsumerRecord, ...]) -> list[str]:
-        records = raw if isinstance(raw, tuple) else (raw,)
+    async def start(self, deliveries: list[Delivery]) -> list[str]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         started = []
-        for record in records:
-            if record.topic != FRAMES_CAPTURED.topic:
+        for delivery in deliveries:
+            if not isinstance(delivery.message, FrameCaptured):
+                continue  # refused by the decoder: the bus dead-letters it
+            if delivery.envelope.id in self._ready:
                 continue
-            try:
-                frame, envelope = decode(FRAMES_CAPTURED, record.value, header_dict(record.headers))
-            except Reject:
-                continue  # the bus dead-letters it
-            if envelope.id in self._ready:
-                continue
-            self._ready[envelope.id] = asyncio.create_task(self._bounded(frame))
-            started.append(envelope.id)
+            self._ready[delivery.envelope.id] = asyncio.create_task(self._bounded(delivery.message))
+            started.append(delivery.envelope.id)
         if started:
             await asyncio.wait([self._ready[i] for i in started])
         return started

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lineloop.ingest import handlers_frames_captured, handlers_models_promoted, state
+from lineloop.ingest import handlers_frames_captured, handlers_models_promoted, reconcile, state
 from lineloop.ingest.api import IngestApi
 from lineloop.ingest.pipeline import Pipeline
 from lineloop.ingest.scoring import ServingPicture, TritonScorer
@@ -24,10 +24,11 @@ def build(settings: IngestSettings | None = None) -> Service:
     )
     pipeline = Pipeline(settings, service.objects, scorer, service.db)
     prefetch = handlers_frames_captured.BatchPrefetch(pipeline, settings.max_concurrent_frames)
-    service.bus.broker.add_middleware(prefetch.middleware())
 
     group = settings.consumer_group
-    service.bus.handler(FrameCaptured, group=group)(handlers_frames_captured.make_handler(pipeline, prefetch))
+    service.bus.handler(FrameCaptured, group=group, middlewares=[prefetch.middleware()])(
+        handlers_frames_captured.make_handler(pipeline, prefetch)
+    )
     service.bus.handler(ModelPromoted, group=group)(handlers_models_promoted.make_handler(serving, scorer))
     service.add_grpc(
         add_IngestServiceServicer_to_server,
@@ -39,6 +40,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         await scorer.close()
         pipeline.close()
 
+    reconcile.schedule(service, settings.frames_bucket)  # off unless LINELOOP_INGEST_RECONCILE_INTERVAL_S > 0
     return service
 
 

@@ -213,11 +213,15 @@ async def simulate(
     objects: ObjectStore | None = None,
     edge_predict: EdgePredict | None = None,
     on_frame: Callable[[SimulatedFrame], None] | None = None,
+    ledger: Path | None = None,
 ) -> SimulationReport:
     """Render, encode, (edge-predict), record the truth and publish `config.frames` frames.
 
     Frames are paced at cameras x fps in total; when rendering cannot keep up the
     simulator sends as fast as it can (the report says the rate reached).
+    `ledger`: a JSON line per frame the sink accepted (frame id, sha256 of the image
+    bytes), appended and flushed as it goes, for a checker (tests/chaos) to prove later
+    that every frame sent was stored once.
     """
     gateway = SimulatedGateway(config, objects)
     report = SimulationReport(config.run_id)
@@ -231,6 +235,7 @@ async def simulate(
     # sent (rendering is deterministic per index, so order and content do not change).
     ahead: collections.deque[asyncio.Future] = collections.deque()
     started = time.perf_counter()
+    ledger_file = None if ledger is None else open(ledger, "a", buffering=1)  # line-buffered: a crash loses no line
     try:
         for index in range(config.frames):
             while len(ahead) < RENDER_AHEAD and index + len(ahead) < config.frames:
@@ -248,6 +253,9 @@ async def simulate(
                     frame.edge_prediction.CopyFrom(prediction)
             # The truth is read only once the frame has been ingested and offered for labelling.
             await asyncio.gather(asyncio.to_thread(gateway.record_truth, frame, label, strength), sink.send(frame))
+            if ledger_file is not None:
+                ledger_file.write(json.dumps({"frame_id": frame.frame_id, "sha256": hashlib.sha256(image).hexdigest(),
+                                              "line_id": frame.line_id, "run_id": config.run_id}) + "\n")
             report.sent += 1
             report.labels[label] = report.labels.get(label, 0) + 1
             if on_frame is not None:
@@ -255,6 +263,8 @@ async def simulate(
     finally:
         for pending in ahead:
             pending.cancel()
+        if ledger_file is not None:
+            ledger_file.close()
         report.upload_result = await sink.close()
         report.seconds = time.perf_counter() - started
     return report
@@ -297,6 +307,8 @@ def simulate_command(
         help="--fleet: a public key (PEM) whose signed builds the gateway installs; repeatable. "
              "Default: LINELOOP_EDGE_TRUSTED_KEYS, else the embedded compiler's development key.",
     ),
+    ledger: Path = typer.Option(None, "--ledger", dir_okay=False,
+                                help="Append a JSON line per frame sent (frame_id, sha256) to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Simulate a gateway: N cameras at F frames/s of synthetic apples, with optional drift."""
@@ -327,12 +339,12 @@ def simulate_command(
 
         async def run() -> SimulationReport:
             if not fleet:
-                return await simulate(config, sink, objects, on_frame=advance)
+                return await simulate(config, sink, objects, on_frame=advance, ledger=ledger)
             # The edge agent installs signed builds as they roll out, while frames keep flowing.
             async with running_agent(fleet=fleet, gateway_id=gateway_id, kafka_bootstrap=stack.kafka_bootstrap,
                                      objects=objects, state_dir=stack.state_dir,
                                      trusted_key_files=trusted_keys or None) as agent:
-                return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance)
+                return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance, ledger=ledger)
 
         try:
             report = asyncio.run(run())

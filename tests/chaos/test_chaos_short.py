@@ -1,0 +1,90 @@
+"""The short chaos run in `make test`: a small loop (stack + ingest, monitor, labeling as
+processes), a gateway run, one fault each, and the checker's proof that no frame was lost
+or counted twice. The full set of faults is `make chaos` (tests/chaos/run_chaos.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chaoslib import Checker, Loop, Traffic, read_ledger  # noqa: E402
+
+# What a stopping service may take: gRPC grace (5 s), the consumers' in-flight batch, the
+# outbox flushed, the stop hooks. Kubernetes' default terminationGracePeriodSeconds is 30.
+SIGTERM_BOUND_S = 30.0
+CONSUMERS = ["ingest", "monitor", "labeling"]  # what the checker reads; the rest play no part
+FRAMES = 80
+RATE = 10.0
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    small = Loop(tmp_path_factory.mktemp("chaos") / "state")
+    try:
+        small.up(CONSUMERS)
+        yield small
+    finally:
+        small.down()
+
+
+def _run_with(loop: Loop, tmp_path: Path, seed: int, fault) -> tuple[list[dict], object]:
+    ledger = tmp_path / "ledger.jsonl"
+    traffic = Traffic(loop, ledger, line=f"short-{seed}", frames=FRAMES, rate=RATE, seed=seed).start()
+    time.sleep(FRAMES / RATE / 4)  # frames are in flight in every consumer
+    outcome = fault()
+    traffic.join(timeout=300)
+    entries = read_ledger(ledger)
+    checker = Checker(loop)
+    waited = checker.wait_caught_up({e["frame_id"] for e in entries}, timeout=180)
+    verdict = checker.check(entries)
+    assert waited is not None, f"frames not in effect after 180 s: {dict(verdict.details)}"
+    return entries, verdict, outcome
+
+
+def _assert_kept(entries, verdict) -> None:
+    assert len(entries) == FRAMES
+    assert verdict.lost == 0, dict(verdict.details)
+    assert verdict.duplicates_in_effect == 0, dict(verdict.details)
+    assert verdict.orphans == 0 and verdict.missing_objects == 0, dict(verdict.details)
+    assert verdict.sha_mismatches == 0 and not verdict.inconsistent, (dict(verdict.details), verdict.inconsistent)
+
+
+def test_kill9_of_ingest_mid_stream_loses_and_duplicates_nothing(loop, tmp_path):
+    def kill_and_restart():
+        loop.kill9("ingest")
+        time.sleep(2.0)
+        loop.restart("ingest")
+
+    entries, verdict, _ = _run_with(loop, tmp_path, seed=11, fault=kill_and_restart)
+    _assert_kept(entries, verdict)
+
+
+@pytest.mark.parametrize("service", CONSUMERS)
+def test_sigterm_mid_stream_exits_cleanly_within_bound_and_restart_loses_nothing(loop, tmp_path, service):
+    seed = 20 + CONSUMERS.index(service)
+
+    def terminate_and_restart():
+        proc = loop.process(service)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=SIGTERM_BOUND_S)  # our child: wait() gives its exit code
+        except psutil.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{service} still running {SIGTERM_BOUND_S:.0f} s after SIGTERM")
+        seconds = time.monotonic() - started
+        loop.restart(service)
+        return code, seconds
+
+    entries, verdict, (code, seconds) = _run_with(loop, tmp_path, seed=seed, fault=terminate_and_restart)
+    assert code == 0, f"{service} exited {code} on SIGTERM"
+    assert seconds < SIGTERM_BOUND_S
+    _assert_kept(entries, verdict)

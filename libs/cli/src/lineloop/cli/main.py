@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from lineloop.cli import builds, datasets, demo, gateway, health, labels, models, runs, stack
+from lineloop.cli import reconcile
 
 app = typer.Typer(no_args_is_help=True, help="lineloop: event-driven MLOps for machine vision.")
 app.add_typer(stack.app, name="stack", help="The embedded stack: Kafka API, S3, Triton on 127.0.0.1.")
@@ -20,6 +21,7 @@ app.add_typer(builds.app, name="builds", help="Compiled builds per target.")
 app.add_typer(health.app, name="health", help="Model health and drift.")
 stack.register_top_level(app)  # up, down
 demo.register(app)
+reconcile.register(app)
 
 if __name__ == "__main__":
     app()

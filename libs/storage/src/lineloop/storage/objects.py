@@ -109,6 +109,16 @@ class ObjectInfo:
     sha256: str | None
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a bucket listing: enough to judge an object's age without a stat."""
+
+    bucket: str
+    key: str
+    size_bytes: int
+    last_modified: datetime | None
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -293,6 +303,12 @@ class ObjectStore:
         with _mapped_errors(bucket):
             for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True):
                 yield obj.object_name
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ListedObject]:
+        """Objects under `prefix` (all levels) with size and last-modified time, page by page."""
+        with _mapped_errors(bucket):
+            for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True):
+                yield ListedObject(bucket, obj.object_name, obj.size or 0, obj.last_modified)
 
     def presigned_get(self, bucket: str, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         """A URL anyone can GET the object from until `expires` has passed (signed locally)."""

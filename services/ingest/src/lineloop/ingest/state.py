@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from datetime import datetime
 
 from sqlalchemy import (
@@ -130,6 +131,24 @@ def add_frame(session: Session, event: FrameIngested, captured_at: datetime | No
             event=event.SerializeToString(),
         ),
     )
+
+
+_CONTENT_KEY_SHA = re.compile(r"^[0-9a-f]{2}/([0-9a-f]{64})\.[A-Za-z0-9]+$")
+
+
+def referenced_objects(session: Session) -> set[tuple[str, str]]:
+    """Every (bucket, key) the frame index points at (reconciliation)."""
+    rows = session.execute(select(frames.c.bucket, frames.c.object_key).distinct())
+    return {(row.bucket, row.object_key) for row in rows}
+
+
+def frames_referencing(session: Session, bucket: str, key: str, limit: int = 10) -> list[str]:
+    """Frame ids whose image is `bucket`/`key` (at most `limit`)."""
+    query = select(frames.c.frame_id).where(frames.c.bucket == bucket, frames.c.object_key == key)
+    sha = _CONTENT_KEY_SHA.match(key)
+    if sha:  # every key ingest writes is content-addressed: reach it through the sha256 index
+        query = query.where(frames.c.sha256 == sha.group(1))
+    return list(session.execute(query.order_by(frames.c.frame_id).limit(limit)).scalars())
 
 
 # ---- serving picture --------------------------------------------------------

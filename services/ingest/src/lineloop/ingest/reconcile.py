@@ -1,0 +1,229 @@
+"""Reconciliation of the frames bucket with ingest's frame index.
+
+Finds objects in the frames bucket that no indexed frame points at (orphans: a gRPC upload
+whose client never resent, a frame stored whose index write never committed, a gateway upload
+ingest copied under its content address) and indexed frames whose object is missing. It
+reports both and, when asked, deletes orphans older than a grace period.
+
+Why deleting is safe with N ingest replicas (and N reconcilers): ingest writes an object
+before it commits the index row that points at it, and commits within one prepare→commit
+(seconds, or a consumer's lag when a gateway uploaded the image and queued the frame). An
+object older than the grace period that is unreferenced when checked therefore belongs to no
+write in progress, provided the grace period exceeds the longest prepare→commit, consumer
+lag included. Each orphan is checked again right before its delete: stat (a re-upload of the
+same content makes it young again) and the index (a frame committed meanwhile). What remains
+is the few milliseconds between that check and the delete; a frame recorded in them shows up as
+a missing object in the next report. Deletes are idempotent, so reconcilers running at once
+on several replicas do no harm.
+
+The default grace is a day: a queued frame whose gateway upload is deleted before ingest
+reads it would be lost, and a day covers an ingest outage or backlog; an orphan costs only
+its bytes until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import UTC, datetime
+
+from opentelemetry import metrics
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lineloop.ingest import state
+from lineloop.ingest.settings import IngestSettings
+from lineloop.storage.objects import ObjectNotFound, ObjectStore
+from lineloop.storage.sql import Database
+
+log = logging.getLogger(__name__)
+_meter = metrics.get_meter("lineloop.ingest")
+reconciled = _meter.create_counter(
+    "lineloop.ingest.reconcile.objects", unit="{object}",
+    description="Objects found by reconciliation. Attributes: outcome (orphan|in_grace|missing|deleted).",
+)
+
+
+class ReconcileSettings(BaseSettings):
+    """`LINELOOP_INGEST_RECONCILE_*`: the reconciliation job."""
+
+    model_config = SettingsConfigDict(env_prefix="LINELOOP_INGEST_RECONCILE_", extra="ignore")
+
+    # Orphans younger than this are never deleted (an upload in flight; see the module doc).
+    grace_s: float = 86_400.0
+    # How often each ingest replica reconciles; 0: never (run `lineloop reconcile` instead).
+    interval_s: float = 0.0
+    # Whether the periodic job deletes the orphans older than the grace period, or only reports them.
+    delete: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Orphan:
+    bucket: str
+    key: str
+    size_bytes: int
+    age_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Missing:
+    bucket: str
+    key: str
+    frame_ids: list[str]  # the first few frames that point at it
+
+
+@dataclasses.dataclass
+class Report:
+    """One reconciliation pass. `orphans` are older than the grace period, `in_grace` younger."""
+
+    checked_at: datetime
+    bucket: str
+    grace_s: float
+    objects: int = 0
+    references: int = 0
+    orphans: list[Orphan] = dataclasses.field(default_factory=list)
+    in_grace: list[Orphan] = dataclasses.field(default_factory=list)
+    missing: list[Missing] = dataclasses.field(default_factory=list)
+    deleted: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        """No reference to a missing object and no orphan past the grace period left in place."""
+        remaining = {o.key for o in self.orphans} - set(self.deleted)
+        return not self.missing and not remaining
+
+    def as_dict(self) -> dict:
+        return {
+            "checked_at": self.checked_at.isoformat(),
+            "bucket": self.bucket,
+            "grace_s": self.grace_s,
+            "objects": self.objects,
+            "references": self.references,
+            "orphans": [dataclasses.asdict(o) for o in self.orphans],
+            "in_grace": [dataclasses.asdict(o) for o in self.in_grace],
+            "missing": [dataclasses.asdict(m) for m in self.missing],
+            "deleted": self.deleted,
+            "consistent": self.consistent,
+        }
+
+
+def find_inconsistencies(settings: IngestSettings | None = None, *, grace_s: float | None = None) -> Report:
+    """Report only: orphan objects and references to missing objects of the ingest deployment
+    `settings` describes (default: the environment's). `grace_s=0` counts every unreferenced
+    object as an orphan, which is what a checker wants once traffic has stopped."""
+    return reconcile(settings, grace_s=grace_s, delete=False)
+
+
+def reconcile(settings: IngestSettings | None = None, *, grace_s: float | None = None, delete: bool = False) -> Report:
+    """`find_inconsistencies`, and with `delete` the orphans older than `grace_s` removed
+    (default: `LINELOOP_INGEST_RECONCILE_GRACE_S`)."""
+    settings = settings or IngestSettings()
+    if grace_s is None:
+        grace_s = ReconcileSettings().grace_s
+    stack = settings.stack
+    db = Database(settings.sql_url)
+    try:
+        objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+        return check(db, objects, settings.frames_bucket, grace_s=grace_s, delete=delete)
+    finally:
+        db.dispose()
+
+
+def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, delete: bool) -> Report:
+    """One pass over `bucket` and the frame index in `db`."""
+    if grace_s < 0:
+        raise ValueError(f"grace period must be 0 s or more, got {grace_s:g}")
+    now = datetime.now(UTC)
+    report = Report(checked_at=now, bucket=bucket, grace_s=grace_s)
+    # The listing comes first: an object written after it cannot be called an orphan, and
+    # one committed after the index read is only in_grace (young), never deleted.
+    listed = {obj.key: obj for obj in objects.list_objects(bucket)}
+    with db.session() as session:
+        references = state.referenced_objects(session)
+    report.objects = len(listed)
+    report.references = len(references)
+
+    for key in sorted(set(listed) - {k for b, k in references if b == bucket}):
+        obj = listed[key]
+        age = (now - obj.last_modified).total_seconds() if obj.last_modified else 0.0
+        orphan = Orphan(bucket, key, obj.size_bytes, round(age, 3))
+        (report.orphans if age >= grace_s else report.in_grace).append(orphan)
+
+    for ref_bucket, key in sorted(references):
+        if ref_bucket == bucket and key in listed:
+            continue
+        # Written after the listing, or in another bucket: only a stat says it is missing.
+        if _exists(objects, ref_bucket, key):
+            continue
+        with db.session() as session:
+            frame_ids = state.frames_referencing(session, ref_bucket, key)
+        report.missing.append(Missing(ref_bucket, key, frame_ids))
+
+    if delete:
+        for orphan in report.orphans:
+            if _delete_if_still_orphan(db, objects, orphan, grace_s):
+                report.deleted.append(orphan.key)
+
+    for outcome, count in (("orphan", len(report.orphans)), ("in_grace", len(report.in_grace)),
+                           ("missing", len(report.missing)), ("deleted", len(report.deleted))):
+        if count:
+            reconciled.add(count, {"outcome": outcome})
+    log.info("reconciled %s: %d objects, %d references, %d orphans (%d deleted), %d in grace, %d missing",
+             bucket, report.objects, report.references, len(report.orphans), len(report.deleted),
+             len(report.in_grace), len(report.missing))
+    return report
+
+
+def _exists(objects: ObjectStore, bucket: str, key: str) -> bool:
+    try:
+        objects.stat(bucket, key)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+def _delete_if_still_orphan(db: Database, objects: ObjectStore, orphan: Orphan, grace_s: float) -> bool:
+    """Delete `orphan` when it is still old and still unreferenced, checked just now."""
+    try:
+        info = objects.stat(orphan.bucket, orphan.key)
+    except ObjectNotFound:
+        return False  # another reconciler got there first
+    if info.last_modified is None or (datetime.now(UTC) - info.last_modified).total_seconds() < grace_s:
+        return False  # written again since the listing: an upload in flight
+    with db.session() as session:
+        if state.frames_referencing(session, orphan.bucket, orphan.key, limit=1):
+            return False
+    objects.delete(orphan.bucket, orphan.key)
+    log.info("deleted orphan object %s/%s (%d bytes, %.0f s old)", orphan.bucket, orphan.key,
+             orphan.size_bytes, orphan.age_s)
+    return True
+
+
+async def run_periodically(db: Database, objects: ObjectStore, bucket: str, settings: ReconcileSettings) -> None:
+    """The job inside ingest: one pass every `interval_s`, in a worker thread; a failed pass
+    is logged and the next one tried."""
+    while True:
+        await asyncio.sleep(settings.interval_s)
+        try:
+            await asyncio.to_thread(check, db, objects, bucket, grace_s=settings.grace_s, delete=settings.delete)
+        except Exception:
+            log.exception("reconciliation of %s failed; next try in %.0f s", bucket, settings.interval_s)
+
+
+def schedule(service, frames_bucket: str, settings: ReconcileSettings | None = None) -> None:
+    """Run the periodic job in `service` (a `lineloop.runtime.Service`) when `interval_s` > 0."""
+    settings = settings or ReconcileSettings()
+    if settings.interval_s <= 0:
+        return
+    tasks: list[asyncio.Task] = []
+
+    @service.on_start
+    async def start_reconciling() -> None:
+        tasks.append(asyncio.create_task(
+            run_periodically(service.db, service.objects, frames_bucket, settings), name="reconcile"))
+
+    @service.on_stop
+    async def stop_reconciling() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

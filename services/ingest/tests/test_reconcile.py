@@ -1,0 +1,105 @@
+"""Reconciliation of the frames bucket with ingest's index, against the real stack and a real
+ingest (SQLite and PostgreSQL): orphans and missing objects found exactly, only old orphans
+deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+from lineloop.ingest import reconcile, state
+from lineloop.ingest.testing import frame, ingest_settings, jpeg, object_store, running_ingest, skip_group_to_end, uid
+from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
+
+LINELOOP = str(Path(sys.executable).parent / "lineloop")
+
+
+async def _ingest_over_grpc(service, frames) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        response = await stub.UploadFrames(iter([ingest_pb2.UploadFrameRequest(frame=f) for f in frames]))
+    assert response.accepted == len(frames), response
+
+
+def _settings(stack, database_url, bucket, **overrides):
+    # A bucket of its own: the session stack's frames bucket holds every other test's frames.
+    return ingest_settings(stack, database_url, frames_bucket=bucket, upload_buckets=[bucket], **overrides)
+
+
+async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_old_orphans(stack, database_url):
+    bucket = uid("recon")
+    settings = _settings(stack, database_url, bucket)
+    objects = object_store(stack)
+    objects.ensure_buckets([bucket])
+    await skip_group_to_end(stack, settings.consumer_group)
+    line = uid("line")
+    kept, lost = frame(jpeg(11), line=line), frame(jpeg(12), line=line)
+    async with running_ingest(settings) as service:
+        await _ingest_over_grpc(service, [kept, lost])
+    with service.db.session() as session:  # the keys ingest itself recorded
+        keys = {f.frame_id: f.image.key for f in (state.find_frame(session, kept.frame_id),
+                                                   state.find_frame(session, lost.frame_id))}
+    # What an upload whose client never resent leaves: stored, never indexed.
+    orphan = objects.put_content_addressed(bucket, jpeg(13), "jpg", "image/jpeg")
+    # An indexed frame whose object is gone.
+    objects.delete(bucket, keys[lost.frame_id])
+
+    report = await asyncio.to_thread(reconcile.find_inconsistencies, settings, grace_s=0)
+    assert [o.key for o in report.orphans] == [orphan.key]
+    assert [(m.bucket, m.key, m.frame_ids) for m in report.missing] == [(bucket, keys[lost.frame_id], [lost.frame_id])]
+    assert (report.objects, report.references, report.in_grace, report.deleted) == (2, 2, [], [])
+    assert not report.consistent
+
+    # The same through the CLI, as JSON; exit 1 while inconsistencies remain.
+    env = {**stack.env(), "LINELOOP_INGEST_DATABASE_URL": database_url, "LINELOOP_INGEST_FRAMES_BUCKET": bucket}
+    cli = subprocess.run([LINELOOP, "reconcile", "--json", "--grace-s", "0"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 1, cli.stderr
+    printed = json.loads(cli.stdout)
+    assert [o["key"] for o in printed["orphans"]] == [orphan.key]
+    assert [(m["key"], m["frame_ids"]) for m in printed["missing"]] == [(keys[lost.frame_id], [lost.frame_id])]
+
+    # The default grace period (a day) covers an object written seconds ago: nothing deleted.
+    report = await asyncio.to_thread(reconcile.reconcile, settings, delete=True)
+    assert report.deleted == [] and [o.key for o in report.in_grace] == [orphan.key]
+    assert objects.exists(bucket, orphan.key)
+
+    # Grace 0: the orphan goes, the referenced object stays, the missing one is still reported.
+    report = await asyncio.to_thread(reconcile.reconcile, settings, grace_s=0, delete=True)
+    assert report.deleted == [orphan.key]
+    assert not objects.exists(bucket, orphan.key)
+    assert objects.exists(bucket, keys[kept.frame_id])
+    assert [m.key for m in report.missing] == [keys[lost.frame_id]]
+
+    # A fresh unreferenced object (an upload in flight) within the grace period is kept.
+    fresh = objects.put_content_addressed(bucket, jpeg(14), "jpg", "image/jpeg")
+    report = await asyncio.to_thread(reconcile.reconcile, settings, grace_s=3600, delete=True)
+    assert (report.deleted, [o.key for o in report.in_grace], report.orphans) == ([], [fresh.key], [])
+    assert objects.exists(bucket, fresh.key)
+
+
+async def test_ingest_deletes_old_orphans_periodically_when_configured(stack, tmp_path, monkeypatch):
+    bucket = uid("recon")
+    settings = _settings(stack, f"sqlite:///{tmp_path / 'ingest.db'}", bucket)
+    objects = object_store(stack)
+    objects.ensure_buckets([bucket])
+    await skip_group_to_end(stack, settings.consumer_group)
+    monkeypatch.setenv("LINELOOP_INGEST_RECONCILE_INTERVAL_S", "0.2")
+    monkeypatch.setenv("LINELOOP_INGEST_RECONCILE_GRACE_S", "0")
+    monkeypatch.setenv("LINELOOP_INGEST_RECONCILE_DELETE", "true")
+    line = uid("line")
+    kept = frame(jpeg(21), line=line)
+    async with running_ingest(settings) as service:
+        await _ingest_over_grpc(service, [kept])
+        orphan = objects.put_content_addressed(bucket, jpeg(22), "jpg", "image/jpeg")
+        for _ in range(100):
+            if not objects.exists(bucket, orphan.key):
+                break
+            await asyncio.sleep(0.1)
+        assert not objects.exists(bucket, orphan.key), "the periodic job did not delete the orphan"
+    assert reconcile.find_inconsistencies(settings, grace_s=0).consistent

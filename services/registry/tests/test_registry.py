@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import socket
 import uuid
 
 import grpc
 import pytest
 import torch
+from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from lineloop.bus import Bus
+from lineloop.cli.models import app as models_cli
 from lineloop.model.export import export_onnx
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint
 from lineloop.model.synthetic import write_dataset
@@ -352,3 +357,103 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
     finally:
         await publisher.stop()
         await server.stop(None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def canary_holds(cause: str) -> float:
+    """lineloop_registry_canary_holds_total{cause=...} as /metrics serves it."""
+    return sum(sample.value for family in REGISTRY.collect() for sample in family.samples
+               if sample.name == "lineloop_registry_canary_holds_total" and sample.labels.get("cause") == cause)
+
+
+async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives_or_a_person_decides(
+        stack, store, tmp_path, database_url):
+    """Fails closed: a canary that has served its frames is not promoted while the monitor is unreachable or
+    labels are too few; it is held, with the reason in `lineloop models show`, until they come or a person decides.
+    On SQLite and PostgreSQL: a hold is one row per version, written with a conditional insert/update."""
+    model = f"quinces-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=6)
+    monitor_port = free_port()  # nothing listens here yet: the monitor is down
+    monitor = LiveAccuracy(model, model)
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{monitor_port}", canary_min_labelled=10,
+                                      monitor_timeout_s=2.0, database_url=database_url), deployer=SlowDeployer())
+    publisher = Bus(stack.kafka_bootstrap, source="test/registry")
+    await publisher.start()
+    server = None
+    before = {cause: canary_holds(cause) for cause in ("monitor_unreachable", "too_few_labels")}
+    try:
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def version(v):
+                return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
+
+            async def serve_canary_frames(v: str) -> None:
+                for _ in range(3):
+                    await publisher.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
+                        status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version=v, canary=True)))
+
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
+
+            # 1. The canary has served its frames, the monitor is unreachable: held, not promoted.
+            await serve_canary_frames("2")
+            v2 = await until(lambda: version("2"), lambda v: v.hold_reason != "", what="v2 held")
+            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served >= 3
+            assert v2.hold_reason.startswith(f"monitor unreachable: UNAVAILABLE at 127.0.0.1:{monitor_port}"), v2.hold_reason
+            assert v2.held_since.seconds > 0
+            await asyncio.sleep(1.0)  # several policy passes (0.2 s apart): still held
+            assert (await version("2")).stage == Stage.STAGE_STAGING
+            assert (await version("production")).version == "1"
+            assert canary_holds("monitor_unreachable") == before["monitor_unreachable"] + 1  # once per hold, not per pass
+
+            # `lineloop models show` says so, and `--json` carries the field.
+            env = {"LINELOOP_REGISTRY_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "200"}
+            shown = await asyncio.to_thread(CliRunner().invoke, models_cli, ["show", model, "2"], env=env)
+            assert shown.exit_code == 0, shown.output
+            assert "held since" in shown.output and "monitor unreachable: UNAVAILABLE" in " ".join(shown.output.split())
+            shown = await asyncio.to_thread(CliRunner().invoke, models_cli, ["show", model, "2", "--json"], env=env)
+            assert json.loads(shown.output)["hold_reason"].startswith("monitor unreachable:")
+
+            # 2. The monitor answers, but the canary has too few labels: still held, with the count.
+            add_MonitorServiceServicer_to_server(monitor, server := grpc.aio.server())
+            assert server.add_insecure_port(f"127.0.0.1:{monitor_port}") == monitor_port
+            await server.start()
+            monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_labelled=3, live_accuracy=1.0)]
+            v2 = await until(lambda: version("2"), lambda v: "labels" in v.hold_reason, what="v2 held for labels")
+            assert v2.stage == Stage.STAGE_STAGING
+            assert "canary v2 has 3 of 10 labels, production v1 50 of 10" in v2.hold_reason, v2.hold_reason
+            assert canary_holds("too_few_labels") == before["too_few_labels"] + 1
+
+            # 3. The labels arrive and the canary is as good: the policy decides, and the hold ends.
+            monitor.versions[1] = VersionHealth(model_version="2", frames_labelled=12, live_accuracy=0.9)
+            v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v2 production")
+            assert v2.hold_reason == "" and not v2.HasField("held_since")
+            last = v2.history[-1]
+            assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
+            assert "live accuracy 0.900 on 12 labelled frames vs production v1 0.900 on 50" in last.reason
+
+            # 4. A person decides for a held canary: promoted by hand, the history says it overrode the hold.
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
+            await serve_canary_frames("3")
+            v3 = await until(lambda: version("3"), lambda v: v.hold_reason != "", what="v3 held")
+            assert "canary v3 has 0 of 10 labels" in v3.hold_reason
+            promoted = await api.Promote(pb.PromoteRequest(model_name=model, version="3", to_stage=Stage.STAGE_PRODUCTION,
+                                                           actor="qa@plant", reason="line 2 needs the fix now"))
+            assert promoted.stage == Stage.STAGE_PRODUCTION and promoted.hold_reason == ""
+            last = promoted.history[-1]
+            assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "qa@plant")
+            assert last.reason == f"line 2 needs the fix now (overrides the canary hold: {v3.hold_reason})"
+    finally:
+        await publisher.stop()
+        if server is not None:
+            await server.stop(None)

@@ -41,6 +41,10 @@ def _show_version(v: pb.ModelVersion) -> None:
     console.print(f"[bold]{v.model_name} v{v.version}[/bold] · {NAMES[v.stage]} · aliases {', '.join(v.aliases) or '-'}")
     console.print(f"run {v.run_id} · dataset {v.dataset} {v.dataset_version} · parent {v.parent_version or '-'}"
                   + (f" · canary share {v.canary_share:.0%} · frames served {v.frames_served}" if v.stage == Stage.STAGE_STAGING else ""))
+    if v.hold_reason:
+        since = v.held_since.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        console.print(f"[yellow]held[/yellow] since {since}: {v.hold_reason}\n"
+                      "  (the policy decides once the evidence exists; `lineloop models promote` decides now)")
     g = v.gate
     console.print(f"gate: {'[green]passed[/green]' if g.passed else '[red]failed[/red]'} on {g.dataset_version} — {g.reason}")
     checks = Table("check", "candidate", "production/floor", "tolerance", "ok")
@@ -77,7 +81,8 @@ def list_versions(model: str = typer.Option("", "--model", help="Only this model
         return
     table = Table("model", "version", "stage", "aliases", "dataset", "gate", "accuracy", "ok FPR", "run")
     for v in versions:
-        table.add_row(v.model_name, v.version, NAMES[v.stage], ",".join(v.aliases), f"{v.dataset} {v.dataset_version}",
+        table.add_row(v.model_name, v.version, NAMES[v.stage] + (" [yellow](held)[/yellow]" if v.hold_reason else ""),
+                      ",".join(v.aliases), f"{v.dataset} {v.dataset_version}",
                       ("passed" if v.gate.passed else "failed") if v.gate.reason else "pending",
                       f"{v.gate.candidate.accuracy:.3f}", f"{v.gate.candidate.ok_false_positive_rate:.3f}", v.run_id)
     console.print(table)

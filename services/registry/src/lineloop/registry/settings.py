@@ -23,10 +23,13 @@ class RegistrySettings(ServiceSettings):
     auto_promote: bool = True
     canary_share: float = 0.1
     canary_min_frames: int = 200
-    # Live accuracy (the monitor's, against human labels) decides too once both the canary
-    # and production have this many labelled frames: a worse canary is archived instead.
-    monitor_grpc: str = "127.0.0.1:50056"  # empty: frames served alone decide
-    canary_min_labelled: int = 20
+    # Live accuracy (the monitor's, against human labels) decides too: a canary that has
+    # served its frames is promoted only once the monitor answers and both it and production
+    # have this many labelled frames, and archived if worse. Until then it is held, with the
+    # reason in `lineloop models show`; a person may still promote or archive it by hand.
+    monitor_grpc: str = "127.0.0.1:50056"  # empty: frames served alone decide (no live check at all)
+    canary_min_labelled: int = Field(default=20, ge=1)
+    monitor_timeout_s: float = 5.0
     # Gate tolerances (absolute, in metric units): how far a candidate may fall behind production.
     tolerance_accuracy: float = 0.0
     tolerance_ok_false_positive_rate: float = 0.0

@@ -26,6 +26,7 @@ from lineloop.v1.common_pb2 import EvalMetrics
 from lineloop.v1.events_pb2 import GateDecision, LineDeployment, ModelPromoted
 from lineloop.v1.registry_pb2 import ModelVersion
 
+AUTO_ACTOR = "registry:auto_promote"  # the actor of the worker's policy changes
 PROMOTABLE_TO = {
     "production": {"candidate", "staging", "archived"},
     "staging": {"candidate", "archived", "staging"},
@@ -92,8 +93,11 @@ class Stages:
                     raise RegistryError(grpc.StatusCode.ABORTED, "STAGE_CHANGED",
                                         f"{model_name} v{v} moved to {current} meanwhile; nothing was changed")
                 state.set_stage(s, model_name, v, to_stage, **values)
-                state.add_transition(s, model_name, v, from_stage, to_stage, actor,
-                                     reason if v == version else why, self._metrics(s, model_name, v))
+                # Any stage change ends a canary hold; the history says when a person overrode one.
+                held = state.release_hold(s, model_name, v)
+                if v == version:
+                    why = f"{reason} (overrides the canary hold: {held})" if held and actor != AUTO_ACTOR else reason
+                state.add_transition(s, model_name, v, from_stage, to_stage, actor, why, self._metrics(s, model_name, v))
             picture = serving.lines or self._picture(s, model_name)
             promoted_at = Timestamp()
             promoted_at.GetCurrentTime()

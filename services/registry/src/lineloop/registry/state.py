@@ -6,6 +6,10 @@ PostgreSQL without in-process locks), deploys, then applies every stage update,
 the history rows and the outbox event in one transaction that first checks it
 still holds the lease. A crash mid-deploy leaves the lease to expire; the stages
 were never half-changed.
+
+Canary holds (`canary_holds`): one row per held version, keyed by (model, version), so
+replicas that hold the same canary at once write one row; an insert that loses the race
+becomes an update, and only the replica whose statement changed the cause counts it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    delete,
     insert,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lineloop.registry import handlers_models_compiled
@@ -38,7 +44,7 @@ from lineloop.v1.common_pb2 import EvalMetrics, ObjectRef, Stage
 from lineloop.v1.events_pb2 import GateDecision
 from lineloop.v1.registry_pb2 import ModelVersion, StageTransition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: registry_canary_holds
 metadata = MetaData()
 
 models = Table(
@@ -87,6 +93,15 @@ transitions = Table(
     Column("reason", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("metrics", LargeBinary, nullable=True),  # EvalMetrics at that moment
+)
+
+canary_holds = Table(
+    "registry_canary_holds", metadata,
+    Column("model_name", String(200), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("cause", String(32), nullable=False),  # monitor_unreachable, monitor_error, too_few_labels
+    Column("reason", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
 )
 
 STAGE_NAMES = {Stage.STAGE_CANDIDATE: "candidate", Stage.STAGE_STAGING: "staging", Stage.STAGE_PRODUCTION: "production",
@@ -170,6 +185,39 @@ def set_stage(s: Session, model_name: str, version: str, stage: str, **values) -
               .values(stage=stage, **values))
 
 
+def hold(s: Session, model_name: str, version: str, cause: str, reason: str) -> bool:
+    """Record that the policy holds this canary, and why; True when the hold is new or its cause changed."""
+    key = (canary_holds.c.model_name == model_name, canary_holds.c.version == version)
+    if s.execute(select(canary_holds.c.cause).where(*key)).first() is None:
+        try:
+            with s.begin_nested():
+                s.execute(insert(canary_holds).values(model_name=model_name, version=version, cause=cause, reason=reason,
+                                                      since=utcnow()))
+            return True
+        except IntegrityError:
+            pass  # another replica recorded it first: fall through to the update
+    changed = s.execute(update(canary_holds).where(*key, canary_holds.c.cause != cause)
+                        .values(cause=cause, reason=reason, since=utcnow())).rowcount
+    if not changed:
+        s.execute(update(canary_holds).where(*key, canary_holds.c.reason != reason).values(reason=reason))
+    return bool(changed)
+
+
+def release_hold(s: Session, model_name: str, version: str) -> str:
+    """End a version's hold (its stage is changing); the reason it was held, or "" if it was not."""
+    key = (canary_holds.c.model_name == model_name, canary_holds.c.version == version)
+    reason = s.execute(select(canary_holds.c.reason).where(*key)).scalar()
+    if reason is not None:
+        s.execute(delete(canary_holds).where(*key))
+    return reason or ""
+
+
+def get_hold(s: Session, model_name: str, version: str) -> dict | None:
+    row = s.execute(select(canary_holds).where(canary_holds.c.model_name == model_name,
+                                               canary_holds.c.version == version)).mappings().first()
+    return dict(row) if row else None
+
+
 def _ts(value: datetime) -> Timestamp:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
@@ -199,6 +247,11 @@ def version_proto(s: Session, row: dict) -> ModelVersion:
             from_stage=STAGE_OF[t["from_stage"]], to_stage=STAGE_OF[t["to_stage"]], actor=t["actor"], reason=t["reason"],
             at=_ts(t["at"]), metrics=EvalMetrics.FromString(t["metrics"]) if t["metrics"] else None))
     msg.builds.extend(handlers_models_compiled.builds_of(s, row["model_name"], row["version"]))
+    held = get_hold(s, row["model_name"], row["version"])
+    # A hold recorded while a person changed the stage may outlive it: only a canary is held.
+    if held is not None and row["stage"] == "staging":
+        msg.hold_reason = held["reason"]
+        msg.held_since.CopyFrom(_ts(held["since"]))
     return msg
 
 

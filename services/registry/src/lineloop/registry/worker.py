@@ -1,10 +1,18 @@
 """The registry's background work, driven by its state (so a restart resumes it):
-gate candidates that are waiting, then apply the `auto_promote` policy."""
+gate candidates that are waiting, then apply the `auto_promote` policy.
+
+The canary policy fails closed: a canary that has served its frames is promoted only on
+evidence (the monitor answers and both versions have enough human labels) and archived if
+that evidence says it is worse. Without the evidence it is held, with the reason on the
+version (`lineloop models show`) and counted in lineloop_registry_canary_holds_total; a
+person's Promote or SetCanary ends the hold, and the history says it overrode one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -14,7 +22,7 @@ from sqlalchemy import select, update
 from lineloop.registry import state
 from lineloop.registry.gate import Evaluator, GateError, decide
 from lineloop.registry.settings import RegistrySettings
-from lineloop.registry.stages import RegistryError, Stages
+from lineloop.registry.stages import AUTO_ACTOR, RegistryError, Stages
 from lineloop.runtime import Service
 from lineloop.v1.events_pb2 import GateDecision, ModelRegistered
 from lineloop.v1.monitor_pb2 import GetModelHealthRequest
@@ -23,7 +31,19 @@ from lineloop.v1.monitor_pb2_grpc import MonitorServiceStub
 log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter("lineloop.registry")
 gate_decisions = _meter.create_counter("lineloop_registry_gate_decisions_total", description="Gate outcomes")
-AUTO = "registry:auto_promote"
+canary_holds = _meter.create_counter(
+    "lineloop_registry_canary_holds_total",
+    description="Canaries held by the policy for want of live evidence, by cause (counted when a hold starts or its cause changes)")
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class LiveVerdict:
+    """What live accuracy says about a canary: `hold` (a cause) when there is no verdict yet."""
+
+    text: str
+    worse: bool = False
+    hold: str = ""
 
 
 class RegistryWorker:
@@ -128,39 +148,63 @@ class RegistryWorker:
                 await self._auto(row, "production", "bootstrap: first version to meet the floors")
         for row in canaries:
             served = f"canary served {row['frames_served']} frames (policy: {self.settings.canary_min_frames})"
-            worse, live = await self._live_accuracy(row)
-            if worse:
-                await self._auto(row, "archived", f"{served}, but {live}")
+            live = await self._live_accuracy(row)
+            if live.hold:
+                await self._hold(row, live)
+            elif live.worse:
+                await self._auto(row, "archived", f"{served}, but {live.text}")
             else:
-                await self._auto(row, "production", f"{served}; {live}")
+                await self._auto(row, "production", f"{served}; {live.text}")
 
-    async def _live_accuracy(self, canary: dict) -> tuple[bool, str]:
-        """(canary is worse, what the monitor says) from its live accuracy per version."""
+    async def _live_accuracy(self, canary: dict) -> LiveVerdict:
+        """The canary against production by the monitor's live accuracy per version."""
         if not self.settings.monitor_grpc:
-            return False, "live accuracy not consulted (no monitor configured)"
+            return LiveVerdict("live accuracy not consulted (no monitor configured)")
         with self.service.db.session() as s:
             prod = state.get_version_row(s, canary["model_name"], "production")
         if prod is None:
-            return False, "no production version to compare with"
+            return LiveVerdict("no production version to compare with")
         try:
             async with grpc.aio.insecure_channel(self.settings.monitor_grpc) as channel:
                 health = await MonitorServiceStub(channel).GetModelHealth(
-                    GetModelHealthRequest(line_id=canary["dataset"], model_name=canary["model_name"]), timeout=5)
+                    GetModelHealthRequest(line_id=canary["dataset"], model_name=canary["model_name"]),
+                    timeout=self.settings.monitor_timeout_s)
         except grpc.aio.AioRpcError as err:
-            return False, f"live accuracy not compared (monitor: {err.code().name})"
+            details = (err.details() or "")[:200]
+            if err.code() in UNREACHABLE:
+                return LiveVerdict(f"monitor unreachable: {err.code().name} at {self.settings.monitor_grpc} ({details})",
+                                   hold="monitor_unreachable")
+            return LiveVerdict(f"monitor refused GetModelHealth: {err.code().name} ({details})", hold="monitor_error")
         by_version = {v.model_version: v for v in health.versions}
         c, p = by_version.get(canary["version"]), by_version.get(prod["version"])
+        c_labelled, p_labelled = (c.frames_labelled if c else 0), (p.frames_labelled if p else 0)
         need = self.settings.canary_min_labelled
-        if c is None or p is None or c.frames_labelled < need or p.frames_labelled < need:
-            return False, (f"live accuracy not yet comparable (labelled frames: canary {c.frames_labelled if c else 0}, "
-                           f"production {p.frames_labelled if p else 0}; need {need} each)")
+        if c_labelled < need or p_labelled < need:
+            return LiveVerdict(f"too few labels to compare live accuracy: canary v{canary['version']} has {c_labelled} "
+                               f"of {need} labels, production v{prod['version']} {p_labelled} of {need}",
+                               hold="too_few_labels")
         verdict = (f"live accuracy {c.live_accuracy:.3f} on {c.frames_labelled} labelled frames vs production "
                    f"v{prod['version']} {p.live_accuracy:.3f} on {p.frames_labelled}")
-        return c.live_accuracy < p.live_accuracy - self.settings.tolerance_accuracy - 1e-9, verdict
+        return LiveVerdict(verdict, worse=c.live_accuracy < p.live_accuracy - self.settings.tolerance_accuracy - 1e-9)
+
+    async def _hold(self, row: dict, live: LiveVerdict) -> None:
+        """Keep the canary where it is and say why; written only when the reason changes."""
+        model_name, version = row["model_name"], row["version"]
+        with self.service.db.session() as s:
+            held = state.get_hold(s, model_name, version)
+        if held is not None and (held["cause"], held["reason"]) == (live.hold, live.text):
+            return
+        async with self.service.db.write() as s:
+            still_canary = s.execute(select(state.versions.c.stage).where(
+                state.versions.c.model_name == model_name, state.versions.c.version == version)).scalar() == "staging"
+            started = still_canary and state.hold(s, model_name, version, live.hold, live.text)
+        if started:
+            canary_holds.add(1, {"cause": live.hold})
+            log.warning("canary %s v%s held: %s", model_name, version, live.text)
 
     async def _auto(self, row: dict, to: str, reason: str) -> None:
         try:
-            await self.stages.change(row["model_name"], row["version"], to, actor=AUTO, reason=reason)
+            await self.stages.change(row["model_name"], row["version"], to, actor=AUTO_ACTOR, reason=reason)
         except RegistryError as err:
             if err.reason in ("CONCURRENT_PROMOTION", "DEPLOYMENT_FAILED", "PROMOTION_LEASE_LOST", "STAGE_CHANGED"):
                 log.warning("auto-promotion of %s v%s to %s postponed: %s", row["model_name"], row["version"], to, err.message)

@@ -29,8 +29,6 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.kafka import KafkaBroker, KafkaMessage, KafkaRouter
 from google.protobuf.message import Message
@@ -41,7 +39,9 @@ from sqlalchemy.orm import Session
 from lineloop.bus import outbox
 from lineloop.bus.cloudevents import Envelope, decode, header_dict, make_headers
 from lineloop.bus.errors import Reject, is_unavailable
-from lineloop.contracts.topics import BY_TOPIC, EventType, event_type
+from lineloop.bus.topics import TopicSpec
+from lineloop.bus.topics import ensure_topics as create_missing_topics
+from lineloop.contracts.topics import MAX_RECORD_BYTES, EventType, event_type
 from lineloop.storage.sql import Database
 from lineloop.telemetry import metrics
 
@@ -131,6 +131,8 @@ class Bus:
         source: str,
         db: Database | None = None,
         partitions: int = 3,
+        replication_factor: int = 1,
+        min_insync_replicas: int = 1,
         max_attempts: int = 3,
         max_deliveries: int = 5,
         retry_backoff_s: float = 0.5,
@@ -142,6 +144,7 @@ class Bus:
         self.source = source
         self.db = db
         self.partitions = partitions
+        self.topics = TopicSpec(partitions, replication_factor, min_insync_replicas)
         self.max_attempts = max_attempts
         self.max_deliveries = max_deliveries
         self.retry_backoff_s = retry_backoff_s
@@ -154,6 +157,7 @@ class Bus:
         # Tansu's S3 storage, so small batches cost far less than single sends.
         self.broker = KafkaBroker(
             bootstrap, client_id=source, acks="all", linger_ms=5, logger=log, log_level=logging.DEBUG,
+            max_request_size=MAX_RECORD_BYTES,  # the topics' max.message.bytes: a larger record fails here, clearly
         )
         self.relay = outbox.OutboxRelay(db, self.broker, source=source) if db is not None else None
         self._registrations: list[_Registration] = []
@@ -374,21 +378,8 @@ class Bus:
     # ---- lifecycle ----------------------------------------------------------
 
     async def ensure_topics(self, topics: list[str] | None = None) -> None:
-        """Create the event topics and their DLQs (idempotent)."""
-        names = topics if topics is not None else [n for t in BY_TOPIC.values() for n in (t.topic, t.dlq_topic)]
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=f"{self.source}-admin")
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            missing = [NewTopic(n, self.partitions, 1) for n in names if n not in existing]
-            if missing:
-                try:
-                    await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass  # another replica created them meanwhile
-                log.info("created topics %s", [t.name for t in missing])
-        finally:
-            await admin.close()
+        """Create the event topics and their DLQs (idempotent), as `self.topics` says (lineloop.bus.topics)."""
+        await create_missing_topics(self.bootstrap, self.topics, topics, client_id=f"{self.source}-admin")
 
     async def start(self) -> None:
         if self.db is not None:

@@ -12,6 +12,16 @@ from google.protobuf.message import Message
 
 from lineloop.v1 import events_pb2, options_pb2
 
+# The largest image a frame may carry inline (FrameCaptured.inline_image, raw bytes): the README
+# states it, ingest refuses a larger one, and the record limit below is derived from it.
+MAX_INLINE_IMAGE_BYTES = 1024 * 1024
+# The largest record on any topic: every topic is created with it as `max.message.bytes` and
+# producers use it as `max_request_size`, so a frame with an inline image at the limit fits even
+# as JSON, where base64 makes the image 4/3 as large; the rest is room for the other fields,
+# the CloudEvents headers and the record batch around it. Kafka's default is 1 MB.
+RECORD_HEADROOM_BYTES = 256 * 1024
+MAX_RECORD_BYTES = 4 * -(-MAX_INLINE_IMAGE_BYTES // 3) + RECORD_HEADROOM_BYTES
+
 
 @dataclass(frozen=True)
 class EventType:

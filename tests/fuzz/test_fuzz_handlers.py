@@ -100,3 +100,14 @@ async def test_a_promotion_listing_a_line_twice_is_rejected_with_its_reason(stac
         twice.deployments.add(line_id="line-1", production_version="2")
     async with hosted("ingest", stack, tmp_path) as host:
         assert await host.deliver("models.promoted.v1", twice) == "rejected:invalid_event"
+
+
+async def test_a_promotion_with_a_share_outside_0_to_1_is_rejected_with_its_reason(stack, tmp_path):
+    """Found by this fuzz: a NaN canary_share hit ingest's NOT NULL column (decode now refuses NaN; 2.0 is the handler's)."""
+    from lineloop.v1.events_pb2 import ModelPromoted
+
+    async with hosted("ingest", stack, tmp_path) as host:
+        for share, reason in ((float("nan"), "invalid_field"), (2.0, "invalid_event"), (float("-inf"), "invalid_event")):
+            msg = ModelPromoted(model_name="apples", version="2")
+            msg.deployments.add(line_id="line-1", production_version="1", canary_version="2", canary_share=share)
+            assert await host.deliver("models.promoted.v1", msg) == f"rejected:{reason}", share

@@ -5,6 +5,7 @@ https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/bindings/kafka-proto
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ REQUIRED_HEADERS = ("ce_specversion", "ce_id", "ce_source", "ce_type", "content-
 # What google.protobuf.Timestamp allows (0001-01-01 .. 9999-12-31): the binary format carries any int64,
 # and ToDatetime() in a handler raised ValueError on the rest (found by tests/fuzz).
 _TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+_FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,9 @@ def decode(et: EventType, value: bytes | None, headers: dict[str, str]) -> tuple
 
 
 def _invalid_field(msg: Message, path: str = "") -> str | None:
-    """What no handler can use, whatever the event means: a Timestamp outside its range, or an
-    enum number this build does not know (proto3 parses both; `.Name()` and `ToDatetime()` raise).
+    """What no handler can use, whatever the event means: a Timestamp outside its range, a NaN
+    (no score, share or statistic is ever NaN; SQLite stores it as NULL), or an enum number this
+    build does not know (proto3 parses all three; `ToDatetime()`, NOT NULL and `.Name()` raise).
 
     An unknown enum value from a newer producer is refused too: the record waits in the DLQ
     until this consumer knows it, instead of being applied as something it is not.
@@ -112,28 +115,19 @@ def _invalid_field(msg: Message, path: str = "") -> str | None:
     for field, value in msg.ListFields():
         name = f"{path}.{field.name}" if path else field.name
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
+            field = field.message_type.fields_by_name["value"]
             items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
-            if value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                found = next((p for n, v in items if (p := _invalid_field(v, n))), None)
-            elif value_field.type == FieldDescriptor.TYPE_ENUM:
-                found = next((_unknown_enum(value_field, n, v) for n, v in items
-                              if v not in value_field.enum_type.values_by_number), None)
-            else:
-                found = None
         else:
-            values = value if field.is_repeated else [value]
+            items = [(name, v) for v in (value if field.is_repeated else [value])]
+        for where, v in items:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
-                found = next((p for v in values if (p := _invalid_field(v, name))), None)
-            elif field.type == FieldDescriptor.TYPE_ENUM:
-                found = next((_unknown_enum(field, name, v) for v in values
-                              if v not in field.enum_type.values_by_number), None)
+                found = _invalid_field(v, where)
+            elif field.type == FieldDescriptor.TYPE_ENUM and v not in field.enum_type.values_by_number:
+                found = f"{where} = {v} is not a {field.enum_type.full_name} this build knows"
+            elif field.type in _FLOATS and math.isnan(v):
+                found = f"{where} is NaN"
             else:
                 found = None
-        if found:
-            return found
+            if found:
+                return found
     return None
-
-
-def _unknown_enum(field: FieldDescriptor, name: str, number: int) -> str:
-    return f"{name} = {number} is not a {field.enum_type.full_name} this build knows"

@@ -19,6 +19,9 @@ def make_handler(serving: ServingPicture, scorer: TritonScorer):
             # One line served twice by one picture: which entry wins is undefined (the index's key refused it).
             twice = sorted({line for line in lines if lines.count(line) > 1})
             raise Reject("invalid_event", f"{msg.model_name}:{msg.version} lists line(s) {twice[:5]!r} more than once")
+        shares = [d.canary_share for d in msg.deployments if not 0.0 <= d.canary_share <= 1.0]
+        if shares:
+            raise Reject("invalid_event", f"{msg.model_name}:{msg.version}: canary_share {shares[0]!r} is outside 0..1")
         state.apply_promotion(ctx.session, msg)
         # This replica re-reads the picture at its next frame (the handler commits
         # before any other task runs); other replicas within deployment_refresh_s.

@@ -20,7 +20,7 @@ class RegistryApi(RegistryServiceServicer):
         self.stages = stages
 
     async def ListVersions(self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext) -> pb.ListVersionsResponse:
-        stage = state.stage_name(request.stage) if request.stage != Stage.STAGE_UNSPECIFIED else ""
+        stage = await self._stage(context, request.stage, "stage")
         with self.service.db.session() as s:
             rows = state.list_version_rows(s, request.model_name, stage)
             return pb.ListVersionsResponse(versions=[state.version_proto(s, r) for r in rows])
@@ -39,8 +39,9 @@ class RegistryApi(RegistryServiceServicer):
 
     async def Promote(self, request: pb.PromoteRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
         await self._require(context, request.model_name, request.version, request.actor)
+        to_stage = await self._stage(context, request.to_stage, "to_stage")
         return await self._call(context, self.stages.change(
-            request.model_name, request.version, state.stage_name(request.to_stage), actor=request.actor,
+            request.model_name, request.version, to_stage, actor=request.actor,
             reason=request.reason or "promoted by hand"))
 
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
@@ -52,6 +53,13 @@ class RegistryApi(RegistryServiceServicer):
         return await self._call(context, self.stages.change(
             request.model_name, request.version, "staging", actor=request.actor, canary_share=request.share,
             reason=request.reason or f"canary share set to {request.share:.3f}"))
+
+    async def _stage(self, context, stage: int, field: str) -> str:
+        """The stage's name ("" for unspecified); a number this build does not know is INVALID_ARGUMENT (was UNKNOWN)."""
+        if stage not in state.STAGE_NAMES:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_STAGE",
+                        f"{field} {stage} is not a Stage ({', '.join(Stage.keys())})", service=SERVICE)
+        return state.stage_name(stage)
 
     async def _require(self, context, model_name: str, version: str, actor: str) -> None:
         missing = [n for n, v in (("model_name", model_name), ("version", version), ("actor", actor)) if not v]

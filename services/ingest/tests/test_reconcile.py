@@ -103,3 +103,32 @@ async def test_ingest_deletes_old_orphans_periodically_when_configured(stack, tm
             await asyncio.sleep(0.1)
         assert not objects.exists(bucket, orphan.key), "the periodic job did not delete the orphan"
     assert reconcile.find_inconsistencies(settings, grace_s=0).consistent
+
+
+async def test_an_orphan_that_a_frame_references_by_the_time_of_the_delete_is_kept(stack, database_url, monkeypatch):
+    """Another replica commits a frame for the orphan's content between the index read and the
+    delete: the check made just before the delete keeps the object (grace 0, so age saves nothing)."""
+    bucket = uid("recon")
+    settings = _settings(stack, database_url, bucket)
+    objects = object_store(stack)
+    objects.ensure_buckets([bucket])
+    await skip_group_to_end(stack, settings.consumer_group)
+    image = jpeg(31)
+    orphan = objects.put_content_addressed(bucket, image, "jpg", "image/jpeg")
+    late = frame(image, line=uid("line"))
+    loop = asyncio.get_running_loop()
+    read_index = state.referenced_objects
+
+    async with running_ingest(settings) as service:
+        def read_then_commit(session):
+            seen = read_index(session)
+            asyncio.run_coroutine_threadsafe(_ingest_over_grpc(service, [late]), loop).result(60)
+            return seen
+
+        monkeypatch.setattr(state, "referenced_objects", read_then_commit)
+        report = await asyncio.to_thread(reconcile.reconcile, settings, grace_s=0, delete=True)
+    assert [o.key for o in report.orphans] == [orphan.key]  # unreferenced when the index was read
+    assert report.deleted == []
+    assert objects.exists(bucket, orphan.key)
+    monkeypatch.undo()
+    assert (await asyncio.to_thread(reconcile.find_inconsistencies, settings, grace_s=0)).consistent

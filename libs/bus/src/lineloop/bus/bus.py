@@ -41,7 +41,7 @@ from lineloop.bus.cloudevents import Envelope, decode, header_dict, make_headers
 from lineloop.bus.errors import Reject, is_unavailable
 from lineloop.bus.topics import TopicSpec
 from lineloop.bus.topics import ensure_topics as create_missing_topics
-from lineloop.contracts.topics import MAX_RECORD_BYTES, EventType, event_type
+from lineloop.contracts.topics import MAX_DLQ_RECORD_BYTES, EventType, event_type
 from lineloop.storage.sql import Database
 from lineloop.telemetry import metrics
 
@@ -157,7 +157,7 @@ class Bus:
         # Tansu's S3 storage, so small batches cost far less than single sends.
         self.broker = KafkaBroker(
             bootstrap, client_id=source, acks="all", linger_ms=5, logger=log, log_level=logging.DEBUG,
-            max_request_size=MAX_RECORD_BYTES,  # the topics' max.message.bytes: a larger record fails here, clearly
+            max_request_size=MAX_DLQ_RECORD_BYTES,  # any record that reached a topic can be dead-lettered
         )
         self.relay = outbox.OutboxRelay(db, self.broker, source=source) if db is not None else None
         self._registrations: list[_Registration] = []

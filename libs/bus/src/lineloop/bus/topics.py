@@ -4,8 +4,8 @@ Producers send with acks=all, which waits for the in-sync replicas only: with on
 `min.insync.replicas=1`, an acknowledged record lives on one disk. So the replication factor and
 `min.insync.replicas` are deployment settings (`LINELOOP_TOPIC_REPLICATION_FACTOR`,
 `LINELOOP_TOPIC_MIN_INSYNC_REPLICAS`: 3/2 on a three-broker cluster, 1/1 on the embedded single
-broker), applied when a topic is created. `max.message.bytes` is the one record limit
-(`MAX_RECORD_BYTES`, derived from the inline image limit), the same on every topic and DLQ.
+broker), applied when a topic is created. `max.message.bytes` is the record limit derived from the
+inline image limit (`MAX_RECORD_BYTES`), a little more on a DLQ (`MAX_DLQ_RECORD_BYTES`).
 
 Topics that already exist are left as they are (changing replication needs a reassignment, and
 AlterConfigs would reset every other setting an operator made); where they differ from the
@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from lineloop.contracts.topics import BY_TOPIC, MAX_RECORD_BYTES
+from lineloop.contracts.topics import BY_TOPIC, MAX_DLQ_RECORD_BYTES, MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ class TopicSpec:
             raise ValueError(f"min.insync.replicas {self.min_insync_replicas} exceeds the replication factor "
                              f"{self.replication_factor}: no acks=all write could ever succeed")
 
-    @property
-    def configs(self) -> dict[str, str]:
-        return {"min.insync.replicas": str(self.min_insync_replicas), "max.message.bytes": str(MAX_RECORD_BYTES)}
+    def configs(self, name: str) -> dict[str, str]:
+        limit = MAX_DLQ_RECORD_BYTES if name.endswith(".dlq") else MAX_RECORD_BYTES
+        return {"min.insync.replicas": str(self.min_insync_replicas), "max.message.bytes": str(limit)}
 
     def new_topic(self, name: str) -> NewTopic:
-        return NewTopic(name, self.partitions, self.replication_factor, topic_configs=self.configs)
+        return NewTopic(name, self.partitions, self.replication_factor, topic_configs=self.configs(name))
 
 
 def event_topics() -> list[str]:
@@ -68,8 +68,8 @@ async def ensure_topics(bootstrap: str, spec: TopicSpec, names: list[str] | None
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass  # another replica created them meanwhile
-            log.info("created topics %s (replication %d, %s)", [t.name for t in missing], spec.replication_factor,
-                     spec.configs)
+            log.info("created topics %s (replication %d, min.insync.replicas %d)", [t.name for t in missing],
+                     spec.replication_factor, spec.min_insync_replicas)
         present = [n for n in names if n in existing]
         if present:
             await _warn_on_drift(admin, spec, present)
@@ -80,9 +80,9 @@ async def ensure_topics(bootstrap: str, spec: TopicSpec, names: list[str] | None
 
 async def topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
     """The settings `TopicSpec.configs` manages, as the broker reports them, per topic."""
-    wanted = list(TopicSpec().configs)
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n, {k: None for k in wanted})
-                                              for n in names])
+    wanted = list(TopicSpec().configs(""))
+    # Every config, filtered here: Tansu closes the connection on a request that names them.
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
     found: dict[str, dict[str, str]] = {}
     for response in responses:
         for error_code, _message, _type, name, entries, *_ in response.resources:
@@ -98,7 +98,8 @@ async def _warn_on_drift(admin: AIOKafkaAdminClient, spec: TopicSpec, names: lis
         log.debug("cannot describe topic configs: %s", err)
         return
     for name in names:
-        drift = {k: (actual.get(name, {}).get(k), v) for k, v in spec.configs.items() if actual.get(name, {}).get(k) != v}
+        drift = {k: (actual.get(name, {}).get(k), v) for k, v in spec.configs(name).items()
+                 if actual.get(name, {}).get(k) != v}
         if drift:
             log.warning("topic %s exists with %s (settings want %s); set them with kafka-configs.sh --alter "
                         "--entity-type topics --entity-name %s --add-config %s", name,

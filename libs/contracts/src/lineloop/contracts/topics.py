@@ -15,12 +15,17 @@ from lineloop.v1 import events_pb2, options_pb2
 # The largest image a frame may carry inline (FrameCaptured.inline_image, raw bytes): the README
 # states it, ingest refuses a larger one, and the record limit below is derived from it.
 MAX_INLINE_IMAGE_BYTES = 1024 * 1024
-# The largest record on any topic: every topic is created with it as `max.message.bytes` and
-# producers use it as `max_request_size`, so a frame with an inline image at the limit fits even
+# The largest record on an event topic: each is created with it as `max.message.bytes` and
+# gateways' producers use it as their `max.request.size`, so a frame with an inline image at the limit fits even
 # as JSON, where base64 makes the image 4/3 as large; the rest is room for the other fields,
 # the CloudEvents headers and the record batch around it. Kafka's default is 1 MB.
 RECORD_HEADROOM_BYTES = 256 * 1024
 MAX_RECORD_BYTES = 4 * -(-MAX_INLINE_IMAGE_BYTES // 3) + RECORD_HEADROOM_BYTES
+# A dead-lettered record is the original plus the bus's dlq_* headers (dlq_detail is cut to 2,000
+# characters): `.dlq` topics, and the bus's producer, take that much more, so any record that
+# reached a topic can be dead-lettered.
+DLQ_HEADERS_BYTES = 16 * 1024
+MAX_DLQ_RECORD_BYTES = MAX_RECORD_BYTES + DLQ_HEADERS_BYTES
 
 
 @dataclass(frozen=True)

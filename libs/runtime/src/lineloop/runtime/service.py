@@ -48,6 +48,8 @@ class Service:
             source=f"lineloop/{name}",
             db=self.db,
             partitions=stack.topic_partitions,
+            replication_factor=stack.topic_replication_factor,
+            min_insync_replicas=stack.topic_min_insync_replicas,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         )

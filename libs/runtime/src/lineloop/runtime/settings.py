@@ -36,8 +36,20 @@ class StackSettings(BaseSettings):
     triton_http: str = "127.0.0.1:8000"
     state_dir: Path = Path(".lineloop")
     topic_partitions: int = 3
+    # Replicas of each topic and how many must have a record before acks=all answers: 3/2 on a
+    # three-broker cluster (compose's kafka-cluster.yml, k8s); 1/1 on the embedded single broker.
+    # Applied when a topic is created (lineloop.bus.topics).
+    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_min_insync_replicas: int = Field(default=1, ge=1)
     log_level: str = "INFO"
     log_format: str = "json"
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> StackSettings:
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(f"LINELOOP_TOPIC_MIN_INSYNC_REPLICAS ({self.topic_min_insync_replicas}) exceeds "
+                             f"LINELOOP_TOPIC_REPLICATION_FACTOR ({self.topic_replication_factor}): no write could succeed")
+        return self
 
 
 def service_config(name: str) -> SettingsConfigDict:

@@ -448,3 +448,104 @@ async def test_a_record_that_keeps_killing_the_process_is_dead_lettered_after_ma
     poison = [h for h in dlq if h["ce_id"] == killer]
     assert [h["dlq_reason"] for h in poison] == ["poison"]
     assert "delivered 2 times" in poison[0]["dlq_detail"]
+
+
+async def dlq_cli(stack, *args: str) -> tuple[int, str, str]:
+    # A subprocess, awaited: the consumer under test runs on this same event loop.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lineloop.cli.main", "dlq", *args,
+        env={**os.environ, **stack.env(), "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_dlq_list_then_replay_after_the_fix_applies_the_event_once(stack, database_url, monkeypatch):
+    db = make_db(database_url)
+    model = f"m-{uuid.uuid4()}"
+    group = f"g-{uuid.uuid4()}"
+    fixed = False
+
+    consumer = Bus(stack.kafka_bootstrap, source="test/consumer", db=db, retry_backoff_s=0.1, **FAST)
+
+    @consumer.handler(events_pb2.TrainingRequested, group=group)
+    async def on_training_requested(msg: events_pb2.TrainingRequested, ctx: EventContext) -> None:
+        if msg.model_name != model:
+            return
+        if msg.reason == "needs-fix" and not fixed:
+            raise Reject("unknown_line", "no such line yet")
+        if msg.reason == "dlq-down":
+            raise Reject("invalid_request", "refused while the DLQ is down")
+        ctx.session.execute(applied.insert().values(ce_id=ctx.event_id, model_name=model, reason=msg.reason))
+
+    # Redelivery: the DLQ write for the record behind the refused one fails once, so the
+    # batch (the refused record with it) is redelivered; the refused record must be skipped.
+    publish = consumer.broker.publish
+    failed: list[str] = []
+
+    async def flaky_publish(*args, topic: str, headers: dict, **kwargs):
+        if topic.endswith(".dlq") and headers.get("dlq_reason") == "invalid_request" and not failed:
+            failed.append(topic)
+            raise KafkaConnectionError("injected: DLQ unreachable")
+        return await publish(*args, topic=topic, headers=headers, **kwargs)
+
+    consumer.broker.publish = flaky_publish
+    outcomes: list[tuple[str, str | None]] = []
+    finished = outbox_mod.finished
+
+    def recording_finished(s, consumer_name, key, **kw):
+        result = finished(s, consumer_name, key, **kw)
+        outcomes.append((key, result))
+        return result
+
+    monkeypatch.setattr(outbox_mod, "finished", recording_finished)
+    producer = Bus(stack.kafka_bootstrap, source="test/producer")
+    await producer.start()
+    key = model.encode()
+    try:
+        refused = await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="needs-fix"), key=key)
+        await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="dlq-down"), key=key)
+        await consumer.start()  # both records come in one batch
+
+        async def ours() -> list[dict]:
+            rc, out, err = await dlq_cli(stack, "list", "--topic", TOPIC, "--json")
+            assert rc == 0, err
+            return [r for r in json.loads(out) if r["consumer_group"] == group]
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(listed := await ours()) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+        assert failed and (refused, "dead_lettered") in outcomes  # it was redelivered, and skipped
+        [entry] = [r for r in listed if r["ce_id"] == refused]  # dead-lettered once, not twice
+        assert entry["reason"] == "unknown_line" and entry["detail"] == "no such line yet"
+        assert entry["topic"] == TOPIC and entry["replays"] == []
+
+        rc, out, err = await dlq_cli(stack, "show", entry["dlq"], "--json")
+        assert rc == 0, err
+        shown = json.loads(out)
+        assert shown["payload"] == {"model_name": model, "reason": "needs-fix"}
+        assert shown["headers"]["ce_id"] == refused and shown["payload_bytes"] > 0
+
+        rc, _, err = await dlq_cli(stack, "replay", "--topic", TOPIC, "--reason", "no-such-reason", "--all")
+        assert rc == 1 and "no DLQ record matches" in err
+
+        fixed = True  # the line now exists
+        partition, offset = entry["partition"], entry["offset"]
+        rc, out, err = await dlq_cli(stack, "replay", "--topic", TOPIC, "--offset", f"{partition}/{offset}", "--json")
+        assert rc == 0, err
+        assert [r["ce_id"] for r in json.loads(out)] == [refused]
+        await eventually(lambda: any(r.ce_id == refused for r in applied_rows(db, model)), what="the replayed event")
+
+        rc, _, err = await dlq_cli(stack, "replay", "--topic", TOPIC, "--offset", f"{partition}/{offset}")
+        assert rc == 1 and "already replayed" in err
+        rc, out, err = await dlq_cli(stack, "replay", "--topic", TOPIC, "--offset", f"{partition}/{offset}", "--again")
+        assert rc == 0, err
+        await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="last"), key=key)
+        await eventually(lambda: any(r.reason == "last" for r in applied_rows(db, model)), what="the last event")
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    assert sorted(r.reason for r in applied_rows(db, model)) == ["last", "needs-fix"]  # applied once
+    [entry] = [r for r in await ours() if r["ce_id"] == refused]
+    assert len(entry["replays"]) == 2

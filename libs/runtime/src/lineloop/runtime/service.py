@@ -52,6 +52,7 @@ class Service:
             min_insync_replicas=stack.topic_min_insync_replicas,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            max_deliveries=settings.bus_max_deliveries,
         )
         self.objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
         self.grpc_port: int | None = None

@@ -70,6 +70,9 @@ class ServiceSettings(BaseSettings):
     consumer_group: str = ""          # empty: the service's name
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 3_000
+    # Deliveries of one record that never finished (the process died handling it) before the
+    # bus dead-letters it as `poison` instead of running the handler again.
+    bus_max_deliveries: int = 5
     startup_timeout_s: float = 60.0
     stack: StackSettings = Field(default_factory=StackSettings)
 

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lineloop.bus import Bus
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
+from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES
 from lineloop.edge import load_fleets
 from lineloop.edge.agent import AgentSetupError, running_agent
 from lineloop.runtime import StackSettings
@@ -41,7 +42,6 @@ app = typer.Typer(no_args_is_help=True)
 
 FRAMES_BUCKET = "lineloop-frames"
 TRUTH_BUCKET = "lineloop-sim"
-MAX_INLINE_BYTES = 1024 * 1024
 RENDER_AHEAD = 3  # frames rendered ahead of the one being sent
 
 # Per-frame hook for a model running on the gateway: JPEG bytes -> its prediction (or None).
@@ -187,7 +187,7 @@ class SimulatedGateway:
             attributes={"simulator_run": c.run_id, "seed": str(c.seed)},
         )
         frame.captured_at.FromDatetime(datetime.now(UTC))
-        if c.upload or len(image) > MAX_INLINE_BYTES:
+        if c.upload or len(image) > MAX_INLINE_IMAGE_BYTES:
             if self.objects is None:
                 raise RuntimeError("upload-then-reference needs an object store")
             sha = hashlib.sha256(image).hexdigest()

@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics, trace
 from sqlalchemy.orm import Session
 
+from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES
 from lineloop.ingest import state
 from lineloop.ingest.scoring import TritonScorer
 from lineloop.ingest.settings import IngestSettings
@@ -228,10 +229,10 @@ class Pipeline:
         which = frame.WhichOneof("image")
         if which == "inline_image":
             data = frame.inline_image
-            if len(data) > self.settings.max_inline_bytes:
+            if len(data) > MAX_INLINE_IMAGE_BYTES:  # the README's limit, which the topics' record limit fits
                 raise FrameRefused(
                     RejectReason.REJECT_REASON_IMAGE_TOO_LARGE,
-                    f"inline image is {len(data)} bytes, the limit is {self.settings.max_inline_bytes}; upload it and send image_ref",
+                    f"inline image is {len(data)} bytes, the limit is {MAX_INLINE_IMAGE_BYTES}; upload it and send image_ref",
                 )
             if not data:
                 raise FrameRefused(RejectReason.REJECT_REASON_MISSING_IMAGE, "inline_image is empty")

@@ -22,7 +22,8 @@ class IngestSettings(ServiceSettings):
     upload_buckets: Annotated[list[str], NoDecode] = ["lineloop-frames"]
     # Known line ids (comma-separated); empty: any line is accepted.
     lines: Annotated[list[str], NoDecode] = []
-    max_inline_bytes: int = 1024 * 1024
+    # The inline image limit is no setting: it is lineloop.contracts.topics.MAX_INLINE_IMAGE_BYTES,
+    # which the topics' max.message.bytes is derived from.
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_side: int = 8192
     max_image_pixels: int = 40_000_000

@@ -37,7 +37,7 @@ def frame(line: str, i: int, rng: np.random.Generator, *, sharpness: float) -> e
 
 
 @pytest.fixture
-async def monitor(stack, tmp_path):
+async def monitor(stack, tmp_path, request):
     # A group of its own, started at the end of the topics: the shared broker holds every other
     # test's frames, and a group reused across tests can be left waiting on members that are gone.
     group = f"monitor-test-{uuid.uuid4().hex[:8]}"
@@ -45,7 +45,8 @@ async def monitor(stack, tmp_path):
                                            events_pb2.LabelCreated, events_pb2.ModelPromoted))
     settings = MonitorSettings(
         grpc_port=0, metrics_port=None, database_url=f"sqlite:///{tmp_path / 'monitor.db'}", consumer_group=group,
-        reference_frames=100, current_frames=50, evaluate_every=10, min_labels_for_accuracy=5, **FAST,
+        **{"reference_frames": 100, "current_frames": 50, **getattr(request, "param", {})},
+        evaluate_every=10, min_labels_for_accuracy=5, **FAST,
         stack=StackSettings(kafka_bootstrap=stack.kafka_bootstrap, s3_endpoint=stack.s3_endpoint,
                             s3_access_key=stack.s3_access_key, s3_secret_key=stack.s3_secret_key, log_format="console"),
     )
@@ -143,18 +144,25 @@ async def test_human_labels_give_live_accuracy_per_version(stack, monitor):
     assert health.versions[0].live_accuracy == pytest.approx(0.6)
 
 
+# The default window sizes: large enough for the 40% of zeros unscored frames used to add to
+# the confidence statistic to stand far above sampling noise.
+@pytest.mark.parametrize("monitor", [{"reference_frames": 200, "current_frames": 100}], indirect=True)
 async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
     """40 of the current window's 100 frames come without a prediction (Triton down): their
     quality is as usual, so nothing drifted; the line is in a scoring outage instead."""
     line = f"line-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(4)
     outage = "Triton at 127.0.0.1:8001 UNAVAILABLE scoring with apples:3: connection refused"
+    confidence = {}
     producer = Bus(stack.kafka_bootstrap, source="test/ingest")
     await producer.start()
     try:
-        for i in range(200):
+        for i in range(300):
             msg = frame(line, i, rng, sharpness=900.0)
-            if i >= 100 and i % 5 < 2:  # as ingest's scoring.missing() publishes it
+            confidence[i] = msg.prediction.scores["ok"] = rng.uniform(0.6, 0.99)
+            msg.prediction.scores["rot"] = 1 - confidence[i]
+            if i >= 200 and i % 5 < 2:  # as ingest's scoring.missing() publishes it
+                del confidence[i]
                 msg.prediction.Clear()
                 msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
                 msg.prediction.source = common_pb2.PREDICTION_SOURCE_CLOUD
@@ -167,21 +175,23 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
         for _ in range(200):
             try:
                 health = await stub.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=line))
-                if health.frames_ingested == 200:
+                if health.frames_ingested == 300:
                     break
             except grpc.aio.AioRpcError:
                 pass
             await asyncio.sleep(0.3)
         report = await stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(line_id=line))
 
-    assert health.frames_ingested == 200 and not health.drift_active
+    assert health.frames_ingested == 300 and not health.drift_active and not report.recent
     scoring = health.scoring
-    assert scoring.outage and scoring.unscored_share == pytest.approx(0.4) and scoring.window_frames == 50
+    assert scoring.outage and scoring.unscored_share == pytest.approx(0.4) and scoring.window_frames == 100
     assert scoring.frames_unscored == 40 and scoring.last_missing_reason == outage
-    assert health.versions[0].frames_scored == 160 and health.versions[0].mean_confidence == pytest.approx(0.9)
+    version = health.versions[0]
+    assert version.frames_scored == 260 and version.mean_confidence == pytest.approx(np.mean(list(confidence.values())), abs=1e-3)
     by_feature = {f.feature: f for f in report.features}
     assert not report.recent and not any(f.drifted for f in report.features)
-    assert by_feature["confidence"].current_mean == pytest.approx(0.9)  # unscored frames are not 0.0
+    current = [c for i, c in confidence.items() if i >= 200]  # unscored frames are left out, not 0.0
+    assert by_feature["confidence"].current_mean == pytest.approx(np.mean(current), abs=1e-3)
     drift, requests = await asyncio.gather(
         collect(stack, events_pb2.DriftDetected, lambda m: m.line_id == line, timeout=8),
         collect(stack, events_pb2.TrainingRequested, lambda m: m.dataset == line, timeout=8),
@@ -196,7 +206,7 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     text = " ".join(out.decode().split())
-    assert "SCORING OUTAGE" in text and "40% of the newest 50 frames unscored" in text
+    assert "SCORING OUTAGE" in text and "40% of the newest 100 frames unscored" in text
     assert "40 frames ingested without a prediction in all: not in prediction statistics, not re-scored" in text
     assert outage in text
 

@@ -1,0 +1,184 @@
+"""The monitor's state: N replicas on one PostgreSQL database, retention, the v1 -> v2 upgrade.
+
+Handlers are called the way the bus calls them: one transaction per event (`handle`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, func, inspect, select
+
+from lineloop.bus import Envelope, EventContext
+from lineloop.bus import outbox
+from lineloop.contracts.topics import event_type
+from lineloop.monitor import state
+from lineloop.monitor.handlers_frames_ingested import make_handler
+from lineloop.monitor.handlers_labels_created import on_label_created
+from lineloop.monitor.retention import Pruner
+from lineloop.monitor.settings import MonitorSettings
+from lineloop.storage.sql import Database, utcnow
+from lineloop.v1 import common_pb2, events_pb2
+
+SETTINGS = MonitorSettings(grpc_port=0, metrics_port=None, reference_frames=60, current_frames=30, evaluate_every=5)
+
+
+def frame(line: str, i: int, rng: np.random.Generator, *, sharpness: float) -> events_pb2.FrameIngested:
+    msg = events_pb2.FrameIngested(frame_id=f"{line}-{i}", line_id=line, camera_id=f"cam-{i % 2}")
+    msg.ingested_at.GetCurrentTime()
+    q = msg.quality
+    q.brightness_mean, q.brightness_std, q.contrast = rng.normal(120, 5), rng.normal(40, 2), rng.normal(0.3, 0.02)
+    q.sharpness = rng.normal(sharpness, sharpness * 0.1)
+    q.mean_r, q.mean_g, q.mean_b = rng.normal(150, 5), rng.normal(90, 5), rng.normal(60, 5)
+    p = msg.prediction
+    p.status, p.model_name, p.model_version, p.predicted_class = common_pb2.PREDICTION_STATUS_OK, "apples", "3", "ok"
+    p.scores["ok"], p.scores["rot"] = 0.9, 0.1
+    return msg
+
+
+async def handle(db: Database, handler, msg) -> None:
+    """One event through `handler` in its own transaction, as the bus applies it."""
+    async with db.write() as session:
+        et = event_type(msg)
+        envelope = Envelope(str(uuid.uuid4()), "test/producer", et.ce_type, None, "application/x-protobuf", {})
+        ctx = EventContext(envelope, et.topic, 0, 0, "lineloop/monitor")
+        ctx.session = session
+        await handler(msg, ctx)
+
+
+def fresh_db(url: str) -> Database:
+    db = Database(url)
+    db.migrate("lineloop.monitor", state.SCHEMA_VERSION, state.metadata)
+    outbox.migrate(db)
+    return db
+
+
+def replica(url: str, events: list, start: threading.Barrier, errors: list) -> None:
+    """Handle `events` in order, as one monitor replica would: its own loop, connections, write lock."""
+
+    async def run() -> None:
+        db = Database(url)
+        handler = make_handler(SETTINGS)
+        try:
+            start.wait()
+            for msg in events:
+                await handle(db, handler, msg)
+        except Exception as exc:  # the bus would retry; here any failure is a finding
+            errors.append(repr(exc))
+        finally:
+            db.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.postgres
+def test_two_replicas_number_count_and_report_drift_once(postgres_url):
+    """frames.ingested.v1 is keyed by camera: one line's cameras land on different replicas."""
+    db = fresh_db(postgres_url)
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(5)
+    # A clean reference, then the lens gets dirty: one drift episode.
+    msgs = [frame(line, i, rng, sharpness=900.0) for i in range(90)]
+    msgs += [frame(line, i, rng, sharpness=150.0) for i in range(90, 200)]
+    start, errors = threading.Barrier(2), []
+    threads = [threading.Thread(target=replica, args=(postgres_url, [m for m in msgs if m.camera_id == cam], start, errors))
+               for cam in ("cam-0", "cam-1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+    with db.session() as s:
+        seqs = s.execute(select(state.frames.c.seq).where(state.frames.c.line_id == line)).scalars().all()
+        seen = s.execute(select(state.lines.c.frames_seen).where(state.lines.c.line_id == line)).scalar_one()
+        reports = s.execute(select(state.drift_reports.c.feature).where(state.drift_reports.c.line_id == line)).scalars().all()
+        emitted = dict(s.execute(select(outbox.outbox.c.topic, func.count()).group_by(outbox.outbox.c.topic)).all())
+    db.dispose()
+    assert sorted(seqs) == list(range(1, len(msgs) + 1))  # unique and contiguous
+    assert seen == len(msgs)
+    assert reports == ["sharpness"]
+    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1, event_type(events_pb2.TrainingRequested).topic: 1}
+
+
+async def test_old_frames_no_window_needs_are_pruned(database_url):
+    db = fresh_db(database_url)
+    handler = make_handler(SETTINGS)
+    line, rng = f"line-{uuid.uuid4().hex[:8]}", np.random.default_rng(6)
+    long_ago = (utcnow() - timedelta(days=30)).replace(microsecond=0)
+    msgs = [frame(line, i, rng, sharpness=900.0) for i in range(300)]
+    for i, msg in enumerate(msgs):
+        if i < 250:  # the last 50 are recent: retention keeps them whatever their window
+            msg.ingested_at.FromDatetime(long_ago + timedelta(seconds=i))
+        await handle(db, handler, msg)
+    for i in (10, 100, 280):
+        label = events_pb2.LabelCreated(frame_id=f"{line}-{i}", line_id=line, label_class="ok",
+                                        source=events_pb2.LABEL_SOURCE_HUMAN)
+        await handle(db, on_label_created, label)
+    await handle(db, on_label_created, events_pb2.LabelCreated(  # a frame that never came
+        frame_id=f"{line}-never", line_id=line, label_class="ok", source=events_pb2.LABEL_SOURCE_HUMAN))
+    with db.transaction() as s:
+        s.execute(state.labels.update().where(state.labels.c.frame_id == f"{line}-never").values(labelled_at=long_ago))
+
+    settings = SETTINGS.model_copy(update={"retention_s": 7 * 24 * 3600.0})
+    assert await Pruner(db, settings).prune_once() == (250 - 60, 1)
+    assert await Pruner(db, settings).prune_once() == (0, 0)  # what is left is needed or recent
+
+    with db.session() as s:
+        seqs = set(s.execute(select(state.frames.c.seq).where(state.frames.c.line_id == line)).scalars())
+        labelled = set(s.execute(select(state.labels.c.frame_id)).scalars())
+        line_row = state.get_line(s, line)
+    db.dispose()
+    # The reference window (seq 1..60) and everything recent (seq 251..300) stay.
+    assert seqs == set(range(1, 61)) | set(range(251, 301))
+    assert labelled == {f"{line}-10", f"{line}-280"}
+    assert line_row.frames_seen == 300  # the count does not shrink with the rows
+
+
+# The monitor's tables as release v1 created them (no unscored counters, no (line_id, seq) index).
+V1 = MetaData()
+Table("monitor_frames", V1, Column("frame_id", String(128), primary_key=True),
+      Column("line_id", String(128), nullable=False, index=True), Column("camera_id", String(128), nullable=False),
+      Column("ingested_at", DateTime(timezone=True), nullable=False, index=True), Column("seq", Integer, nullable=False),
+      *(Column(f, Float, nullable=False) for f in state.FEATURES), Column("predicted_class", String(64), nullable=False),
+      Column("model_name", String(128), nullable=False), Column("model_version", String(64), nullable=False),
+      Column("canary", state.frames.c.canary.type, nullable=False))
+Table("monitor_labels", V1, Column("frame_id", String(128), primary_key=True),
+      Column("label_class", String(64), nullable=False))
+Table("monitor_lines", V1, Column("line_id", String(128), primary_key=True),
+      Column("frames_seen", Integer, nullable=False), Column("reference_from_seq", Integer, nullable=False),
+      Column("model_name", String(128), nullable=False), Column("drift_until", DateTime(timezone=True)),
+      Column("last_drift_id", String(64)))
+
+
+def test_a_v1_database_is_upgraded_and_its_duplicate_numbers_repaired(database_url):
+    db = Database(database_url)
+    db.migrate("lineloop.monitor", 1, V1)
+    base = utcnow()
+    with db.transaction() as s:
+        s.execute(V1.tables["monitor_lines"].insert().values(line_id="l1", frames_seen=3, reference_from_seq=1,
+                                                             model_name="apples"))
+        for i, seq in enumerate([1, 2, 2, 3]):  # two v1 replicas gave frame 2 and 3 one number
+            s.execute(V1.tables["monitor_frames"].insert().values(
+                frame_id=f"f{i}", line_id="l1", camera_id="c", ingested_at=base + timedelta(seconds=i), seq=seq,
+                **{f: 0.5 for f in state.FEATURES}, predicted_class="ok", model_name="apples", model_version="1",
+                canary=False))
+    db.migrate("lineloop.monitor", state.SCHEMA_VERSION, state.metadata)
+    db.migrate("lineloop.monitor", state.SCHEMA_VERSION, state.metadata)  # and again: nothing left to do
+
+    inspector = inspect(db.engine)
+    assert {"frames_unscored", "scoring_outage_since", "last_missing_reason"} <= {
+        c["name"] for c in inspector.get_columns("monitor_lines")}
+    assert state.LINE_SEQ_INDEX in {ix["name"] for ix in inspector.get_indexes("monitor_frames")}
+    with db.session() as s:
+        seqs = dict(s.execute(select(state.frames.c.frame_id, state.frames.c.seq)).all())
+        line = state.get_line(s, "l1")
+    db.dispose()
+    assert seqs == {"f0": 1, "f1": 2, "f2": 3, "f3": 4}
+    assert line.frames_seen == 4 and line.frames_unscored == 0 and db.schema_version("lineloop.monitor") == 2

@@ -67,12 +67,12 @@ class BuildManifest:
     def from_bytes(cls, data: bytes) -> BuildManifest:
         try:
             body = json.loads(data)
-            if body.pop("schema", None) != SCHEMA:
+            if not isinstance(body, dict) or body.pop("schema", None) != SCHEMA:
                 raise ValueError(f"schema is not {SCHEMA}")
             body["artifacts"] = tuple(Artifact(**a) for a in body["artifacts"])
             body["classes"] = tuple(body["classes"])
             return cls(**body)
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, RecursionError) as err:  # RecursionError: JSON nested too deep
             raise ManifestError("manifest_invalid", f"not a {SCHEMA} manifest: {err}") from err
 
     def artifact(self, name: str) -> Artifact:

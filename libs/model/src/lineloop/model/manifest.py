@@ -50,13 +50,19 @@ def manifest_key(dataset: str, version: str) -> str:
 
 def parse_manifest(data: bytes) -> list[ManifestEntry]:
     entries: list[ManifestEntry] = []
-    for lineno, raw in enumerate(data.decode("utf-8", errors="strict").splitlines(), start=1):
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"manifest is not UTF-8 (byte {err.start})") from err
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as err:
             raise ManifestError(f"manifest line {lineno}: not JSON ({err.msg})") from err
+        except RecursionError as err:
+            raise ManifestError(f"manifest line {lineno}: nested too deep") from err
         if not isinstance(obj, dict):
             raise ManifestError(f"manifest line {lineno}: expected an object")
         missing = [k for k in _REQUIRED if not obj.get(k)]

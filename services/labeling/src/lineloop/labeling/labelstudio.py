@@ -129,7 +129,7 @@ def parse_export(data: bytes, classes: list[str]) -> tuple[list[dict[str, Any]],
     """Validate a Label Studio JSON export; (annotations to import, annotations skipped as empty/cancelled)."""
     try:
         tasks = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise _bad(f"not a Label Studio JSON export: {exc}") from None
     if not isinstance(tasks, list):
         raise _bad(f"expected a JSON array of tasks, got {type(tasks).__name__}")

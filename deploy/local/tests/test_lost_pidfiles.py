@@ -10,9 +10,9 @@ import time
 import psutil
 
 from lineloop.stack.probes import port_open
-from lineloop.stack.process import ManagedProcess, marked_processes
+from lineloop.stack.process import ManagedProcess, marked_processes, state_lock
 
-from .conftest import processes_under, run
+from .conftest import LINELOOP, processes_under, run
 
 LISTENER = textwrap.dedent("""
     import socket, sys, time
@@ -109,3 +109,28 @@ def test_up_names_the_other_stack_that_holds_a_port(cli_env, tmp_path):
     message = " ".join(up.stderr.split())
     assert f"pid {handle.pid}" in message, up.stderr
     assert f"`LINELOOP_STATE_DIR={tmp_path / 'other'} lineloop down`" in message, up.stderr
+
+
+def test_up_waits_while_another_up_or_down_holds_the_state_directory(cli_env):
+    # Two `up`s racing on one state directory each started a server; the loser's pidfile hid the winner's.
+    config, env = cli_env
+    with state_lock(config.run_dir):
+        up = subprocess.Popen([LINELOOP, "stack", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+        cli = psutil.Process(up.pid)
+        lock = str(config.run_dir / "stack.lock")
+        deadline = time.monotonic() + 60
+        # Until it waits on the lock, or (without one) starts a server, or exits.
+        while (time.monotonic() < deadline and up.poll() is None and not port_open("127.0.0.1", config.s3_port)
+               and lock not in {f.path for f in cli.open_files()}):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert up.poll() is None and marked_processes(run_dir=config.run_dir) == []
+        assert not port_open("127.0.0.1", config.s3_port)
+    out, err = up.communicate(timeout=120)
+    assert up.returncode == 0, out + err
+    assert {p.environ()["LINELOOP_STACK_PROCESS"] for p in marked_processes(run_dir=config.run_dir)} >= {
+        str(config.run_dir / name) for name in ("s3", "kafka", "triton")}
+    down = run(env, "stack", "down")
+    assert down.stdout.strip() == "stopped: kafka, triton, s3", down.stdout
+    assert processes_under(config.state_dir) == []

@@ -16,6 +16,8 @@ import psycopg
 import pytest
 import yaml
 
+from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES, MAX_RECORD_BYTES
+
 HEALTHCHECK = ["CMD", "python", "-m", "lineloop.runtime.healthcheck"]
 
 
@@ -37,8 +39,9 @@ def _compose_config(repo: Path, *files: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "files",
-    [("docker-compose.yml",), ("docker-compose.yml", "deploy/compose/gpu.yml")],
-    ids=["stack", "stack+gpu"],
+    [("docker-compose.yml",), ("docker-compose.yml", "deploy/compose/gpu.yml"),
+     ("docker-compose.yml", "deploy/compose/kafka-cluster.yml")],
+    ids=["stack", "stack+gpu", "stack+kafka-cluster"],
 )
 def test_docker_compose_validates_the_file(repo, files):
     result = _compose_config(repo, *files)
@@ -414,3 +417,42 @@ def test_credential_defaults_are_the_readme_defaults(repo, conventions):
     for setting in ("LINELOOP_S3_ACCESS_KEY", "LINELOOP_S3_SECRET_KEY", "LINELOOP_S3_REGION"):
         defaults = set(re.findall(rf"\$\{{{setting}:-([^}}]*)\}}", text))
         assert defaults == {conventions.defaults[setting]}, f"{setting} defaults to {defaults}"
+
+
+def test_one_broker_gets_1_1_replication_and_the_kafka_cluster_override_3_2(compose, conventions, repo):
+    brokers = [name for name, d in compose["services"].items() if d.get("image", "").startswith("apache/kafka:")]
+    assert brokers == ["kafka"]
+    for service in conventions.services:
+        env = compose["services"][service]["environment"]
+        assert (env["LINELOOP_TOPIC_REPLICATION_FACTOR"], env["LINELOOP_TOPIC_MIN_INSYNC_REPLICAS"]) == ("1", "1")
+
+    cluster = yaml.safe_load((repo / "deploy/compose/kafka-cluster.yml").read_text())["services"]
+    node_ids = {"kafka": compose["services"]["kafka"]["environment"]["KAFKA_NODE_ID"]}
+    node_ids |= {name: cluster[name]["environment"]["KAFKA_NODE_ID"] for name in ("kafka-2", "kafka-3")}
+    assert sorted(node_ids.values()) == ["1", "2", "3"]
+    for name in node_ids:
+        env = cluster[name]["environment"]
+        voters = {v.split("@")[1].split(":")[0] for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")}
+        assert voters == set(node_ids), name
+        assert (env["KAFKA_DEFAULT_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2"), name
+        assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3", name
+    for service in conventions.services:
+        env = cluster[service]["environment"]
+        assert (env["LINELOOP_TOPIC_REPLICATION_FACTOR"], env["LINELOOP_TOPIC_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+        assert set(env["LINELOOP_KAFKA_BOOTSTRAP"].split(",")) == {f"{n}:9092" for n in node_ids}, service
+        assert {"kafka-2", "kafka-3"} <= set(cluster[service]["depends_on"]), service
+
+
+def test_brokers_take_the_record_limit_and_only_services_create_topics(compose, repo):
+    cluster = yaml.safe_load((repo / "deploy/compose/kafka-cluster.yml").read_text())["services"]
+    for env in (compose["services"]["kafka"]["environment"], cluster["kafka-2"]["environment"],
+                cluster["kafka-3"]["environment"]):
+        assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == MAX_RECORD_BYTES
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_readme_states_the_frame_size_limits_the_code_enforces(repo):
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert f"at most 1 MiB ({MAX_INLINE_IMAGE_BYTES} bytes) before base64" in readme
+    assert f"`max.message.bytes` {MAX_RECORD_BYTES}" in readme
+    assert f"`-X message.max.bytes={MAX_RECORD_BYTES}`" in readme

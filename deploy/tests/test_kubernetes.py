@@ -333,3 +333,12 @@ def test_production_keeps_a_pod_of_each_replicated_service_during_drains(rendere
         covering = [b for b in budgets.values() if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert covering, f"{name} runs {floor} replicas with no PodDisruptionBudget"
         assert all(b["spec"]["minAvailable"] < floor for b in covering), f"{name}: a budget that blocks every drain"
+
+
+@pytest.mark.parametrize(("target", "replicas", "insync"),
+                         [("base", "3", "2"), ("overlays/production", "3", "2"), ("overlays/dev", "1", "1")])
+def test_topics_are_replicated_3_2_except_on_a_laptop_cluster(rendered, target, replicas, insync):
+    # acks=all protects a record only on more than one replica; dev's single broker cannot hold 3.
+    config = _config(rendered[target])
+    assert (config["LINELOOP_TOPIC_REPLICATION_FACTOR"], config["LINELOOP_TOPIC_MIN_INSYNC_REPLICAS"]) == (replicas, insync)
+    assert int(insync) <= int(replicas)

@@ -26,8 +26,13 @@ def test_up_serves_six_services_with_metrics_and_down_leaves_nothing(cli_env):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             assert response.status == 200 and b"# TYPE" in response.read(), name
 
+    # The services are found without their pidfiles too (by the marker in their environment).
+    for pidfile in config.run_dir.glob("service-*.pid"):
+        pidfile.unlink()
     down = run(env, "down")
     assert down.returncode == 0, down.stderr
+    stopped = " ".join(down.stdout.split()).removeprefix("stopped: ").split(", ")
+    assert set(stopped) == {*SERVICE_PORTS, "s3", "kafka", "triton"}, down.stdout
     assert processes_under(config.state_dir) == []
     assert not any(port_open("127.0.0.1", port) for port in config.all_ports().values())
     assert not any(row["running"] for row in json.loads(run(env, "stack", "status", "--json").stdout)["services"])

@@ -182,3 +182,36 @@ def test_a_v1_database_is_upgraded_and_its_duplicate_numbers_repaired(database_u
     db.dispose()
     assert seqs == {"f0": 1, "f1": 2, "f2": 3, "f3": 4}
     assert line.frames_seen == 4 and line.frames_unscored == 0 and db.schema_version("lineloop.monitor") == 2
+
+
+def unscored(msg: events_pb2.FrameIngested, reason: str) -> events_pb2.FrameIngested:
+    msg.prediction.Clear()
+    msg.prediction.status, msg.prediction.missing_reason = common_pb2.PREDICTION_STATUS_MISSING, reason
+    return msg
+
+
+async def test_a_scoring_outage_starts_and_ends_and_a_line_without_a_model_is_not_in_one(database_url):
+    db = fresh_db(database_url)
+    handler = make_handler(SETTINGS)  # current window: 30 frames, judged every 5
+    line, new_line, rng = f"line-{uuid.uuid4().hex[:8]}", f"line-{uuid.uuid4().hex[:8]}", np.random.default_rng(8)
+
+    def outage_since(name: str):
+        with db.session() as s:
+            return state.get_line(s, name).scoring_outage_since
+
+    for i in range(30):
+        await handle(db, handler, frame(line, i, rng, sharpness=900.0))
+    for i in range(30, 40):  # Triton down: 10 of the newest 30 unscored, above 0.2
+        await handle(db, handler, unscored(frame(line, i, rng, sharpness=900.0), "Triton UNAVAILABLE"))
+    assert outage_since(line) is not None
+    for i in range(40, 70):  # back: the window fills with scored frames again
+        await handle(db, handler, frame(line, i, rng, sharpness=900.0))
+    assert outage_since(line) is None
+
+    for i in range(30):  # no model deployed yet: nothing to be out of
+        await handle(db, handler, unscored(frame(new_line, i, rng, sharpness=900.0), "no model deployed"))
+    assert outage_since(new_line) is None
+    with db.session() as s:
+        counts = {name: state.get_line(s, name).frames_unscored for name in (line, new_line)}
+    db.dispose()
+    assert counts == {line: 10, new_line: 30}

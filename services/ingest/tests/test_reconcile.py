@@ -31,7 +31,7 @@ def _settings(stack, database_url, bucket, **overrides):
     return ingest_settings(stack, database_url, frames_bucket=bucket, upload_buckets=[bucket], **overrides)
 
 
-async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_old_orphans(stack, database_url):
+async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_old_orphans(stack, database_url, tmp_path):
     bucket = uid("recon")
     settings = _settings(stack, database_url, bucket)
     objects = object_store(stack)
@@ -56,13 +56,17 @@ async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_ol
     assert not report.consistent
 
     # The same through the CLI, as JSON; exit 1 while inconsistencies remain.
-    env = {**stack.env(), "LINELOOP_INGEST_DATABASE_URL": database_url, "LINELOOP_INGEST_FRAMES_BUCKET": bucket}
+    no_labeling = f"sqlite:///{tmp_path / 'labeling.db'}"
+    env = {**stack.env(), "LINELOOP_INGEST_DATABASE_URL": database_url, "LINELOOP_INGEST_FRAMES_BUCKET": bucket,
+           "LINELOOP_LABELING_DATABASE_URL": no_labeling}
     cli = subprocess.run([LINELOOP, "reconcile", "--json", "--grace-s", "0"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert cli.returncode == 1, cli.stderr
     printed = json.loads(cli.stdout)
-    assert [o["key"] for o in printed["orphans"]] == [orphan.key]
-    assert [(m["key"], m["frame_ids"]) for m in printed["missing"]] == [(keys[lost.frame_id], [lost.frame_id])]
+    assert [o["key"] for o in printed["frames"]["orphans"]] == [orphan.key]
+    assert [(m["key"], m["frame_ids"]) for m in printed["frames"]["missing"]] == [(keys[lost.frame_id], [lost.frame_id])]
+    assert printed["datasets"] == {"skipped": f"no labeling database at {no_labeling}"}
+    assert not (tmp_path / "labeling.db").exists()  # looked at, not created
 
     # The default grace period (a day) covers an object written seconds ago: nothing deleted.
     report = await asyncio.to_thread(reconcile.reconcile, settings, delete=True)
@@ -132,3 +136,12 @@ async def test_an_orphan_that_a_frame_references_by_the_time_of_the_delete_is_ke
     assert objects.exists(bucket, orphan.key)
     monkeypatch.undo()
     assert (await asyncio.to_thread(reconcile.find_inconsistencies, settings, grace_s=0)).consistent
+
+
+def test_reconcile_without_an_ingest_database_says_so_and_creates_none(tmp_path):
+    missing = f"sqlite:///{tmp_path / 'ingest.db'}"
+    cli = subprocess.run([LINELOOP, "reconcile"], env={"PATH": "/usr/bin:/bin", "LINELOOP_INGEST_DATABASE_URL": missing},
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert f"cannot reconcile: no ingest database at {missing}" in " ".join(cli.stderr.split())
+    assert not (tmp_path / "ingest.db").exists()

@@ -61,6 +61,15 @@ def as_utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def sqlite_file_exists(url: str) -> bool:
+    """False only for a SQLite URL whose file is not there: opening it would create an empty
+    one, so a tool that only reads (`lineloop reconcile`) checks first."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return True
+    return Path(parsed.database).exists()
+
+
 class Database:
     """One service's SQL database: an engine, sessions and versioned schemas."""
 

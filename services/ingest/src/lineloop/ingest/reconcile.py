@@ -30,11 +30,12 @@ from datetime import UTC, datetime
 
 from opentelemetry import metrics
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.exc import SQLAlchemyError
 
 from lineloop.ingest import state
 from lineloop.ingest.settings import IngestSettings
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
-from lineloop.storage.sql import Database
+from lineloop.storage.sql import Database, sqlite_file_exists
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("lineloop.ingest")
@@ -42,6 +43,10 @@ reconciled = _meter.create_counter(
     "lineloop.ingest.reconcile.objects", unit="{object}",
     description="Objects found by reconciliation. Attributes: outcome (orphan|in_grace|missing|deleted).",
 )
+
+
+class NoIngestDatabase(RuntimeError):
+    """Ingest's database is not there, or has no ingest schema (ingest never ran against it)."""
 
 
 class ReconcileSettings(BaseSettings):
@@ -116,13 +121,25 @@ def find_inconsistencies(settings: IngestSettings | None = None, *, grace_s: flo
 
 def reconcile(settings: IngestSettings | None = None, *, grace_s: float | None = None, delete: bool = False) -> Report:
     """`find_inconsistencies`, and with `delete` the orphans older than `grace_s` removed
-    (default: `LINELOOP_INGEST_RECONCILE_GRACE_S`)."""
+    (default: `LINELOOP_INGEST_RECONCILE_GRACE_S`).
+
+    Raises:
+        NoIngestDatabase: ingest's database is not there or has no ingest schema.
+    """
     settings = settings or IngestSettings()
     if grace_s is None:
         grace_s = ReconcileSettings().grace_s
     stack = settings.stack
+    if not sqlite_file_exists(settings.sql_url):
+        raise NoIngestDatabase(f"no ingest database at {settings.sql_url}")
     db = Database(settings.sql_url)
     try:
+        try:
+            schema = db.schema_version(state.SCHEMA_COMPONENT)
+        except SQLAlchemyError as exc:
+            raise NoIngestDatabase(f"no ingest schema in {db.safe_url}: {exc.__class__.__name__}") from exc
+        if schema is None:
+            raise NoIngestDatabase(f"no ingest schema in {db.safe_url}")
         objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
         return check(db, objects, settings.frames_bucket, grace_s=grace_s, delete=delete)
     finally:

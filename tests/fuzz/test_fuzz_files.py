@@ -212,3 +212,117 @@ def test_found_by_this_fuzz_a_label_studio_file_nested_too_deep_is_invalid_argum
     with pytest.raises(LabelRejected) as refused:
         parse_export(DEEP, ["ok"])
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---- rollouts an edge agent installs (lineloop.edge.agent) --------------------------
+
+def tiny_onnx() -> bytes:
+    """A loadable ONNX model (images -> probabilities, embedding); what it computes does not matter here."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["probabilities"]), helper.make_node("Identity", ["images"], ["embedding"])],
+        "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 2])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+async def test_rollout_installs_or_is_refused_without_touching_the_running_model(stack, tmp_path):
+    """Rollouts whose manifest is mutated and re-signed by the trusted key (a buggy or hijacked
+    compiler): installed, or refused (`Reject` with the ManifestError reason); the model that was
+    running stays, and nothing is written outside the agent's install directory."""
+    import dataclasses
+    import os
+
+    from lineloop.bus import Reject
+    from lineloop.edge.agent import EdgeAgent
+    from lineloop.storage.objects import ObjectStore
+    from lineloop.v1.common_pb2 import ObjectRef
+    from lineloop.v1.events_pb2 import EdgeRollout
+
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    model = tiny_onnx()
+    key = f"fuzz/{uuid.uuid4().hex}/model.onnx"
+    objects.put_bytes("lineloop-builds", key, model, "application/octet-stream")
+    artifact = Artifact("model.onnx", "lineloop-builds", key, hashlib.sha256(model).hexdigest(), len(model))
+    base = dataclasses.replace(BUILD, target="fuzz-target", artifacts=(artifact,))
+    manifests: dict[str, bytes] = {}
+    install_dir = tmp_path / "a" / "b" / "c" / "models"
+    agent = EdgeAgent(fleet="fuzz-fleet", gateway_id="gw-1", target="fuzz-target", objects=objects,
+                      trusted_keys=TRUSTED, install_dir=install_dir, fetch_url=lambda url: manifests[url])
+
+    def rollout_for(data: bytes, align: bool) -> EdgeRollout:
+        url = f"mem://{uuid.uuid4().hex}"
+        manifests[url] = data
+        rollout = EdgeRollout(rollout_id=f"r-{uuid.uuid4().hex[:8]}", fleet="fuzz-fleet", model_name=base.model_name,
+                              version=base.version, target="fuzz-target", manifest_url=url,
+                              manifest_sha256=hashlib.sha256(data).hexdigest(), signature=sign(SIGNER, data),
+                              key_id=SIGNER_ID, artifacts=[ObjectRef(bucket="lineloop-builds", key=key,
+                                                                     sha256=artifact.sha256)])
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
+            return rollout
+        if align and isinstance(body, dict):  # the rollout announces what the manifest says, so the parse is what decides
+            for name in ("model_name", "version", "target"):
+                if isinstance(body.get(name), str):
+                    setattr(rollout, name, body[name])
+        return rollout
+
+    def files_outside() -> list[str]:
+        """Files under tmp_path but not under install_dir (a model_name like ../../x would put them there)."""
+        inside = install_dir.resolve()
+        return [str(p) for p in tmp_path.rglob("*") if p.is_file() and inside not in p.resolve().parents]
+
+    await agent.on_rollout(rollout_for(base.to_bytes(), True))
+    assert agent.model is not None
+    docs = mutated(json.loads(base.to_bytes())).map(lambda d: json.dumps(d).encode())
+
+    async def check(case) -> str:
+        data, align = case
+        before = agent.model
+        pointer = (install_dir / "current.json").read_bytes()
+        try:
+            await agent.on_rollout(rollout_for(data, align))
+        except Reject as rej:
+            assert rej.reason and rej.detail, rej
+            assert agent.model is before and (install_dir / "current.json").read_bytes() == pointer
+            return f"refused:{rej.reason}"
+        finally:
+            assert not files_outside(), files_outside()
+        if agent.model is not before:
+            assert install_dir.resolve() in agent.model.path.resolve().parents, agent.model.path
+            return "installed"
+        return "skipped"
+
+    await run_cases_async("file:rollout_install", st.tuples(raw_and_mutated(base.to_bytes(), docs), st.booleans()), check)
+
+    # Found by this fuzz: a signed artifact onnxruntime cannot load raised its own Fail (a bare handler_error).
+    junk = b"not an onnx model"
+    junk_key = f"fuzz/{uuid.uuid4().hex}/model.onnx"
+    objects.put_bytes("lineloop-builds", junk_key, junk, "application/octet-stream")
+    unloadable = dataclasses.replace(base, version="2", artifacts=(Artifact(
+        "model.onnx", "lineloop-builds", junk_key, hashlib.sha256(junk).hexdigest(), len(junk)),))
+    running = agent.model
+    rollout = rollout_for(unloadable.to_bytes(), True)
+    del rollout.artifacts[:]
+    with pytest.raises(Reject) as refused:
+        await agent.on_rollout(rollout)
+    assert refused.value.reason == "artifact_unloadable" and agent.model is running
+
+
+@pytest.mark.parametrize("change", [
+    {"model_name": "../../outside"}, {"version": "/abs"}, {"target": ""}, {"input_size": "64"}, {"classes": [1, 2]},
+    {"artifacts": [{"name": "model.onnx", "bucket": {"x": 1}, "key": "k", "sha256": "0" * 64, "size_bytes": 1}]},
+    {"artifacts": [{"name": "model.onnx", "bucket": "", "key": "k", "sha256": "0" * 64, "size_bytes": 1}]},
+], ids=["traversal", "absolute", "empty_target", "size_as_text", "classes_not_text", "bucket_object", "bucket_empty"])
+def test_found_by_this_fuzz_a_signed_manifest_a_gateway_cannot_use_is_refused(change):
+    """Parsed before, then installed outside the install folder or raised TypeError/ValueError in the store client."""
+    body = {**json.loads(BUILD.to_bytes()), **change}
+    data = json.dumps(body).encode()
+    with pytest.raises(RolloutManifestError) as refused:
+        verify_manifest(data, sign(SIGNER, data), SIGNER_ID, TRUSTED, hashlib.sha256(data).hexdigest())
+    assert refused.value.reason == "manifest_invalid"

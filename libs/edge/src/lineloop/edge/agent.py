@@ -166,7 +166,11 @@ class EdgeAgent:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomically(folder / MODEL_FILE, data)
         _write_atomically(folder / "manifest.json", manifest_bytes)
-        installed = InstalledModel(manifest, _session(folder / MODEL_FILE), folder)
+        try:
+            session = _session(folder / MODEL_FILE)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph...: a signed file it cannot run
+            raise ManifestError("artifact_unloadable", f"{artifact.key}: {err}"[:2000]) from err
+        installed = InstalledModel(manifest, session, folder)
         self._model = installed  # the swap: predictions in flight finish on the old session
         _write_atomically(self.install_dir / "current.json", json.dumps({"path": str(folder)}).encode())
         log.info("installed %s %s (%s) from rollout %s", manifest.model_name, manifest.version, manifest.target, rollout.rollout_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ class BuildManifest:
                 raise ValueError(f"schema is not {SCHEMA}")
             body["artifacts"] = tuple(Artifact(**a) for a in body["artifacts"])
             body["classes"] = tuple(body["classes"])
-            return cls(**body)
+            manifest = cls(**body)
+            _check_fields(manifest)
+            return manifest
         except (ValueError, TypeError, KeyError, RecursionError) as err:  # RecursionError: JSON nested too deep
             raise ManifestError("manifest_invalid", f"not a {SCHEMA} manifest: {err}") from err
 
@@ -80,6 +83,34 @@ class BuildManifest:
             if artifact.name == name:
                 return artifact
         raise ManifestError("manifest_invalid", f"build {self.build_id} has no artifact {name!r}")
+
+
+# model_name, version and target name the install folder on a gateway: one plain path segment each.
+_SEGMENT = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule; the client raises ValueError otherwise
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_fields(m: BuildManifest) -> None:
+    """Types and names a gateway relies on (found by tests/fuzz: a signed manifest was parsed
+    with any JSON type, and a model_name like "../../x" installed outside the install folder)."""
+    for name in ("build_id", "model_name", "version", "target", "runtime", "precision", "built_at", "key_id"):
+        if not isinstance(getattr(m, name), str):
+            raise ValueError(f"{name} is not a string")
+    for name in ("model_name", "version", "target"):
+        value = getattr(m, name)
+        if not _SEGMENT.fullmatch(value) or ".." in value:
+            raise ValueError(f"{name} {value[:80]!r} is not 1-128 letters, digits and _.:- (no '..')")
+    if not all(isinstance(c, str) for c in m.classes) or isinstance(m.input_size, bool) or not isinstance(m.input_size, int):
+        raise ValueError("classes must be strings and input_size an integer")
+    if not all(isinstance(getattr(m, n), dict) for n in ("profile", "source", "verification")):
+        raise ValueError("profile, source and verification must be objects")
+    for a in m.artifacts:
+        if not all(isinstance(v, str) for v in (a.name, a.bucket, a.key, a.sha256)) or type(a.size_bytes) is not int:
+            raise ValueError(f"artifact {str(a.name)[:80]!r}: name, bucket, key, sha256 are strings, size_bytes an integer")
+        if not _BUCKET.fullmatch(a.bucket) or not a.key or not _SHA256.fullmatch(a.sha256):
+            raise ValueError(f"artifact {a.name[:80]!r}: bucket {a.bucket[:80]!r}, key {a.key[:80]!r} or sha256 "
+                             f"{a.sha256[:80]!r} is not a valid S3 bucket, a key and 64 hex digits")
 
 
 def sha256_hex(data: bytes) -> str:

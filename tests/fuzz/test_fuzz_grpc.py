@@ -31,7 +31,7 @@ METHODS = [
 FINDINGS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DATA_LOSS}
 UNARY_TIMEOUT_S = 30.0
 STREAM_WINDOW_S = 0.5  # a server stream (WatchAlerts, WatchRun) is read this long, then left
-SMALL_STRINGS = {"lineloop.v1.UploadFrameRequest": 3}  # frames per fuzzed upload stream, at most
+STREAM_MAX = {"lineloop.v1.UploadFrameRequest": 3}  # requests per fuzzed client stream, at most (default 4)
 
 
 def _method(full_name: str):
@@ -74,7 +74,7 @@ async def call(channel: grpc.aio.Channel, method, request) -> str:
 def requests(method) -> st.SearchStrategy:
     one = messages(method.input_type)
     if method.client_streaming:
-        return st.lists(one, max_size=SMALL_STRINGS.get(method.input_type.full_name, 4))
+        return st.lists(one, max_size=STREAM_MAX.get(method.input_type.full_name, 4))
     return one
 
 

@@ -15,9 +15,6 @@ from datetime import UTC, datetime
 
 import pytest
 from hypothesis import strategies as st
-from sqlalchemy import func, select
-
-from lineloop.bus import outbox
 from lineloop.contracts.topics import BY_TOPIC
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, PredictionSource, PredictionStatus
 from lineloop.v1.events_pb2 import FrameIngested
@@ -59,13 +56,8 @@ def plausible_frame(line: str) -> FrameIngested:
     return msg
 
 
-def test_every_consumed_topic_is_fuzzed():
-    """The list above is every handler main.build() wires: a new one must be fuzzed too."""
-    from tests.fuzz.services import SERVICES, build  # noqa: F401  (build wires handlers without starting)
-    assert {topic for _, topic in CONSUMED} <= set(BY_TOPIC)
-
-
 async def test_handler_list_matches_the_services(stack, tmp_path):
+    """CONSUMED is every handler main.build() wires: a new one must be fuzzed too."""
     wired = set()
     for name in sorted({service for service, _ in CONSUMED}):
         async with hosted(name, stack, tmp_path / name) as host:
@@ -82,10 +74,7 @@ async def test_handler_applies_or_rejects_with_a_reason(service, topic, stack, t
 
         await run_cases_async(f"handler:{service}:{topic}", messages(et.message.DESCRIPTOR, overrides=OVERRIDES), check)
 
-        # The database is still whole, and a well-formed event behind the fuzz is applied once.
-        with host.service.db.transaction() as s:
-            applied = s.execute(select(func.count()).select_from(outbox.inbox)).scalar_one()
-        assert applied >= 0
+        # Valid traffic behind the fuzz is unaffected: a frame as ingest publishes it is applied.
         if topic == "frames.ingested.v1":
             good = plausible_frame(f"line-{uuid.uuid4().hex[:6]}")
             assert await host.deliver(topic, good) == "applied"

@@ -79,15 +79,25 @@ class EventContext:
         return event_id
 
 
-@dataclass(frozen=True)
+@dataclass
 class Delivery:
-    """One record of a batch as the bus's decoder leaves it: decoded, or refused with a reason."""
+    """One record of a batch as the bus's decoder leaves it: decoded, or refused with a reason.
+
+    `done` ('applied' / 'dead_lettered': finished on an earlier delivery, skipped) is set by the
+    bus's batch middleware before any other middleware sees the batch.
+    """
 
     record: ConsumerRecord
     headers: dict[str, str]
     message: Message | None = None
     envelope: Envelope | None = None
     refused: Reject | None = None
+    done: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Still to be handled: decoded, and not finished on an earlier delivery."""
+        return self.done is None and self.message is not None
 
     @property
     def key(self) -> str:
@@ -98,6 +108,19 @@ class Delivery:
     @property
     def where(self) -> str:
         return f"{self.record.topic}[{self.record.partition}]@{self.record.offset}"
+
+
+class Batch(list[Delivery]):
+    """A fetched batch, decoded. `careful`: the previous delivery of this batch's head died
+    unfinished, so its records are handled one at a time, each counted before it starts,
+    and middlewares must not start work on several at once (ingest's prefetch checks it)."""
+
+    careful: bool = False
+    counted: dict[int, int]  # partition -> offset whose delivery this batch counted
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        super().__init__(deliveries)
+        self.counted = {}
 
 
 Handler = Callable[[M, EventContext], Awaitable[None]]
@@ -180,26 +203,15 @@ class Bus:
             reg = _Registration(event_type(message_type), group, fn)
             self._registrations.append(reg)
 
-            async def consume(deliveries: Any, msg: KafkaMessage) -> None:
-                try:
-                    for delivery in deliveries:
-                        await self._process(reg, delivery)
-                except Exception as exc:
-                    # NACK_ON_ERROR turns the raise into a seek back to the batch's first record in
-                    # every partition: nothing is committed past a record that was not finished.
-                    reg.failures += 1
-                    delay = min(self.retry_backoff_s * 2 ** min(reg.failures - 1, 16), self.max_retry_backoff_s)
-                    log.error("batch of %s in group %s not finished (%s: %s); redelivering it in %.1f s",
-                              reg.et.topic, reg.group, type(exc).__name__, exc, delay)
-                    metrics.batches_redelivered.add(1, {"topic": reg.et.topic, "group": reg.group,
-                                                        "error": type(exc).__name__})
-                    await asyncio.sleep(delay)
-                    raise
-                reg.failures = 0
+            async def consume(batch: Any, msg: KafkaMessage) -> None:
+                for delivery in batch:
+                    await self._process(reg, batch, delivery)
 
+            # The bus's own middleware comes first (outermost of the router's), so the inbox check
+            # and the delivery count happen before any other middleware starts work on the batch.
             # A router scopes `middlewares` to this one subscriber (FastStream 0.7 takes
             # middlewares per broker or per router, not per subscriber).
-            router = KafkaRouter(middlewares=tuple(middlewares))
+            router = KafkaRouter(middlewares=(self._batch_middleware(reg), *middlewares))
             router.subscriber(
                 reg.et.topic,
                 group_id=group,
@@ -217,15 +229,92 @@ class Bus:
 
         return register
 
-    async def _process(self, reg: _Registration, delivery: Delivery) -> None:
+    def _batch_middleware(self, reg: _Registration) -> type[BaseMiddleware]:
+        bus = self
+
+        class BusBatch(BaseMiddleware):
+            """Begins a batch (inbox check, delivery count) and turns a failure into a redelivery."""
+
+            async def consume_scope(self, call_next, msg) -> Any:
+                batch: Batch = await msg.decode()
+                try:
+                    await bus._begin(reg, batch)
+                    result = await call_next(msg)
+                except BaseException as exc:
+                    # Not a death: an orderly stop, or a step that failed (the DLQ write, the
+                    # database). Take the delivery count back, then let NACK_ON_ERROR seek every
+                    # partition back to the batch's first record: nothing is committed past a
+                    # record that was not finished, and the batch comes again after a backoff.
+                    await bus._uncount(reg, batch)
+                    if isinstance(exc, Exception):
+                        reg.failures += 1
+                        delay = min(bus.retry_backoff_s * 2 ** min(reg.failures - 1, 16), bus.max_retry_backoff_s)
+                        log.error("batch of %s in group %s not finished (%s: %s); redelivering it in %.1f s",
+                                  reg.et.topic, reg.group, type(exc).__name__, exc, delay)
+                        metrics.batches_redelivered.add(1, {"topic": reg.et.topic, "group": reg.group,
+                                                            "error": type(exc).__name__})
+                        await asyncio.sleep(delay)
+                    raise
+                reg.failures = 0
+                return result
+
+        return BusBatch
+
+    async def _begin(self, reg: _Registration, batch: Batch) -> None:
+        """Mark what is already finished, and count this delivery, in one transaction committed
+        BEFORE any handler or middleware works on the records: a delivery that kills the process
+        (OOM-kill, segfault) is counted all the same.
+
+        Normally one count per partition: its head (first unfinished record) was delivered once
+        more. If the head's previous delivery never finished, one of the records then in flight
+        killed the process: the batch turns careful, and each record is counted as it starts
+        (`_process`), so only the one that kills the process again and again reaches the bound.
+        """
+        if self.db is None:
+            return
+        async with self.db.write() as s:
+            for d in batch:
+                d.done = outbox.finished(
+                    s, reg.consumer, d.key, partition=d.record.partition, offset=d.record.offset,
+                    replay=REPLAYED_FROM in d.headers,
+                )
+            heads: dict[int, int] = {}
+            for d in batch:
+                if d.done is None:
+                    heads.setdefault(d.record.partition, d.record.offset)
+            previous = outbox.delivery_counts(s, reg.consumer, list(heads))
+            batch.careful = any(
+                p in previous and previous[p][0] == offset and previous[p][1] > 0 for p, offset in heads.items()
+            )
+            if not batch.careful:
+                for partition, offset in heads.items():
+                    outbox.count_delivery(s, reg.consumer, partition, offset)
+                    batch.counted[partition] = offset
+        if batch.careful:
+            log.warning("the last delivery of %s in group %s died unfinished; handling this batch one record "
+                        "at a time", reg.et.topic, reg.group)
+
+    async def _uncount(self, reg: _Registration, batch: Batch) -> None:
+        if self.db is None or not batch.counted:
+            return
+        try:
+            async with self.db.write() as s:
+                for partition, offset in batch.counted.items():
+                    outbox.uncount_delivery(s, reg.consumer, partition, offset)
+        except Exception:
+            log.warning("could not take back the delivery counts of a %s batch", reg.et.topic, exc_info=True)
+
+    async def _process(self, reg: _Registration, batch: Batch, delivery: Delivery) -> None:
         labels = {"topic": reg.et.topic, "ce_type": reg.et.ce_type, "group": reg.group}
         record = delivery.record
-        if self.db is not None:
-            done, count = await self._begin(reg, delivery)
-            if done is not None:
-                # Applied, or dead-lettered, on an earlier delivery: skipped, and the inbox says why.
-                metrics.events_consumed.add(1, {**labels, "outcome": f"already_{done}"})
-                return
+        if delivery.done is not None:
+            # Applied, or dead-lettered, on an earlier delivery: skipped, and the inbox says why.
+            metrics.events_consumed.add(1, {**labels, "outcome": f"already_{delivery.done}"})
+            return
+        if batch.careful:
+            async with self.db.write() as s:
+                count = outbox.count_delivery(s, reg.consumer, record.partition, record.offset)
+            batch.counted[record.partition] = record.offset
             if count > self.max_deliveries:
                 await self._dead_letter(reg, delivery, "poison", (
                     f"delivered {count - 1} times without finishing (the process died while handling it); "
@@ -237,71 +326,49 @@ class Bus:
         message, env = delivery.message, delivery.envelope
         parent = propagate.extract(delivery.headers)
         attempt = errors = 0
-        try:
-            while True:
-                attempt += 1
-                started = time.perf_counter()
-                outcome = "applied"
-                with tracer.start_as_current_span(
-                    f"{reg.et.topic} process", context=parent, kind=trace.SpanKind.CONSUMER
-                ) as span:
-                    span.set_attribute("messaging.system", "kafka")
-                    span.set_attribute("messaging.destination.name", reg.et.topic)
-                    span.set_attribute("messaging.consumer.group.name", reg.group)
-                    span.set_attribute("messaging.message.id", env.id)
-                    try:
-                        ctx = EventContext(env, record.topic, record.partition, record.offset, self.source)
-                        applied = await self._apply(reg, message, ctx, delivery.key)
-                        outcome = "applied" if applied else "duplicate"
-                        metrics.events_consumed.add(1, {**labels, "outcome": outcome})
-                        return
-                    except Reject as rej:
-                        outcome = "rejected"
-                        await self._dead_letter(reg, delivery, rej.reason, rej.detail)
-                        return
-                    except Exception as exc:
-                        span.record_exception(exc)
-                        if is_unavailable(exc):
-                            # Not the event's fault: wait for the dependency, however long, and count it.
-                            outcome = "unavailable"
-                            delay = min(self.retry_backoff_s * 2 ** min(attempt - 1, 16), self.max_retry_backoff_s)
-                            log.warning("handler %s on %s: a dependency is unavailable (attempt %d, next in %.1f s): %s",
-                                        reg.fn.__name__, env.id, attempt, delay, exc)
-                        else:
-                            outcome = "error"
-                            errors += 1
-                            if errors >= self.max_attempts:
-                                log.exception("handler %s failed %d times on %s; dead-lettering",
-                                              reg.fn.__name__, errors, env.id)
-                                await self._dead_letter(reg, delivery, "handler_error", f"{type(exc).__name__}: {exc}")
-                                return
-                            delay = self.retry_backoff_s * errors
-                            log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, errors, exc)
-                        metrics.handler_retries.add(1, {**labels, "reason": outcome})
-                    finally:
-                        metrics.handler_duration.record(time.perf_counter() - started, {**labels, "outcome": outcome})
-                await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            # An orderly stop mid-record is not the record's fault: take its delivery back.
-            if self.db is not None:
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            outcome = "applied"
+            with tracer.start_as_current_span(
+                f"{reg.et.topic} process", context=parent, kind=trace.SpanKind.CONSUMER
+            ) as span:
+                span.set_attribute("messaging.system", "kafka")
+                span.set_attribute("messaging.destination.name", reg.et.topic)
+                span.set_attribute("messaging.consumer.group.name", reg.group)
+                span.set_attribute("messaging.message.id", env.id)
                 try:
-                    async with self.db.write() as s:
-                        outbox.uncount_delivery(s, reg.consumer, record.partition, record.offset)
-                except Exception:
-                    log.warning("could not take back the delivery count of %s", delivery.where, exc_info=True)
-            raise
-
-    async def _begin(self, reg: _Registration, delivery: Delivery) -> tuple[str | None, int]:
-        """Whether the record is already finished, else count this delivery (its own commit)."""
-        record = delivery.record
-        async with self.db.write() as s:
-            done = outbox.finished(
-                s, reg.consumer, delivery.key, partition=record.partition, offset=record.offset,
-                replay=REPLAYED_FROM in delivery.headers,
-            )
-            if done is not None:
-                return done, 0
-            return None, outbox.count_delivery(s, reg.consumer, record.partition, record.offset)
+                    ctx = EventContext(env, record.topic, record.partition, record.offset, self.source)
+                    applied = await self._apply(reg, message, ctx, delivery.key)
+                    outcome = "applied" if applied else "duplicate"
+                    metrics.events_consumed.add(1, {**labels, "outcome": outcome})
+                    return
+                except Reject as rej:
+                    outcome = "rejected"
+                    await self._dead_letter(reg, delivery, rej.reason, rej.detail)
+                    return
+                except Exception as exc:
+                    span.record_exception(exc)
+                    if is_unavailable(exc):
+                        # Not the event's fault: wait for the dependency, however long, and count it.
+                        outcome = "unavailable"
+                        delay = min(self.retry_backoff_s * 2 ** min(attempt - 1, 16), self.max_retry_backoff_s)
+                        log.warning("handler %s on %s: a dependency is unavailable (attempt %d, next in %.1f s): %s",
+                                    reg.fn.__name__, env.id, attempt, delay, exc)
+                    else:
+                        outcome = "error"
+                        errors += 1
+                        if errors >= self.max_attempts:
+                            log.exception("handler %s failed %d times on %s; dead-lettering",
+                                          reg.fn.__name__, errors, env.id)
+                            await self._dead_letter(reg, delivery, "handler_error", f"{type(exc).__name__}: {exc}")
+                            return
+                        delay = self.retry_backoff_s * errors
+                        log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, errors, exc)
+                    metrics.handler_retries.add(1, {**labels, "reason": outcome})
+                finally:
+                    metrics.handler_duration.record(time.perf_counter() - started, {**labels, "outcome": outcome})
+            await asyncio.sleep(delay)
 
     async def _apply(self, reg: _Registration, message: Message, ctx: EventContext, key: str) -> bool:
         """Run the handler once per (group, ce_id); False if it was already applied."""
@@ -397,13 +464,13 @@ class Bus:
         self._started = False
 
 
-def _batch_decoder(et: EventType) -> Callable[[StreamMessage[Any]], Awaitable[list[Delivery]]]:
+def _batch_decoder(et: EventType) -> Callable[[StreamMessage[Any]], Awaitable[Batch]]:
     """FastStream decoder for one topic's batches: each record decoded, or refused with why.
 
     A refusal is data, not an exception: one bad record must not fail the batch around it.
     """
 
-    async def decode_batch(msg: StreamMessage[Any]) -> list[Delivery]:
+    async def decode_batch(msg: StreamMessage[Any]) -> Batch:
         raw = msg.raw_message
         deliveries = []
         for record in raw if isinstance(raw, tuple) else (raw,):
@@ -414,6 +481,6 @@ def _batch_decoder(et: EventType) -> Callable[[StreamMessage[Any]], Awaitable[li
                 deliveries.append(Delivery(record, headers, refused=rej))
             else:
                 deliveries.append(Delivery(record, headers, message, envelope))
-        return deliveries
+        return Batch(deliveries)
 
     return decode_batch

@@ -168,13 +168,23 @@ def mark_dead_lettered(
     )
 
 
+def delivery_counts(s: Session, consumer: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """partition -> (offset, deliveries) of the record last counted there."""
+    if not partitions:
+        return {}
+    rows = s.execute(
+        select(deliveries.c.partition, deliveries.c.offset, deliveries.c.deliveries)
+        .where(deliveries.c.consumer == consumer, deliveries.c.partition.in_(partitions))
+    ).all()
+    return {r.partition: (r.offset, r.deliveries) for r in rows}
+
+
 def count_delivery(s: Session, consumer: str, partition: int, offset: int) -> int:
     """Record one more delivery of the record at `offset`; returns how many it has had (0: not counted).
 
-    Committed on its own BEFORE the handler runs, so a delivery that kills the process
-    (OOM-kill, segfault) is counted all the same. N replicas on PostgreSQL: the UPDATE takes
-    the row lock, so concurrent deliveries (a zombie member after a rebalance) each count; an
-    older offset than the row's is a record a later one already passed (partition order):
+    The caller commits it BEFORE the record is worked on. N replicas on PostgreSQL: the UPDATE
+    takes the row lock, so concurrent deliveries (a zombie member after a rebalance) each count;
+    an older offset than the row's is a record a later one already passed (partition order):
     it is not counted and the row keeps the head.
     """
     s.execute(
@@ -195,7 +205,7 @@ def count_delivery(s: Session, consumer: str, partition: int, offset: int) -> in
 
 
 def uncount_delivery(s: Session, consumer: str, partition: int, offset: int) -> None:
-    """A delivery that ended in an orderly stop (cancelled) does not count toward the poison bound."""
+    """A delivery that ended without a death (an orderly stop, a failed step) does not count."""
     s.execute(
         update(deliveries)
         .where(deliveries.c.consumer == consumer, deliveries.c.partition == partition,

@@ -4,7 +4,8 @@ The bus applies the records of a fetched batch one after another, each in its
 own transaction. The slow part of a frame (S3, decode, Triton) needs no
 transaction, so a FastStream middleware on this subscriber starts it for every
 frame of the batch at once (from the bus decoder's `Delivery`s: it decodes
-nothing itself), waits for all of them, and only then lets the bus apply them
+nothing itself; and not for a careful batch, one whose last delivery killed the
+process, which the bus handles one record at a time), waits for all of them, and only then lets the bus apply them
 in order: Triton sees the batch's frames together, and the database lock is
 held for the short index writes only.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from faststream import BaseMiddleware
 
-from lineloop.bus import Delivery, EventContext
+from lineloop.bus import Batch, EventContext
 from lineloop.ingest.pipeline import Pipeline, Prepared, Refused
 from lineloop.v1.events_pb2 import FrameCaptured
 
@@ -46,13 +47,15 @@ class BatchPrefetch:
 
         return PrefetchMiddleware
 
-    async def start(self, deliveries: list[Delivery]) -> list[str]:
+    async def start(self, batch: Batch) -> list[str]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
-        started = []
-        for delivery in deliveries:
-            if not isinstance(delivery.message, FrameCaptured):
-                continue  # refused by the decoder: the bus dead-letters it
+        started: list[str] = []
+        if batch.careful:
+            return started  # one frame at a time, each counted before it starts: see the bus
+        for delivery in batch:
+            if not delivery.pending:
+                continue  # refused by the decoder, or finished before: the bus deals with it
             if delivery.envelope.id in self._ready:
                 continue
             self._ready[delivery.envelope.id] = asyncio.create_task(self._bounded(delivery.message))

@@ -13,7 +13,18 @@ from pathlib import Path
 import grpc
 
 from lineloop.ingest import reconcile, state
-from lineloop.ingest.testing import frame, ingest_settings, jpeg, object_store, running_ingest, skip_group_to_end, uid
+from lineloop.ingest.testing import (
+    frame,
+    ingest_settings,
+    jpeg,
+    object_store,
+    publish,
+    running_ingest,
+    skip_group_to_end,
+    uid,
+)
+from lineloop.storage.sql import Database
+from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
 
 LINELOOP = str(Path(sys.executable).parent / "lineloop")
@@ -145,3 +156,35 @@ def test_reconcile_without_an_ingest_database_says_so_and_creates_none(tmp_path)
     assert cli.returncode == 2, cli.stdout + cli.stderr
     assert f"cannot reconcile: no ingest database at {missing}" in " ".join(cli.stderr.split())
     assert not (tmp_path / "ingest.db").exists()
+
+
+async def test_a_deleting_pass_judges_age_by_the_oldest_frame_ingest_has_not_consumed(stack, tmp_path):
+    """A gateway uploaded an image and queued its frame while ingest was down: the upload is old
+    by the wall clock, but not next to the queued frame, so it stays; once ingest has caught up
+    it is referenced."""
+    bucket = uid("recon")
+    settings = _settings(stack, f"sqlite:///{tmp_path / 'ingest.db'}", bucket)
+    objects = object_store(stack)
+    objects.ensure_buckets([bucket])
+    Database(settings.sql_url).migrate(state.SCHEMA_COMPONENT, state.SCHEMA_VERSION, state.metadata)
+    await skip_group_to_end(stack, settings.consumer_group)
+    upload = objects.put_content_addressed(bucket, jpeg(41), "jpg", "image/jpeg")
+    queued = frame(line=uid("line"), image_ref=ObjectRef(bucket=bucket, key=upload.key, sha256=upload.sha256))
+    await publish(stack, [queued])
+    grace_s = 3.0
+    await asyncio.sleep(grace_s + 2.0)  # the upload is now older than the grace period (S3 times are whole seconds)
+
+    report = await asyncio.to_thread(reconcile.reconcile, settings, grace_s=grace_s, delete=True)
+    assert report.backlog_since is not None
+    assert (report.deleted, report.orphans, [o.key for o in report.in_grace]) == ([], [], [upload.key])
+    assert objects.exists(bucket, upload.key)
+
+    async with running_ingest(settings) as service:
+        for _ in range(600):
+            with service.db.session() as session:
+                if state.find_frame(session, queued.frame_id) is not None:
+                    break
+            await asyncio.sleep(0.1)
+    report = await asyncio.to_thread(reconcile.reconcile, settings, grace_s=grace_s, delete=True)
+    assert report.backlog_since is None and report.consistent and report.references == 1, report.as_dict()
+    assert objects.exists(bucket, upload.key)

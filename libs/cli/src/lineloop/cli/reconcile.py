@@ -30,7 +30,7 @@ def register(root: typer.Typer) -> None:
     ) -> None:
         """Find objects nothing references and references to missing objects; exit 1 while any remain."""
         # Imported here: the other commands need not load the services.
-        from lineloop.ingest.reconcile import NoIngestDatabase
+        from lineloop.ingest.reconcile import BacklogUnknown, NoIngestDatabase
         from lineloop.ingest.reconcile import reconcile as reconcile_frames
         from lineloop.labeling.reconcile import NoLabelingDatabase, find_dataset_inconsistencies
         from lineloop.storage.objects import ObjectStoreError
@@ -46,6 +46,9 @@ def register(root: typer.Typer) -> None:
             raise typer.Exit(2) from None
         except ObjectStoreError as exc:
             err_console.print(f"[red]object store failed:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(3) from None
+        except BacklogUnknown as exc:
+            err_console.print(f"[red]nothing deleted:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(3) from None
         consistent = frames.consistent and (datasets is None or datasets.consistent)
         if as_json:
@@ -66,6 +69,8 @@ def register(root: typer.Typer) -> None:
 
 def _print_frames(report) -> None:
     console.print(f"{report.bucket}: {report.objects} objects, {report.references} referenced by the frame index")
+    if report.backlog_since is not None:
+        console.print(f"  ingest has frames queued since {report.backlog_since.isoformat()}: ages judged from then")
     for orphan in report.orphans:
         done = "deleted" if orphan.key in report.deleted else "orphan"
         console.print(f"  {done}: {escape(orphan.key)} ({orphan.size_bytes} bytes, {orphan.age_s:.0f} s old)",

@@ -40,7 +40,7 @@ def build(settings: IngestSettings | None = None) -> Service:
         await scorer.close()
         pipeline.close()
 
-    reconcile.schedule(service, settings.frames_bucket)  # off unless LINELOOP_INGEST_RECONCILE_INTERVAL_S > 0
+    reconcile.schedule(service, settings)  # off unless LINELOOP_INGEST_RECONCILE_INTERVAL_S > 0
     return service
 
 

@@ -16,9 +16,13 @@ is the few milliseconds between that check and the delete; a frame recorded in t
 a missing object in the next report. Deletes are idempotent, so reconcilers running at once
 on several replicas do no harm.
 
-The default grace is a day: a queued frame whose gateway upload is deleted before ingest
-reads it would be lost, and a day covers an ingest outage or backlog; an orphan costs only
-its bytes until then.
+A gateway that uploads an image and queues the frame on frames.captured.v1 makes that time
+as long as ingest's backlog: ingest down for two days, and every upload queued meanwhile would
+look old and unreferenced. So a deleting pass reads ingest's consumer position first and takes
+the time of the oldest frame not yet consumed as its clock, when that is earlier than now: an
+object counts as old only if it is older than the grace period *before that frame*, and the
+grace period then only has to cover a gateway's upload→publish (default a day). If the broker
+cannot be read, nothing is deleted (`BacklogUnknown`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ import dataclasses
 import logging
 from datetime import UTC, datetime
 
+from concurrent.futures import ThreadPoolExecutor
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import metrics
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 
+from lineloop.contracts.topics import event_type
 from lineloop.ingest import state
 from lineloop.ingest.settings import IngestSettings
+from lineloop.v1.events_pb2 import FrameCaptured
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
 from lineloop.storage.sql import Database, sqlite_file_exists
 
@@ -47,6 +56,10 @@ reconciled = _meter.create_counter(
 
 class NoIngestDatabase(RuntimeError):
     """Ingest's database is not there, or has no ingest schema (ingest never ran against it)."""
+
+
+class BacklogUnknown(RuntimeError):
+    """Ingest's position on frames.captured.v1 could not be read: a deleting pass stops there."""
 
 
 class ReconcileSettings(BaseSettings):
@@ -84,6 +97,8 @@ class Report:
     checked_at: datetime
     bucket: str
     grace_s: float
+    # Time of the oldest frame ingest has not consumed yet, when a deleting pass found one: the clock ages are judged by.
+    backlog_since: datetime | None = None
     objects: int = 0
     references: int = 0
     orphans: list[Orphan] = dataclasses.field(default_factory=list)
@@ -102,6 +117,7 @@ class Report:
             "checked_at": self.checked_at.isoformat(),
             "bucket": self.bucket,
             "grace_s": self.grace_s,
+            "backlog_since": self.backlog_since.isoformat() if self.backlog_since else None,
             "objects": self.objects,
             "references": self.references,
             "orphans": [dataclasses.asdict(o) for o in self.orphans],
@@ -125,6 +141,7 @@ def reconcile(settings: IngestSettings | None = None, *, grace_s: float | None =
 
     Raises:
         NoIngestDatabase: ingest's database is not there or has no ingest schema.
+        BacklogUnknown: (with `delete`) ingest's consumer position could not be read.
     """
     settings = settings or IngestSettings()
     if grace_s is None:
@@ -141,17 +158,71 @@ def reconcile(settings: IngestSettings | None = None, *, grace_s: float | None =
         if schema is None:
             raise NoIngestDatabase(f"no ingest schema in {db.safe_url}")
         objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
-        return check(db, objects, settings.frames_bucket, grace_s=grace_s, delete=delete)
+        backlog = None
+        if delete:
+            with ThreadPoolExecutor(max_workers=1) as pool:  # callable from inside an event loop too
+                backlog = pool.submit(asyncio.run, oldest_pending_frame(settings)).result()
+        return check(db, objects, settings.frames_bucket, grace_s=grace_s, delete=delete, backlog_since=backlog)
     finally:
         db.dispose()
 
 
-def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, delete: bool) -> Report:
-    """One pass over `bucket` and the frame index in `db`."""
+async def oldest_pending_frame(settings: IngestSettings, timeout_s: float = 10.0) -> datetime | None:
+    """Timestamp of the oldest frames.captured.v1 record ingest's consumer group has not
+    committed yet; None when it is caught up.
+
+    Reads committed offsets without joining the group (manual assignment), so the group's
+    members are not disturbed.
+
+    Raises:
+        BacklogUnknown: the broker did not answer, or a pending record could not be read.
+    """
+    topic = event_type(FrameCaptured).topic
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.stack.kafka_bootstrap, group_id=settings.consumer_group,
+        enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        await asyncio.wait_for(consumer.topics(), timeout_s)  # refreshes what partitions_for_topic reads
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return None
+        consumer.assign(partitions)
+        begins = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout_s)
+        ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout_s)
+        oldest = None
+        for tp in partitions:
+            committed = await asyncio.wait_for(consumer.committed(tp), timeout_s)
+            # No commit yet: the group starts at the beginning (the bus's auto_offset_reset).
+            position = max(committed if committed is not None else begins[tp], begins[tp])
+            if position >= ends[tp]:
+                continue
+            consumer.seek(tp, position)
+            batch = await consumer.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)
+            records = batch.get(tp, [])
+            if not records:
+                raise BacklogUnknown(f"{tp.topic}[{tp.partition}]: no record readable at offset {position}")
+            stamp = datetime.fromtimestamp(records[0].timestamp / 1000, UTC)
+            oldest = stamp if oldest is None else min(oldest, stamp)
+        return oldest
+    except BacklogUnknown:
+        raise
+    except Exception as exc:
+        raise BacklogUnknown(f"ingest's position on {topic} could not be read: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        await consumer.stop()
+
+
+def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, delete: bool,
+          backlog_since: datetime | None = None) -> Report:
+    """One pass over `bucket` and the frame index in `db`; ages are judged against
+    `backlog_since` (see `oldest_pending_frame`) when that is earlier than now."""
     if grace_s < 0:
         raise ValueError(f"grace period must be 0 s or more, got {grace_s:g}")
     now = datetime.now(UTC)
-    report = Report(checked_at=now, bucket=bucket, grace_s=grace_s)
+    report = Report(checked_at=now, bucket=bucket, grace_s=grace_s, backlog_since=backlog_since)
+    clock = min(now, backlog_since) if backlog_since else now
     # The listing comes first: an object written after it cannot be called an orphan, and
     # one committed after the index read is only in_grace (young), never deleted.
     listed = {obj.key: obj for obj in objects.list_objects(bucket)}
@@ -163,8 +234,8 @@ def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, de
     for key in sorted(set(listed) - {k for b, k in references if b == bucket}):
         obj = listed[key]
         age = (now - obj.last_modified).total_seconds() if obj.last_modified else 0.0
-        orphan = Orphan(bucket, key, obj.size_bytes, round(age, 3))
-        (report.orphans if age >= grace_s else report.in_grace).append(orphan)
+        old = obj.last_modified is not None and (clock - obj.last_modified).total_seconds() >= grace_s
+        (report.orphans if old else report.in_grace).append(Orphan(bucket, key, obj.size_bytes, round(age, 3)))
 
     for ref_bucket, key in sorted(references):
         if ref_bucket == bucket and key in listed:
@@ -178,7 +249,7 @@ def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, de
 
     if delete:
         for orphan in report.orphans:
-            if _delete_if_still_orphan(db, objects, orphan, grace_s):
+            if _delete_if_still_orphan(db, objects, orphan, grace_s, backlog_since):
                 report.deleted.append(orphan.key)
 
     for outcome, count in (("orphan", len(report.orphans)), ("in_grace", len(report.in_grace)),
@@ -199,13 +270,16 @@ def _exists(objects: ObjectStore, bucket: str, key: str) -> bool:
         return False
 
 
-def _delete_if_still_orphan(db: Database, objects: ObjectStore, orphan: Orphan, grace_s: float) -> bool:
+def _delete_if_still_orphan(db: Database, objects: ObjectStore, orphan: Orphan, grace_s: float,
+                            backlog_since: datetime | None) -> bool:
     """Delete `orphan` when it is still old and still unreferenced, checked just now."""
     try:
         info = objects.stat(orphan.bucket, orphan.key)
     except ObjectNotFound:
         return False  # another reconciler got there first
-    if info.last_modified is None or (datetime.now(UTC) - info.last_modified).total_seconds() < grace_s:
+    now = datetime.now(UTC)
+    clock = min(now, backlog_since) if backlog_since else now
+    if info.last_modified is None or (clock - info.last_modified).total_seconds() < grace_s:
         return False  # written again since the listing: an upload in flight
     with db.session() as session:
         if state.frames_referencing(session, orphan.bucket, orphan.key, limit=1):
@@ -216,18 +290,21 @@ def _delete_if_still_orphan(db: Database, objects: ObjectStore, orphan: Orphan, 
     return True
 
 
-async def run_periodically(db: Database, objects: ObjectStore, bucket: str, settings: ReconcileSettings) -> None:
+async def run_periodically(db: Database, objects: ObjectStore, ingest: IngestSettings,
+                           settings: ReconcileSettings) -> None:
     """The job inside ingest: one pass every `interval_s`, in a worker thread; a failed pass
-    is logged and the next one tried."""
+    (a deleting one that could not read the backlog included) is logged and the next one tried."""
     while True:
         await asyncio.sleep(settings.interval_s)
         try:
-            await asyncio.to_thread(check, db, objects, bucket, grace_s=settings.grace_s, delete=settings.delete)
+            backlog = await oldest_pending_frame(ingest) if settings.delete else None
+            await asyncio.to_thread(check, db, objects, ingest.frames_bucket, grace_s=settings.grace_s,
+                                    delete=settings.delete, backlog_since=backlog)
         except Exception:
-            log.exception("reconciliation of %s failed; next try in %.0f s", bucket, settings.interval_s)
+            log.exception("reconciliation of %s failed; next try in %.0f s", ingest.frames_bucket, settings.interval_s)
 
 
-def schedule(service, frames_bucket: str, settings: ReconcileSettings | None = None) -> None:
+def schedule(service, ingest: IngestSettings, settings: ReconcileSettings | None = None) -> None:
     """Run the periodic job in `service` (a `lineloop.runtime.Service`) when `interval_s` > 0."""
     settings = settings or ReconcileSettings()
     if settings.interval_s <= 0:
@@ -237,7 +314,7 @@ def schedule(service, frames_bucket: str, settings: ReconcileSettings | None = N
     @service.on_start
     async def start_reconciling() -> None:
         tasks.append(asyncio.create_task(
-            run_periodically(service.db, service.objects, frames_bucket, settings), name="reconcile"))
+            run_periodically(service.db, service.objects, ingest, settings), name="reconcile"))
 
     @service.on_stop
     async def stop_reconciling() -> None:

@@ -53,12 +53,19 @@ def _ints(bits: int, signed: bool) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(edges), st.integers(-3, 1000).filter(lambda v: lo <= v <= hi), st.integers(lo, hi))
 
 
+def rarely(common: st.SearchStrategy, rare: st.SearchStrategy, one_in: int = 20) -> st.SearchStrategy:
+    """`rare` about once in `one_in` draws: values every decode refuses (NaN, unknown enums, timestamps out
+    of range) would otherwise stop most multi-field messages before the handler."""
+    return st.integers(1, one_in).flatmap(lambda n: rare if n == 1 else common)
+
+
 def _floats(width: int) -> st.SearchStrategy[float]:
-    return st.one_of(
-        st.sampled_from([0.0, 0.5, 1.0, -1.0, 1e30, math.nan, math.inf, -math.inf]),
+    finite = st.one_of(
+        st.sampled_from([0.0, 0.5, 1.0, -1.0, 1e30, math.inf, -math.inf]),
         st.floats(0.0, 1.0, width=width),
-        st.floats(width=width),
+        st.floats(width=width, allow_nan=False),
     )
+    return rarely(finite, st.just(math.nan))
 
 
 def _scalar(field: FieldDescriptor) -> st.SearchStrategy:
@@ -83,16 +90,15 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy:
         return st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"]))
     if t == F.TYPE_ENUM:
         numbers = [v.number for v in field.enum_type.values]
-        return st.one_of(st.sampled_from(numbers), st.integers(-(2**31), 2**31 - 1))  # proto3 enums are open
+        # proto3 enums are open: any int32 parses (decode refuses the ones this build does not know).
+        return rarely(st.sampled_from(numbers), st.integers(-(2**31), 2**31 - 1))
     raise TypeError(f"no strategy for field {field.full_name} of type {t}")
 
 
 def _timestamps() -> st.SearchStrategy[dict]:
-    """google.protobuf.Timestamp: mostly plausible (1970..2100), sometimes outside what datetime holds."""
-    return st.one_of(
-        st.fixed_dictionaries({"seconds": st.integers(0, 4_102_444_800), "nanos": st.integers(0, 999_999_999)}),
-        st.fixed_dictionaries({"seconds": _ints(64, True), "nanos": _ints(32, True)}),
-    )
+    """google.protobuf.Timestamp: plausible (1970..2100), rarely any int64/int32 (outside what datetime holds)."""
+    plausible = st.fixed_dictionaries({"seconds": st.integers(0, 4_102_444_800), "nanos": st.integers(0, 999_999_999)})
+    return rarely(plausible, st.fixed_dictionaries({"seconds": _ints(64, True), "nanos": _ints(32, True)}), 10)
 
 
 Overrides = Mapping[str, Callable[[], st.SearchStrategy]]

@@ -12,7 +12,7 @@ SERVICES := ingest labeling training compiler registry monitor
 PACKAGES := $(LIBS) $(addprefix services/,$(SERVICES))
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto proto-check stack-up stack-down stack-status up down demo test test-fast bench clean lint-deploy
+.PHONY: install proto proto-check stack-up stack-down stack-status up down demo test test-fast bench chaos clean lint-deploy
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ test-fast: $(STAMP)
 # Benchmarks are scripts, not tests: each prints its figures and ratios.
 bench: $(STAMP)
 	@set -e; for b in services/*/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+# Faults injected into a running loop (docs/chaos.md), then the fuzzers at full size.
+# Both always run; the target fails if either does.
+chaos: $(STAMP)
+	@rc=0; $(BIN)/python tests/chaos/run_chaos.py || rc=1; \
+	$(BIN)/python tests/fuzz/run_fuzz.py --cases 1000 || rc=1; exit $$rc
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -368,11 +368,9 @@ class Checker:
     def _check_objects(self, v: Verdict, sent: dict[str, dict], verify_bytes: bool) -> None:
         objects = self.loop.objects()
         stored = {o.object_name for o in objects.client.list_objects(FRAMES_BUCKET, recursive=True)}
-        try:  # ingest's own reconciliation, where it exists: the same proof a deployment runs
+        report = None
+        try:  # ingest's own reconciliation: the same proof a deployment runs
             from lineloop.ingest.reconcile import check as reconcile
-        except ImportError:
-            reconcile = None
-        if reconcile is not None:
             from lineloop.storage.sql import Database
             db = Database(str(self._engine("ingest").url.render_as_string(hide_password=False)))
             try:
@@ -380,6 +378,9 @@ class Checker:
                 report = reconcile(db, objects, FRAMES_BUCKET, grace_s=0, delete=False)
             finally:
                 db.dispose()
+        except (ImportError, AttributeError) as exc:  # an ingest without it: checked directly below
+            v.note("reconcile unavailable, checked directly", repr(exc))
+        if report is not None:
             for o in [*report.orphans, *report.in_grace]:
                 v.orphans += 1
                 v.note("object referenced by no frame (reconcile)", o.key)

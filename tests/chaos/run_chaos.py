@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaoslib import SERVERS, SERVICES, Checker, Loop, Traffic, read_ledger  # noqa: E402
@@ -36,10 +38,14 @@ from chaoslib import SERVERS, SERVICES, Checker, Loop, Traffic, read_ledger  # n
 log = logging.getLogger("chaos")
 
 LINE = "chaos-line"
+# A stopping service's bound: gRPC grace (5 s), the in-flight batch, the outbox flushed, the
+# hooks; Kubernetes' default terminationGracePeriodSeconds is 30.
+SIGTERM_BOUND_S = 30.0
 FULL_FAULTS = (
     ["none"]
     + [f"kill9:{s}" for s in SERVICES]
     + [f"kill9:{s}" for s in ("kafka", "s3", "triton")]
+    + [f"sigterm:{s}" for s in ("ingest", "monitor", "labeling")]
     + ["sigstop:ingest", "sigstop:monitor", "diskfull"]
 )
 
@@ -57,7 +63,7 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicates == 0 and self.false_drift == 0 and self.catch_up_s is not None
+        return not self.note.startswith("DEFECT") and self.lost == 0 and self.duplicates == 0 and self.false_drift == 0 and self.catch_up_s is not None
 
 
 class Fault:
@@ -70,6 +76,7 @@ class Fault:
         kind, _, target = name.partition(":")
         self.kind, self.target = kind, target
         self._balloon: Path | None = None
+        self.failed = ""  # why the fault itself showed a defect (SIGTERM not honoured)
 
     def inject(self) -> str:
         if self.kind == "none":
@@ -78,6 +85,19 @@ class Fault:
             pid = self.loop.pid(self.target)
             self.loop.kill9(self.target)
             return f"pid {pid} killed"
+        if self.kind == "sigterm":
+            proc = self.loop.process(self.target)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=SIGTERM_BOUND_S)
+            except psutil.TimeoutExpired:
+                self.loop.kill9(self.target)
+                self.failed = f"still running {SIGTERM_BOUND_S:.0f} s after SIGTERM (killed)"
+                return self.failed
+            if code != 0:
+                self.failed = f"exited {code} on SIGTERM"
+            return f"pid {proc.pid} exited {code} in {time.monotonic() - started:.1f} s"
         if self.kind == "sigstop":
             self.pid = self.loop.pid(self.target)
             os.kill(self.pid, signal.SIGSTOP)
@@ -87,7 +107,7 @@ class Fault:
         raise ValueError(f"unknown fault {self.name!r}")
 
     def undo(self) -> None:
-        if self.kind == "kill9":
+        if self.kind in ("kill9", "sigterm"):
             self.loop.restart(self.target)
         elif self.kind == "sigstop":
             os.kill(self.pid, signal.SIGCONT)
@@ -144,6 +164,9 @@ def run_fault(loop: Loop, checker: Checker, ledger: Path, fault: Fault, *, frame
         row.lost = max(row.lost, 1) if (verdict.orphans or verdict.missing_objects or verdict.sha_mismatches) and not row.lost else row.lost
     if verdict.inconsistent:
         row.note += f"; inconsistent: {verdict.inconsistent[:3]}"
+    if fault.failed:
+        row.note = f"DEFECT: {fault.failed}; " + row.note
+        row.catch_up_s = None if "still running" in fault.failed else row.catch_up_s
     log.info("%s: %s", fault.name, row)
     return row
 
@@ -183,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigstop-s", type=float, default=30.0)
     p.add_argument("--catch-up-timeout", type=float, default=300.0)
     p.add_argument("--tmpfs-mb", type=int, default=1024, help="state directory tmpfs size (diskfull); 0: no tmpfs")
+    p.add_argument("--keep", type=Path, default=None, help="copy the state directory's logs here at the end")
     p.add_argument("--table", type=Path, default=None, help="also write the table (and JSON rows) here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -214,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             final = checker.check(read_ledger(ledger))
         finally:
             loop.down()
+            if args.keep:
+                shutil.copytree(state_dir / "logs", args.keep, dirs_exist_ok=True)
+                shutil.copy(ledger, args.keep / "ledger.jsonl")
     minutes = (time.monotonic() - started) / 60
     print()
     print_table(rows)

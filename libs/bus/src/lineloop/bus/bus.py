@@ -1,21 +1,22 @@
 """The event bus every service uses: typed protobuf handlers on FastStream's KafkaBroker.
 
-A fetched batch goes through FastStream's own stages, each record then through the bus:
-  FastStream: poll (aiokafka getmany) -> parser -> decoder (`decode_batch`: CloudEvents
-  headers + protobuf/JSON value per record, or why not) -> middlewares (ingest's prefetch)
-  -> the batch handler -> ack policy NACK_ON_ERROR.
-  Bus, per record in offset order: already finished (inbox)? skip -> count the delivery
-  (poison bound) -> handler in a DB transaction (events it emits go to the outbox, the
-  ce_id to the inbox) -> next record.
-A record that cannot be decoded, that the handler rejects, or that kept failing goes to
-`<topic>.dlq` with the reason in headers, and its ce_id is recorded so a redelivery is not
-dead-lettered twice. A dependency that is down (object store, database, a gRPC peer) is
-waited out with backoff: every record behind it would fail the same way and none is bad.
-The commit rule: the batch is acked (offsets committed) only when every record in it was
-applied, dead-lettered with the DLQ write acknowledged, or skipped as already finished. If
-anything escapes (the DLQ write fails, the database is gone mid-step), FastStream nacks the
-batch, which seeks every partition back to its first record in the batch, so nothing
-behind the failure is committed; the batch is redelivered after a backoff. docs/bus.md.
+A fetched batch goes through FastStream's own stages (docs/bus.md has the why):
+  poll (aiokafka getmany) -> parser -> decoder (`_batch_decoder`: CloudEvents headers +
+  protobuf/JSON value per record, or why not) -> the bus's batch middleware (inbox check,
+  delivery count, committed before anything works on the records) -> the service's
+  middlewares (ingest's prefetch) -> the batch handler: per record in offset order, the
+  handler in a DB transaction (emitted events to the outbox, the ce_id to the inbox)
+  -> ack policy NACK_ON_ERROR.
+A record that cannot be decoded, that the handler rejects, that kept failing, or that kept
+killing the process (`poison`) goes to `<topic>.dlq` with the reason in headers, and its
+ce_id is recorded so a redelivery is not dead-lettered twice. A dependency that is down
+(object store, database, a gRPC peer) is waited out with backoff: every record behind it
+would fail the same way and none is bad.
+The commit rule: a batch is acked (offsets committed) only when every record in it was
+applied, dead-lettered with the DLQ write acknowledged, or skipped as finished before. If
+anything escapes (the DLQ write fails, the database goes away mid-step), FastStream nacks
+the batch, which seeks every partition back to its first record in the batch: nothing
+behind the failure is committed, and the batch is redelivered after a backoff.
 """
 
 from __future__ import annotations
@@ -205,7 +206,9 @@ class Bus:
 
             async def consume(batch: Any, msg: KafkaMessage) -> None:
                 for delivery in batch:
-                    await self._process(reg, batch, delivery)
+                    outcome = await self._process(reg, batch, delivery)
+                    if REPLAYED_FROM in delivery.headers:
+                        metrics.dlq_replayed.add(1, {"topic": reg.et.topic, "group": reg.group, "outcome": outcome})
 
             # The bus's own middleware comes first (outermost of the router's), so the inbox check
             # and the delivery count happen before any other middleware starts work on the batch.
@@ -291,6 +294,7 @@ class Bus:
                     outbox.count_delivery(s, reg.consumer, partition, offset)
                     batch.counted[partition] = offset
         if batch.careful:
+            metrics.batches_careful.add(1, {"topic": reg.et.topic, "group": reg.group})
             log.warning("the last delivery of %s in group %s died unfinished; handling this batch one record "
                         "at a time", reg.et.topic, reg.group)
 
@@ -304,13 +308,14 @@ class Bus:
         except Exception:
             log.warning("could not take back the delivery counts of a %s batch", reg.et.topic, exc_info=True)
 
-    async def _process(self, reg: _Registration, batch: Batch, delivery: Delivery) -> None:
+    async def _process(self, reg: _Registration, batch: Batch, delivery: Delivery) -> str:
+        """Finish one record; returns how (the `outcome` of lineloop.events.consumed, or the DLQ's)."""
         labels = {"topic": reg.et.topic, "ce_type": reg.et.ce_type, "group": reg.group}
         record = delivery.record
         if delivery.done is not None:
             # Applied, or dead-lettered, on an earlier delivery: skipped, and the inbox says why.
             metrics.events_consumed.add(1, {**labels, "outcome": f"already_{delivery.done}"})
-            return
+            return f"already_{delivery.done}"
         if batch.careful:
             async with self.db.write() as s:
                 count = outbox.count_delivery(s, reg.consumer, record.partition, record.offset)
@@ -319,10 +324,10 @@ class Bus:
                 await self._dead_letter(reg, delivery, "poison", (
                     f"delivered {count - 1} times without finishing (the process died while handling it); "
                     f"the limit is {self.max_deliveries}"))
-                return
+                return "dead_lettered"
         if delivery.refused is not None:
             await self._dead_letter(reg, delivery, delivery.refused.reason, delivery.refused.detail)
-            return
+            return "dead_lettered"
         message, env = delivery.message, delivery.envelope
         parent = propagate.extract(delivery.headers)
         attempt = errors = 0
@@ -342,11 +347,11 @@ class Bus:
                     applied = await self._apply(reg, message, ctx, delivery.key)
                     outcome = "applied" if applied else "duplicate"
                     metrics.events_consumed.add(1, {**labels, "outcome": outcome})
-                    return
+                    return outcome
                 except Reject as rej:
                     outcome = "rejected"
                     await self._dead_letter(reg, delivery, rej.reason, rej.detail)
-                    return
+                    return "dead_lettered"
                 except Exception as exc:
                     span.record_exception(exc)
                     if is_unavailable(exc):
@@ -362,7 +367,7 @@ class Bus:
                             log.exception("handler %s failed %d times on %s; dead-lettering",
                                           reg.fn.__name__, errors, env.id)
                             await self._dead_letter(reg, delivery, "handler_error", f"{type(exc).__name__}: {exc}")
-                            return
+                            return "dead_lettered"
                         delay = self.retry_backoff_s * errors
                         log.warning("handler %s failed on %s (attempt %d): %s", reg.fn.__name__, env.id, errors, exc)
                     metrics.handler_retries.add(1, {**labels, "reason": outcome})

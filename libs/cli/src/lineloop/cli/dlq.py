@@ -5,7 +5,8 @@ LINELOOP_KAFKA_BOOTSTRAP). A DLQ record is named `<dlq topic>/<partition>/<offse
 `replay` republishes a record to its original topic with its original headers (the
 ce_id too: a consumer that already applied the event skips it) plus `dlq_replayed_from`,
 and writes a receipt record (header `dlq_replay_of`) to the DLQ topic itself, so
-`list` shows what was replayed and a second replay needs `--again`.
+`list` shows what was replayed and a second replay needs `--again` (the receipts are the
+durable count; the consuming service counts replays it takes in lineloop.dlq.replayed).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from lineloop.bus.errors import Reject
 from lineloop.cli.common import console, err_console, print_json
 from lineloop.contracts.topics import BY_TOPIC
 from lineloop.runtime import StackSettings
-from lineloop.telemetry import metrics
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -235,7 +235,6 @@ async def _replay(bootstrap: str, records: list[DlqRecord]) -> list[dict]:
                 (REPLAY_OF, f"{rec.partition}/{rec.offset}".encode()), ("dlq_replayed_to", to.encode()),
                 ("dlq_replayed_at", at.encode()),
             ])
-            metrics.dlq_replayed.add(1, {"topic": rec.topic, "reason": rec.headers.get("dlq_reason", "")})
             done.append({"dlq": rec.name, "ce_id": rec.headers.get("ce_id", ""), "replayed_to": to, "at": at})
     finally:
         await producer.stop()

@@ -60,8 +60,15 @@ batches_redelivered = _meter.create_counter(
     description="Fetched batches not finished (e.g. the DLQ write failed): rewound, nothing committed past them, "
                 "redelivered after a backoff. Attributes: topic, group, error.",
 )
+batches_careful = _meter.create_counter(
+    "lineloop.bus.batches_careful",
+    unit="{batch}",
+    description="Batches whose previous delivery died unfinished (OOM-kill, crash), handled one record at a time "
+                "toward the poison bound. Attributes: topic, group.",
+)
 dlq_replayed = _meter.create_counter(
     "lineloop.dlq.replayed",
     unit="{event}",
-    description="DLQ records republished to their original topic by `lineloop dlq replay`. Attributes: topic, reason.",
+    description="Records replayed from a DLQ (`lineloop dlq replay`) as the consumer took them. Attributes: topic, "
+                "group, outcome (applied, already_applied, dead_lettered, ...).",
 )

@@ -543,3 +543,55 @@ async def count_dlq(bootstrap: str) -> dict[str, int]:
         return counts
     finally:
         await consumer.stop()
+
+
+# ---- a slow dependency ------------------------------------------------------------------
+
+
+class DelayRelay:
+    """A TCP relay on 127.0.0.1 that holds every chunk a client sends for `delay_s` before
+    passing it on: a slow object store or Triton, for the back-pressure run."""
+
+    def __init__(self, target_host: str, target_port: int, delay_s: float) -> None:
+        self.target = (target_host, target_port)
+        self.delay_s = delay_s
+        self.port = free_ports(1)[0]
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="delay-relay", daemon=True)
+
+    def __enter__(self) -> DelayRelay:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(asyncio.start_server(self._pipe, "127.0.0.1", self.port))
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _pipe(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.close()
+            return
+
+        async def copy(r, w, delay: float) -> None:
+            try:
+                while data := await r.read(65536):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(copy(client_r, server_w, self.delay_s), copy(server_r, client_w, 0.0))

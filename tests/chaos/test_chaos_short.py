@@ -67,7 +67,9 @@ def test_kill9_of_ingest_mid_stream_loses_and_duplicates_nothing(loop, tmp_path)
     _assert_kept(entries, verdict)
 
 
-@pytest.mark.parametrize("service", CONSUMERS)
+# Ingest here (it holds the most in flight: fetch, decode, store, score); monitor and labeling
+# get the same fault in `make chaos`, where the time is.
+@pytest.mark.parametrize("service", ["ingest"])
 def test_sigterm_mid_stream_exits_cleanly_within_bound_and_restart_loses_nothing(loop, tmp_path, service):
     seed = 20 + CONSUMERS.index(service)
 

@@ -30,9 +30,10 @@ class IngestSettings(ServiceSettings):
     # Pixels of all the frames decoded at once: a frame holds its pixels (read from its
     # header, before decoding) from decode until it is scored, and waits while others hold
     # the rest. A decoded frame takes ~4 bytes a pixel (Pillow's RGB), up to 8 while a
-    # greyscale/CMYK/RGBA image converts: 48 MP is ~190-380 MB, which with ingest's own
-    # ~150 MB and the fetched bytes of frames in flight fits the 1 GiB pod limit. One frame
-    # at the pixel cap fits; the cap may not exceed the budget.
+    # greyscale/CMYK/RGBA image converts, and the C allocator may keep a freed frame per
+    # decode thread: 48 MP (one frame at the cap) measured 446 MiB peak RSS for a burst of
+    # 8 frames of 39 MP on 2 decode threads (ingest idle: 119 MiB; bench_decode_memory.py),
+    # inside the 1 GiB pod limit. The pixel cap may not exceed the budget.
     decode_pixel_budget: int = 48_000_000
     # Gateway clocks drift a little; beyond this a capture time is refused.
     max_clock_skew_s: float = 300.0

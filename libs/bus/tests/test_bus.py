@@ -350,12 +350,12 @@ async def test_a_failed_dlq_write_rewinds_the_batch_instead_of_committing_past_i
     consumer.broker.publish = flaky_publish
     producer = Bus(stack.kafka_bootstrap, source="test/producer")
     await producer.start()
-    await consumer.start()
     key = model.encode()  # one partition: the records behind the bad one are the test
     try:
         await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="poison"), key=key, event_id=bad)
         for reason in ("behind-1", "behind-2"):
             await producer.publish(events_pb2.TrainingRequested(model_name=model, reason=reason), key=key)
+        await consumer.start()  # the three come in one batch
         await eventually(lambda: dlq_failures, what="the first injected DLQ failure")
         # Later traffic: before the fix, its batch's commit moved the offset past the records above.
         await producer.publish(events_pb2.TrainingRequested(model_name=model, reason="later"), key=key)

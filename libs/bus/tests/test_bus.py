@@ -571,3 +571,35 @@ async def test_dlq_list_then_replay_after_the_fix_applies_the_event_once(stack, 
     assert sorted(r.reason for r in applied_rows(db, model)) == ["last", "needs-fix"]  # applied once
     [entry] = [r for r in await ours() if r["ce_id"] == refused]
     assert len(entry["replays"]) == 2
+
+
+@pytest.mark.postgres
+async def test_two_replicas_on_one_postgres_database_apply_once_and_count_each_partition_apart(stack, postgres_url):
+    db_a, db_b = make_db(postgres_url), make_db(postgres_url)  # two processes' engines, one database
+    model = f"m-{uuid.uuid4()}"
+    group = f"g-{uuid.uuid4()}"
+    seen_a: list = []
+    seen_b: list = []
+    a = Bus(stack.kafka_bootstrap, source="test/a", db=db_a, **FAST)
+    b = Bus(stack.kafka_bootstrap, source="test/b", db=db_b, **FAST)
+    recording_handler(a, group, model, seen_a)
+    recording_handler(b, group, model, seen_b)
+    producer = Bus(stack.kafka_bootstrap, source="test/producer")
+    await producer.start()
+    await a.start()
+    await b.start()
+    try:
+        await eventually(lambda: _assigned(a) and _assigned(b), timeout=40, what="both replicas to get partitions")
+        for i in range(30):
+            await producer.publish(events_pb2.TrainingRequested(model_name=model, reason=str(i)), key=f"k{i}".encode())
+        await eventually(lambda: len(applied_rows(db_a, model)) == 30, what="all 30 events")
+    finally:
+        await a.stop()
+        await b.stop()
+        await producer.stop()
+    assert seen_a and seen_b and len(seen_a) + len(seen_b) == 30
+    with db_a.session() as s:
+        rows = s.execute(select(outbox_mod.deliveries).where(outbox_mod.deliveries.c.consumer == f"{group}:{TOPIC}")).all()
+    # One row per partition, each replica counting its own; nobody died, so no head was delivered twice.
+    assert sorted(r.partition for r in rows) == list(range(a.partitions))
+    assert all(r.deliveries == 1 for r in rows)

@@ -32,6 +32,7 @@ log = logging.getLogger("chaos")
 
 SERVICES = tuple(SERVICE_PORTS)
 SERVERS = ("s3", "kafka", "triton")
+REPLICA = "-r2"  # the name of a service's second replica: "ingest-r2"
 FRAMES_BUCKET = "lineloop-frames"
 INGESTED_TOPIC = "frames.ingested.v1"
 # Policies that keep a chaos run about the frames: no retraining is asked for (drift is
@@ -80,8 +81,41 @@ class Loop:
             raise RuntimeError("services did not start:\n" + "\n".join(failed))
 
     def down(self) -> None:
+        for service in SERVICES:
+            self._replica(service + REPLICA).stop(timeout=15.0)
         self.fleet.down()
         self.stack.down()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    # -- PostgreSQL (one database per service, as in production)
+
+    postgres = None
+
+    @classmethod
+    def on_postgres(cls, state_dir: Path, env: dict[str, str] | None = None) -> Loop:
+        from lineloop.stack.postgres import PostgresCluster, find_bin_dir
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found: run deploy/local/system-deps.sh")
+        cluster = PostgresCluster(bin_dir)
+        cluster.start()
+        loop = cls(state_dir, env, {name: cluster.create_database() for name in SERVICES})
+        loop.postgres = cluster
+        return loop
+
+    def postgres_process(self) -> psutil.Process | None:
+        try:
+            pid = int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+            return psutil.Process(pid)
+        except (FileNotFoundError, ValueError, psutil.NoSuchProcess, AttributeError):
+            return None
+
+    def start_postgres(self) -> None:
+        c = self.postgres
+        (c.data_dir / "postmaster.pid").unlink(missing_ok=True)  # left by the kill; the server is gone
+        options = f"-h 127.0.0.1 -p {c.port} -k {c.base_dir} -c fsync=off -c full_page_writes=off"
+        c._run("pg_ctl", "-D", str(c.data_dir), "-l", str(c.log_file), "-o", options, "-w", "-t", "60", "start")
 
     def objects(self) -> ObjectStore:
         c = self.config
@@ -89,7 +123,34 @@ class Loop:
 
     # -- processes
 
+    # -- a second replica of a service (PostgreSQL runs: replicas share one database)
+
+    def _replica(self, name: str):
+        from lineloop.stack.process import ManagedProcess
+        from lineloop.stack.servers import scripts_dir
+        service = name.removesuffix(REPLICA)
+        script = scripts_dir() / f"lineloop-{service}"
+        return ManagedProcess(f"service-{name}", self.config.run_dir, self.config.logs_dir / f"{name}.log", str(script))
+
+    def start_replica(self, service: str) -> None:
+        from lineloop.stack import probes
+        from lineloop.stack.process import wait_until
+        from lineloop.stack.servers import scripts_dir
+        name = service + REPLICA
+        if self._replica(name).running() is not None:
+            return
+        grpc_port, metrics_port = free_ports(2)
+        env = {**self.fleet.env(service), f"LINELOOP_{service.upper()}_GRPC_PORT": str(grpc_port),
+               f"LINELOOP_{service.upper()}_METRICS_PORT": str(metrics_port)}
+        handle = self._replica(name).start([str(scripts_dir() / f"lineloop-{service}")], env,
+                                           cwd=self.state_dir, die_with_parent=True)
+        wait_until(lambda: probes.grpc_serving(f"127.0.0.1:{grpc_port}"), 180, interval=0.2, proc=handle)
+
     def process(self, name: str) -> psutil.Process | None:
+        if name.endswith(REPLICA):
+            return self._replica(name).running()
+        if name == "postgres":
+            return self.postgres_process()
         if name in SERVICES:
             return self.fleet._process(name).running()
         spec = next(s for s in self.stack.specs() if s.name == name)
@@ -104,13 +165,22 @@ class Loop:
     def kill9(self, name: str) -> None:
         """SIGKILL to the process group (Triton's backend stubs, too): no shutdown code runs."""
         pid = self.pid(name)
-        os.killpg(pid, signal.SIGKILL)
+        if name == "postgres":  # the postmaster only: its backends then exit on their own
+            os.kill(pid, signal.SIGKILL)
+            for child in psutil.Process(pid).children(recursive=True) if psutil.pid_exists(pid) else []:
+                child.kill()
+        else:
+            os.killpg(pid, signal.SIGKILL)
         psutil.wait_procs([psutil.Process(pid)], timeout=10) if psutil.pid_exists(pid) else None
         if name in SERVERS:
             next(s for s in self.stack.specs() if s.name == name).cleanup()
 
     def restart(self, name: str) -> None:
-        if name in SERVICES:
+        if name.endswith(REPLICA):
+            self.start_replica(name.removesuffix(REPLICA))
+        elif name == "postgres":
+            self.start_postgres()
+        elif name in SERVICES:
             self.up([name])
         else:
             self.stack.up()
@@ -266,7 +336,7 @@ class Verdict:
             self.details[what].append(item)
 
     def summary(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["details"] = dict(self.details)
         return d
 

@@ -150,7 +150,16 @@ def run_fault(loop: Loop, checker: Checker, ledger: Path, fault: Fault, *, frame
     traffic.join(timeout=frames / rate * 4 + 300)
     entries = [e for e in read_ledger(ledger) if e["run_id"] == traffic.run_id]
     ids = {e["frame_id"] for e in entries}
-    waited = checker.wait_caught_up(ids, catch_up_timeout)
+    waited = checker.wait_caught_up(ids, min(catch_up_timeout, 90.0) if fault.kind == "diskfull" else catch_up_timeout)
+    if waited is None and fault.kind == "diskfull":
+        # Found by this run: SeaweedFS's filer (leveldb) keeps failing every write with the old
+        # ENOSPC after the space is back, until it is restarted. Do what an operator would, so
+        # the proof below still runs, and fail the row.
+        fault.failed = ("object store kept failing writes (filer leveldb: no space left on device) after the disk "
+                        "was freed; caught up only after restarting it")
+        loop.kill9("s3")
+        loop.restart("s3")
+        waited = checker.wait_caught_up(ids, catch_up_timeout)
     if waited is not None:
         row.catch_up_s = max(0.0, time.monotonic() - undone)
     verdict = checker.check(entries)
@@ -206,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigstop-s", type=float, default=30.0)
     p.add_argument("--catch-up-timeout", type=float, default=300.0)
     p.add_argument("--tmpfs-mb", type=int, default=1024, help="state directory tmpfs size (diskfull); 0: no tmpfs")
+    p.add_argument("--postgres", action="store_true",
+                   help="services on PostgreSQL, with a second replica of --replicas (kill9:ingest-r2, kill9:postgres)")
+    p.add_argument("--replicas", default="ingest,monitor,labeling")
     p.add_argument("--keep", type=Path, default=None, help="copy the state directory's logs here at the end")
     p.add_argument("--table", type=Path, default=None, help="also write the table (and JSON rows) here")
     args = p.parse_args(argv)
@@ -216,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[Row] = []
     with state_directory(args.tmpfs_mb if needs_tmpfs else None) as state_dir:
-        loop = Loop(state_dir)
+        loop = Loop.on_postgres(state_dir) if args.postgres else Loop(state_dir)
         ledger = state_dir.parent / "ledger.jsonl"
         try:
             log.info("starting the loop in %s", state_dir)
             loop.up()
+            if args.postgres:
+                for service in filter(None, args.replicas.split(",")):
+                    loop.start_replica(service)
             log.info("loop up in %.0f s", time.monotonic() - started)
             checker = Checker(loop)
             for i, name in enumerate(faults):

@@ -81,8 +81,13 @@ class Loop:
             raise RuntimeError("services did not start:\n" + "\n".join(failed))
 
     def down(self) -> None:
-        for service in SERVICES:
-            self._replica(service + REPLICA).stop(timeout=15.0)
+        try:
+            for service in SERVICES:
+                self._replica(service + REPLICA).stop(timeout=15.0)
+        finally:
+            self._down_rest()
+
+    def _down_rest(self) -> None:
         self.fleet.down()
         self.stack.down()
         if self.postgres is not None:
@@ -127,10 +132,7 @@ class Loop:
 
     def _replica(self, name: str):
         from lineloop.stack.process import ManagedProcess
-        from lineloop.stack.servers import scripts_dir
-        service = name.removesuffix(REPLICA)
-        script = scripts_dir() / f"lineloop-{service}"
-        return ManagedProcess(f"service-{name}", self.config.run_dir, self.config.logs_dir / f"{name}.log", str(script))
+        return ManagedProcess(f"service-{name}", self.config.run_dir, self.config.logs_dir / f"{name}.log")
 
     def start_replica(self, service: str) -> None:
         from lineloop.stack import probes

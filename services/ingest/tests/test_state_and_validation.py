@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from lineloop.ingest import state
 from lineloop.ingest.pipeline import Pipeline, Refused
 from lineloop.ingest.scoring import routes_to_canary
@@ -69,6 +71,8 @@ async def test_validation_refuses_before_touching_storage_or_triton():
             (captured(gateway_id="gw 1"), RejectReason.REJECT_REASON_INVALID_ID),
             (captured(frame_id="a..b"), RejectReason.REJECT_REASON_INVALID_ID),
             (captured(captured_at=future), RejectReason.REJECT_REASON_CAPTURE_TIME_IN_FUTURE),
+            (captured(captured_at=Timestamp(seconds=0, nanos=-1)), RejectReason.REJECT_REASON_INVALID_CAPTURE_TIME),
+            (captured(captured_at=Timestamp(seconds=2**62)), RejectReason.REJECT_REASON_INVALID_CAPTURE_TIME),
             (captured(content_type="image/tiff"), RejectReason.REJECT_REASON_UNSUPPORTED_FORMAT),
             (captured(inline_image=b"\xff" * (1024 * 1024 + 1)), RejectReason.REJECT_REASON_IMAGE_TOO_LARGE),
         ]

@@ -24,6 +24,7 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_REASON_UNKNOWN_LINE: _ClassVar[RejectReason]
     REJECT_REASON_IMAGE_NOT_FOUND: _ClassVar[RejectReason]
     REJECT_REASON_MISSING_IMAGE: _ClassVar[RejectReason]
+    REJECT_REASON_INVALID_CAPTURE_TIME: _ClassVar[RejectReason]
 
 class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,7 @@ REJECT_REASON_CAPTURE_TIME_IN_FUTURE: RejectReason
 REJECT_REASON_UNKNOWN_LINE: RejectReason
 REJECT_REASON_IMAGE_NOT_FOUND: RejectReason
 REJECT_REASON_MISSING_IMAGE: RejectReason
+REJECT_REASON_INVALID_CAPTURE_TIME: RejectReason
 LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_HUMAN: LabelSource
 LABEL_SOURCE_MODEL: LabelSource

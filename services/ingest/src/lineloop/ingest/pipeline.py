@@ -212,7 +212,13 @@ class Pipeline:
         if self._lines and frame.line_id not in self._lines:
             raise FrameRefused(RejectReason.REJECT_REASON_UNKNOWN_LINE, f"line {frame.line_id!r} is not configured here")
         if frame.HasField("captured_at"):
-            captured = frame.captured_at.ToDatetime(tzinfo=UTC)
+            try:
+                captured = frame.captured_at.ToDatetime(tzinfo=UTC)
+            except ValueError as exc:  # nanos outside 0..999999999, seconds past year 9999
+                raise FrameRefused(
+                    RejectReason.REJECT_REASON_INVALID_CAPTURE_TIME,
+                    f"captured_at {{seconds: {frame.captured_at.seconds}, nanos: {frame.captured_at.nanos}}}: {exc}",
+                ) from exc
             latest = datetime.now(UTC) + timedelta(seconds=self.settings.max_clock_skew_s)
             if captured > latest:
                 raise FrameRefused(

@@ -23,25 +23,32 @@ _sym_db = _symbol_database.Default()
 
 
 from lineloop.v1 import events_pb2 as lineloop_dot_v1_dot_events__pb2
+from lineloop.v1 import options_pb2 as lineloop_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/compiler.proto\x12\x0blineloop.v1\x1a\x18lineloop/v1/events.proto\"F\n\x0e\x43ompileRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07targets\x18\x03 \x03(\t\"=\n\x0f\x43ompileResponse\x12*\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x1a.lineloop.v1.ModelCompiled\"#\n\x0fGetBuildRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\"8\n\x11ListBuildsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"@\n\x12ListBuildsResponse\x12*\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x1a.lineloop.v1.ModelCompiled2\xec\x01\n\x0f\x43ompilerService\x12\x44\n\x07\x43ompile\x12\x1b.lineloop.v1.CompileRequest\x1a\x1c.lineloop.v1.CompileResponse\x12\x44\n\x08GetBuild\x12\x1c.lineloop.v1.GetBuildRequest\x1a\x1a.lineloop.v1.ModelCompiled\x12M\n\nListBuilds\x12\x1e.lineloop.v1.ListBuildsRequest\x1a\x1f.lineloop.v1.ListBuildsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/compiler.proto\x12\x0blineloop.v1\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"F\n\x0e\x43ompileRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07targets\x18\x03 \x03(\t\"=\n\x0f\x43ompileResponse\x12*\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x1a.lineloop.v1.ModelCompiled\"#\n\x0fGetBuildRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\"8\n\x11ListBuildsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"@\n\x12ListBuildsResponse\x12*\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x1a.lineloop.v1.ModelCompiled2\xf0\x02\n\x0f\x43ompilerService\x12W\n\x07\x43ompile\x12\x1b.lineloop.v1.CompileRequest\x1a\x1c.lineloop.v1.CompileResponse\"\x11\xaa\xbb\x18\r\n\x0bml-engineer\x12|\n\x08GetBuild\x12\x1c.lineloop.v1.GetBuildRequest\x1a\x1a.lineloop.v1.ModelCompiled\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x85\x01\n\nListBuilds\x12\x1e.lineloop.v1.ListBuildsRequest\x1a\x1f.lineloop.v1.ListBuildsResponse\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07serviceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lineloop.v1.compiler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPILEREQUEST']._serialized_start=69
-  _globals['_COMPILEREQUEST']._serialized_end=139
-  _globals['_COMPILERESPONSE']._serialized_start=141
-  _globals['_COMPILERESPONSE']._serialized_end=202
-  _globals['_GETBUILDREQUEST']._serialized_start=204
-  _globals['_GETBUILDREQUEST']._serialized_end=239
-  _globals['_LISTBUILDSREQUEST']._serialized_start=241
-  _globals['_LISTBUILDSREQUEST']._serialized_end=297
-  _globals['_LISTBUILDSRESPONSE']._serialized_start=299
-  _globals['_LISTBUILDSRESPONSE']._serialized_end=363
-  _globals['_COMPILERSERVICE']._serialized_start=366
-  _globals['_COMPILERSERVICE']._serialized_end=602
+  _globals['_COMPILERSERVICE'].methods_by_name['Compile']._loaded_options = None
+  _globals['_COMPILERSERVICE'].methods_by_name['Compile']._serialized_options = b'\252\273\030\r\n\013ml-engineer'
+  _globals['_COMPILERSERVICE'].methods_by_name['GetBuild']._loaded_options = None
+  _globals['_COMPILERSERVICE'].methods_by_name['GetBuild']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_COMPILERSERVICE'].methods_by_name['ListBuilds']._loaded_options = None
+  _globals['_COMPILERSERVICE'].methods_by_name['ListBuilds']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_COMPILEREQUEST']._serialized_start=96
+  _globals['_COMPILEREQUEST']._serialized_end=166
+  _globals['_COMPILERESPONSE']._serialized_start=168
+  _globals['_COMPILERESPONSE']._serialized_end=229
+  _globals['_GETBUILDREQUEST']._serialized_start=231
+  _globals['_GETBUILDREQUEST']._serialized_end=266
+  _globals['_LISTBUILDSREQUEST']._serialized_start=268
+  _globals['_LISTBUILDSREQUEST']._serialized_end=324
+  _globals['_LISTBUILDSRESPONSE']._serialized_start=326
+  _globals['_LISTBUILDSRESPONSE']._serialized_end=390
+  _globals['_COMPILERSERVICE']._serialized_start=393
+  _globals['_COMPILERSERVICE']._serialized_end=761
 # @@protoc_insertion_point(module_scope)

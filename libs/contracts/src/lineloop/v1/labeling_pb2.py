@@ -25,45 +25,62 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lineloop.v1 import common_pb2 as lineloop_dot_v1_dot_common__pb2
 from lineloop.v1 import events_pb2 as lineloop_dot_v1_dot_events__pb2
+from lineloop.v1 import options_pb2 as lineloop_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/labeling.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\"\x9b\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x03 \x01(\t\x12\x0f\n\x07line_id\x18\x04 \x01(\t\x12\x11\n\tcamera_id\x18\x05 \x01(\t\x12%\n\x05image\x18\x06 \x01(\x0b\x32\x16.lineloop.v1.ObjectRef\x12\x11\n\timage_url\x18\x07 \x01(\t\x12+\n\nprediction\x18\x08 \x01(\x0b\x32\x17.lineloop.v1.Prediction\x12\x10\n\x08priority\x18\t \x01(\x02\x12\x0b\n\x03why\x18\n \x01(\t\x12\x34\n\x10lease_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x10NextTasksRequest\x12\x11\n\tannotator\x18\x01 \x01(\t\x12\x0f\n\x07line_id\x18\x02 \x01(\t\x12\x11\n\tmax_tasks\x18\x03 \x01(\x05\"5\n\x11NextTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.lineloop.v1.Task\"n\n\x12SubmitLabelRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\t\x12\x13\n\x0blabel_class\x18\x03 \x01(\t\x12\x11\n\tannotator\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\"R\n\x13SubmitLabelResponse\x12(\n\x05label\x18\x01 \x01(\x0b\x32\x19.lineloop.v1.LabelCreated\x12\x11\n\tduplicate\x18\x02 \x01(\x08\")\n\x15GetFrameLabelsRequest\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\"r\n\x16GetFrameLabelsResponse\x12*\n\x07history\x18\x01 \x03(\x0b\x32\x19.lineloop.v1.LabelCreated\x12,\n\teffective\x18\x02 \x01(\x0b\x32\x19.lineloop.v1.LabelCreated\"[\n\x11\x43utDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07line_id\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"5\n\x11GetDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"&\n\x13ListDatasetsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"G\n\x14ListDatasetsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.lineloop.v1.DatasetVersioned\"W\n\x18\x45xportLabelStudioRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x11\n\tmax_tasks\x18\x02 \x01(\x05\x12\x17\n\x0fonly_unlabelled\x18\x03 \x01(\x08\">\n\x19\x45xportLabelStudioResponse\x12\x12\n\ntasks_json\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"/\n\x18ImportLabelStudioRequest\x12\x13\n\x0b\x65xport_json\x18\x01 \x01(\x0c\">\n\x19ImportLabelStudioResponse\x12\x10\n\x08imported\x18\x01 \x01(\x05\x12\x0f\n\x07skipped\x18\x02 \x01(\x05\x32\xc1\x05\n\x0fLabelingService\x12J\n\tNextTasks\x12\x1d.lineloop.v1.NextTasksRequest\x1a\x1e.lineloop.v1.NextTasksResponse\x12P\n\x0bSubmitLabel\x12\x1f.lineloop.v1.SubmitLabelRequest\x1a .lineloop.v1.SubmitLabelResponse\x12Y\n\x0eGetFrameLabels\x12\".lineloop.v1.GetFrameLabelsRequest\x1a#.lineloop.v1.GetFrameLabelsResponse\x12K\n\nCutDataset\x12\x1e.lineloop.v1.CutDatasetRequest\x1a\x1d.lineloop.v1.DatasetVersioned\x12K\n\nGetDataset\x12\x1e.lineloop.v1.GetDatasetRequest\x1a\x1d.lineloop.v1.DatasetVersioned\x12S\n\x0cListDatasets\x12 .lineloop.v1.ListDatasetsRequest\x1a!.lineloop.v1.ListDatasetsResponse\x12\x62\n\x11\x45xportLabelStudio\x12%.lineloop.v1.ExportLabelStudioRequest\x1a&.lineloop.v1.ExportLabelStudioResponse\x12\x62\n\x11ImportLabelStudio\x12%.lineloop.v1.ImportLabelStudioRequest\x1a&.lineloop.v1.ImportLabelStudioResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/labeling.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"\x9b\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x03 \x01(\t\x12\x0f\n\x07line_id\x18\x04 \x01(\t\x12\x11\n\tcamera_id\x18\x05 \x01(\t\x12%\n\x05image\x18\x06 \x01(\x0b\x32\x16.lineloop.v1.ObjectRef\x12\x11\n\timage_url\x18\x07 \x01(\t\x12+\n\nprediction\x18\x08 \x01(\x0b\x32\x17.lineloop.v1.Prediction\x12\x10\n\x08priority\x18\t \x01(\x02\x12\x0b\n\x03why\x18\n \x01(\t\x12\x34\n\x10lease_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x10NextTasksRequest\x12\x11\n\tannotator\x18\x01 \x01(\t\x12\x0f\n\x07line_id\x18\x02 \x01(\t\x12\x11\n\tmax_tasks\x18\x03 \x01(\x05\"5\n\x11NextTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.lineloop.v1.Task\"n\n\x12SubmitLabelRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rame_id\x18\x02 \x01(\t\x12\x13\n\x0blabel_class\x18\x03 \x01(\t\x12\x11\n\tannotator\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\"R\n\x13SubmitLabelResponse\x12(\n\x05label\x18\x01 \x01(\x0b\x32\x19.lineloop.v1.LabelCreated\x12\x11\n\tduplicate\x18\x02 \x01(\x08\")\n\x15GetFrameLabelsRequest\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\"r\n\x16GetFrameLabelsResponse\x12*\n\x07history\x18\x01 \x03(\x0b\x32\x19.lineloop.v1.LabelCreated\x12,\n\teffective\x18\x02 \x01(\x0b\x32\x19.lineloop.v1.LabelCreated\"[\n\x11\x43utDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07line_id\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"5\n\x11GetDatasetRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"&\n\x13ListDatasetsRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"G\n\x14ListDatasetsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.lineloop.v1.DatasetVersioned\"W\n\x18\x45xportLabelStudioRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x11\n\tmax_tasks\x18\x02 \x01(\x05\x12\x17\n\x0fonly_unlabelled\x18\x03 \x01(\x08\">\n\x19\x45xportLabelStudioResponse\x12\x12\n\ntasks_json\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"/\n\x18ImportLabelStudioRequest\x12\x13\n\x0b\x65xport_json\x18\x01 \x01(\x0c\">\n\x19ImportLabelStudioResponse\x12\x10\n\x08imported\x18\x01 \x01(\x05\x12\x0f\n\x07skipped\x18\x02 \x01(\x05\x32\xdf\x07\n\x0fLabelingService\x12[\n\tNextTasks\x12\x1d.lineloop.v1.NextTasksRequest\x1a\x1e.lineloop.v1.NextTasksResponse\"\x0f\xaa\xbb\x18\x0b\n\tannotator\x12\x61\n\x0bSubmitLabel\x12\x1f.lineloop.v1.SubmitLabelRequest\x1a .lineloop.v1.SubmitLabelResponse\"\x0f\xaa\xbb\x18\x0b\n\tannotator\x12\x91\x01\n\x0eGetFrameLabels\x12\".lineloop.v1.GetFrameLabelsRequest\x1a#.lineloop.v1.GetFrameLabelsResponse\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12^\n\nCutDataset\x12\x1e.lineloop.v1.CutDatasetRequest\x1a\x1d.lineloop.v1.DatasetVersioned\"\x11\xaa\xbb\x18\r\n\x0bml-engineer\x12\x83\x01\n\nGetDataset\x12\x1e.lineloop.v1.GetDatasetRequest\x1a\x1d.lineloop.v1.DatasetVersioned\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x8b\x01\n\x0cListDatasets\x12 .lineloop.v1.ListDatasetsRequest\x1a!.lineloop.v1.ListDatasetsResponse\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x80\x01\n\x11\x45xportLabelStudio\x12%.lineloop.v1.ExportLabelStudioRequest\x1a&.lineloop.v1.ExportLabelStudioResponse\"\x1c\xaa\xbb\x18\x18\n\tannotator\n\x0bml-engineer\x12\x80\x01\n\x11ImportLabelStudio\x12%.lineloop.v1.ImportLabelStudioRequest\x1a&.lineloop.v1.ImportLabelStudioResponse\"\x1c\xaa\xbb\x18\x18\n\tannotator\n\x0bml-engineerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lineloop.v1.labeling_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=129
-  _globals['_TASK']._serialized_end=412
-  _globals['_NEXTTASKSREQUEST']._serialized_start=414
-  _globals['_NEXTTASKSREQUEST']._serialized_end=487
-  _globals['_NEXTTASKSRESPONSE']._serialized_start=489
-  _globals['_NEXTTASKSRESPONSE']._serialized_end=542
-  _globals['_SUBMITLABELREQUEST']._serialized_start=544
-  _globals['_SUBMITLABELREQUEST']._serialized_end=654
-  _globals['_SUBMITLABELRESPONSE']._serialized_start=656
-  _globals['_SUBMITLABELRESPONSE']._serialized_end=738
-  _globals['_GETFRAMELABELSREQUEST']._serialized_start=740
-  _globals['_GETFRAMELABELSREQUEST']._serialized_end=781
-  _globals['_GETFRAMELABELSRESPONSE']._serialized_start=783
-  _globals['_GETFRAMELABELSRESPONSE']._serialized_end=897
-  _globals['_CUTDATASETREQUEST']._serialized_start=899
-  _globals['_CUTDATASETREQUEST']._serialized_end=990
-  _globals['_GETDATASETREQUEST']._serialized_start=992
-  _globals['_GETDATASETREQUEST']._serialized_end=1045
-  _globals['_LISTDATASETSREQUEST']._serialized_start=1047
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1085
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1087
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1158
-  _globals['_EXPORTLABELSTUDIOREQUEST']._serialized_start=1160
-  _globals['_EXPORTLABELSTUDIOREQUEST']._serialized_end=1247
-  _globals['_EXPORTLABELSTUDIORESPONSE']._serialized_start=1249
-  _globals['_EXPORTLABELSTUDIORESPONSE']._serialized_end=1311
-  _globals['_IMPORTLABELSTUDIOREQUEST']._serialized_start=1313
-  _globals['_IMPORTLABELSTUDIOREQUEST']._serialized_end=1360
-  _globals['_IMPORTLABELSTUDIORESPONSE']._serialized_start=1362
-  _globals['_IMPORTLABELSTUDIORESPONSE']._serialized_end=1424
-  _globals['_LABELINGSERVICE']._serialized_start=1427
-  _globals['_LABELINGSERVICE']._serialized_end=2132
+  _globals['_LABELINGSERVICE'].methods_by_name['NextTasks']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['NextTasks']._serialized_options = b'\252\273\030\013\n\tannotator'
+  _globals['_LABELINGSERVICE'].methods_by_name['SubmitLabel']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['SubmitLabel']._serialized_options = b'\252\273\030\013\n\tannotator'
+  _globals['_LABELINGSERVICE'].methods_by_name['GetFrameLabels']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['GetFrameLabels']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_LABELINGSERVICE'].methods_by_name['CutDataset']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['CutDataset']._serialized_options = b'\252\273\030\r\n\013ml-engineer'
+  _globals['_LABELINGSERVICE'].methods_by_name['GetDataset']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['GetDataset']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_LABELINGSERVICE'].methods_by_name['ListDatasets']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['ListDatasets']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_LABELINGSERVICE'].methods_by_name['ExportLabelStudio']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['ExportLabelStudio']._serialized_options = b'\252\273\030\030\n\tannotator\n\013ml-engineer'
+  _globals['_LABELINGSERVICE'].methods_by_name['ImportLabelStudio']._loaded_options = None
+  _globals['_LABELINGSERVICE'].methods_by_name['ImportLabelStudio']._serialized_options = b'\252\273\030\030\n\tannotator\n\013ml-engineer'
+  _globals['_TASK']._serialized_start=156
+  _globals['_TASK']._serialized_end=439
+  _globals['_NEXTTASKSREQUEST']._serialized_start=441
+  _globals['_NEXTTASKSREQUEST']._serialized_end=514
+  _globals['_NEXTTASKSRESPONSE']._serialized_start=516
+  _globals['_NEXTTASKSRESPONSE']._serialized_end=569
+  _globals['_SUBMITLABELREQUEST']._serialized_start=571
+  _globals['_SUBMITLABELREQUEST']._serialized_end=681
+  _globals['_SUBMITLABELRESPONSE']._serialized_start=683
+  _globals['_SUBMITLABELRESPONSE']._serialized_end=765
+  _globals['_GETFRAMELABELSREQUEST']._serialized_start=767
+  _globals['_GETFRAMELABELSREQUEST']._serialized_end=808
+  _globals['_GETFRAMELABELSRESPONSE']._serialized_start=810
+  _globals['_GETFRAMELABELSRESPONSE']._serialized_end=924
+  _globals['_CUTDATASETREQUEST']._serialized_start=926
+  _globals['_CUTDATASETREQUEST']._serialized_end=1017
+  _globals['_GETDATASETREQUEST']._serialized_start=1019
+  _globals['_GETDATASETREQUEST']._serialized_end=1072
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1074
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1112
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1114
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1185
+  _globals['_EXPORTLABELSTUDIOREQUEST']._serialized_start=1187
+  _globals['_EXPORTLABELSTUDIOREQUEST']._serialized_end=1274
+  _globals['_EXPORTLABELSTUDIORESPONSE']._serialized_start=1276
+  _globals['_EXPORTLABELSTUDIORESPONSE']._serialized_end=1338
+  _globals['_IMPORTLABELSTUDIOREQUEST']._serialized_start=1340
+  _globals['_IMPORTLABELSTUDIOREQUEST']._serialized_end=1387
+  _globals['_IMPORTLABELSTUDIORESPONSE']._serialized_start=1389
+  _globals['_IMPORTLABELSTUDIORESPONSE']._serialized_end=1451
+  _globals['_LABELINGSERVICE']._serialized_start=1454
+  _globals['_LABELINGSERVICE']._serialized_end=2445
 # @@protoc_insertion_point(module_scope)

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lineloop.v1 import common_pb2 as lineloop_dot_v1_dot_common__pb2
 from lineloop.v1 import events_pb2 as lineloop_dot_v1_dot_events__pb2
+from lineloop.v1 import options_pb2 as lineloop_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lineloop/v1/monitor.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\"<\n\x15GetModelHealthRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\"\xf4\x01\n\rVersionHealth\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x15\n\rframes_scored\x18\x02 \x01(\x03\x12\x17\n\x0f\x66rames_labelled\x18\x03 \x01(\x03\x12\x15\n\rlive_accuracy\x18\x04 \x01(\x02\x12;\n\tclass_mix\x18\x05 \x03(\x0b\x32(.lineloop.v1.VersionHealth.ClassMixEntry\x12\x17\n\x0fmean_confidence\x18\x06 \x01(\x02\x1a/\n\rClassMixEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xf9\x02\n\x0bModelHealth\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12,\n\x08versions\x18\x03 \x03(\x0b\x32\x1a.lineloop.v1.VersionHealth\x12\x17\n\x0f\x66rames_ingested\x18\x04 \x01(\x03\x12\x17\n\x0f\x66rames_rejected\x18\x05 \x01(\x03\x12\x43\n\x0ereject_reasons\x18\x06 \x03(\x0b\x32+.lineloop.v1.ModelHealth.RejectReasonsEntry\x12\x14\n\x0c\x64rift_active\x18\x07 \x01(\x08\x12\'\n\x06window\x18\x08 \x01(\x0b\x32\x17.lineloop.v1.TimeWindow\x12+\n\x07scoring\x18\t \x01(\x0b\x32\x1a.lineloop.v1.ScoringHealth\x1a\x34\n\x12RejectReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc9\x01\n\rScoringHealth\x12\x0e\n\x06outage\x18\x01 \x01(\x08\x12\x16\n\x0eunscored_share\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x15\n\rwindow_frames\x18\x04 \x01(\x03\x12\x30\n\x0coutage_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66rames_unscored\x18\x06 \x01(\x03\x12\x1b\n\x13last_missing_reason\x18\x07 \x01(\t\"(\n\x15GetDriftReportRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t\"\x80\x01\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x16\n\x0ereference_mean\x18\x04 \x01(\x02\x12\x14\n\x0c\x63urrent_mean\x18\x05 \x01(\x02\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\"\xff\x01\n\x0b\x44riftReport\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12*\n\treference\x18\x02 \x01(\x0b\x32\x17.lineloop.v1.TimeWindow\x12(\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x17.lineloop.v1.TimeWindow\x12+\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x19.lineloop.v1.FeatureDrift\x12*\n\x06recent\x18\x05 \x03(\x0b\x32\x1a.lineloop.v1.DriftDetected\x12\x30\n\x0cgenerated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x12WatchAlertsRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t2\xfe\x01\n\x0eMonitorService\x12N\n\x0eGetModelHealth\x12\".lineloop.v1.GetModelHealthRequest\x1a\x18.lineloop.v1.ModelHealth\x12N\n\x0eGetDriftReport\x12\".lineloop.v1.GetDriftReportRequest\x1a\x18.lineloop.v1.DriftReport\x12L\n\x0bWatchAlerts\x12\x1f.lineloop.v1.WatchAlertsRequest\x1a\x1a.lineloop.v1.DriftDetected0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lineloop/v1/monitor.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"<\n\x15GetModelHealthRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\"\xf4\x01\n\rVersionHealth\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x15\n\rframes_scored\x18\x02 \x01(\x03\x12\x17\n\x0f\x66rames_labelled\x18\x03 \x01(\x03\x12\x15\n\rlive_accuracy\x18\x04 \x01(\x02\x12;\n\tclass_mix\x18\x05 \x03(\x0b\x32(.lineloop.v1.VersionHealth.ClassMixEntry\x12\x17\n\x0fmean_confidence\x18\x06 \x01(\x02\x1a/\n\rClassMixEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xf9\x02\n\x0bModelHealth\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12,\n\x08versions\x18\x03 \x03(\x0b\x32\x1a.lineloop.v1.VersionHealth\x12\x17\n\x0f\x66rames_ingested\x18\x04 \x01(\x03\x12\x17\n\x0f\x66rames_rejected\x18\x05 \x01(\x03\x12\x43\n\x0ereject_reasons\x18\x06 \x03(\x0b\x32+.lineloop.v1.ModelHealth.RejectReasonsEntry\x12\x14\n\x0c\x64rift_active\x18\x07 \x01(\x08\x12\'\n\x06window\x18\x08 \x01(\x0b\x32\x17.lineloop.v1.TimeWindow\x12+\n\x07scoring\x18\t \x01(\x0b\x32\x1a.lineloop.v1.ScoringHealth\x1a\x34\n\x12RejectReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc9\x01\n\rScoringHealth\x12\x0e\n\x06outage\x18\x01 \x01(\x08\x12\x16\n\x0eunscored_share\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x15\n\rwindow_frames\x18\x04 \x01(\x03\x12\x30\n\x0coutage_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66rames_unscored\x18\x06 \x01(\x03\x12\x1b\n\x13last_missing_reason\x18\x07 \x01(\t\"(\n\x15GetDriftReportRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t\"\x80\x01\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\x16\n\x0ereference_mean\x18\x04 \x01(\x02\x12\x14\n\x0c\x63urrent_mean\x18\x05 \x01(\x02\x12\x0f\n\x07\x64rifted\x18\x06 \x01(\x08\"\xff\x01\n\x0b\x44riftReport\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12*\n\treference\x18\x02 \x01(\x0b\x32\x17.lineloop.v1.TimeWindow\x12(\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x17.lineloop.v1.TimeWindow\x12+\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x19.lineloop.v1.FeatureDrift\x12*\n\x06recent\x18\x05 \x03(\x0b\x32\x1a.lineloop.v1.DriftDetected\x12\x30\n\x0cgenerated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x12WatchAlertsRequest\x12\x0f\n\x07line_id\x18\x01 \x01(\t2\xa9\x03\n\x0eMonitorService\x12\x86\x01\n\x0eGetModelHealth\x12\".lineloop.v1.GetModelHealthRequest\x1a\x18.lineloop.v1.ModelHealth\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x86\x01\n\x0eGetDriftReport\x12\".lineloop.v1.GetDriftReportRequest\x1a\x18.lineloop.v1.DriftReport\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x84\x01\n\x0bWatchAlerts\x12\x1f.lineloop.v1.WatchAlertsRequest\x1a\x1a.lineloop.v1.DriftDetected\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,26 +39,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERSIONHEALTH_CLASSMIXENTRY']._serialized_options = b'8\001'
   _globals['_MODELHEALTH_REJECTREASONSENTRY']._loaded_options = None
   _globals['_MODELHEALTH_REJECTREASONSENTRY']._serialized_options = b'8\001'
-  _globals['_GETMODELHEALTHREQUEST']._serialized_start=127
-  _globals['_GETMODELHEALTHREQUEST']._serialized_end=187
-  _globals['_VERSIONHEALTH']._serialized_start=190
-  _globals['_VERSIONHEALTH']._serialized_end=434
-  _globals['_VERSIONHEALTH_CLASSMIXENTRY']._serialized_start=387
-  _globals['_VERSIONHEALTH_CLASSMIXENTRY']._serialized_end=434
-  _globals['_MODELHEALTH']._serialized_start=437
-  _globals['_MODELHEALTH']._serialized_end=814
-  _globals['_MODELHEALTH_REJECTREASONSENTRY']._serialized_start=762
-  _globals['_MODELHEALTH_REJECTREASONSENTRY']._serialized_end=814
-  _globals['_SCORINGHEALTH']._serialized_start=817
-  _globals['_SCORINGHEALTH']._serialized_end=1018
-  _globals['_GETDRIFTREPORTREQUEST']._serialized_start=1020
-  _globals['_GETDRIFTREPORTREQUEST']._serialized_end=1060
-  _globals['_FEATUREDRIFT']._serialized_start=1063
-  _globals['_FEATUREDRIFT']._serialized_end=1191
-  _globals['_DRIFTREPORT']._serialized_start=1194
-  _globals['_DRIFTREPORT']._serialized_end=1449
-  _globals['_WATCHALERTSREQUEST']._serialized_start=1451
-  _globals['_WATCHALERTSREQUEST']._serialized_end=1488
-  _globals['_MONITORSERVICE']._serialized_start=1491
-  _globals['_MONITORSERVICE']._serialized_end=1745
+  _globals['_MONITORSERVICE'].methods_by_name['GetModelHealth']._loaded_options = None
+  _globals['_MONITORSERVICE'].methods_by_name['GetModelHealth']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_MONITORSERVICE'].methods_by_name['GetDriftReport']._loaded_options = None
+  _globals['_MONITORSERVICE'].methods_by_name['GetDriftReport']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_MONITORSERVICE'].methods_by_name['WatchAlerts']._loaded_options = None
+  _globals['_MONITORSERVICE'].methods_by_name['WatchAlerts']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_GETMODELHEALTHREQUEST']._serialized_start=154
+  _globals['_GETMODELHEALTHREQUEST']._serialized_end=214
+  _globals['_VERSIONHEALTH']._serialized_start=217
+  _globals['_VERSIONHEALTH']._serialized_end=461
+  _globals['_VERSIONHEALTH_CLASSMIXENTRY']._serialized_start=414
+  _globals['_VERSIONHEALTH_CLASSMIXENTRY']._serialized_end=461
+  _globals['_MODELHEALTH']._serialized_start=464
+  _globals['_MODELHEALTH']._serialized_end=841
+  _globals['_MODELHEALTH_REJECTREASONSENTRY']._serialized_start=789
+  _globals['_MODELHEALTH_REJECTREASONSENTRY']._serialized_end=841
+  _globals['_SCORINGHEALTH']._serialized_start=844
+  _globals['_SCORINGHEALTH']._serialized_end=1045
+  _globals['_GETDRIFTREPORTREQUEST']._serialized_start=1047
+  _globals['_GETDRIFTREPORTREQUEST']._serialized_end=1087
+  _globals['_FEATUREDRIFT']._serialized_start=1090
+  _globals['_FEATUREDRIFT']._serialized_end=1218
+  _globals['_DRIFTREPORT']._serialized_start=1221
+  _globals['_DRIFTREPORT']._serialized_end=1476
+  _globals['_WATCHALERTSREQUEST']._serialized_start=1478
+  _globals['_WATCHALERTSREQUEST']._serialized_end=1515
+  _globals['_MONITORSERVICE']._serialized_start=1518
+  _globals['_MONITORSERVICE']._serialized_end=1943
 # @@protoc_insertion_point(module_scope)

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from lineloop.v1 import common_pb2 as lineloop_dot_v1_dot_common__pb2
+from lineloop.v1 import options_pb2 as lineloop_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/training.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\"\x83\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x02\x12\x10\n\x08val_loss\x18\x03 \x01(\x02\x12\x14\n\x0cval_accuracy\x18\x04 \x01(\x02\x12\x14\n\x0c\x66rames_per_s\x18\x05 \x01(\x02\x12\x12\n\ndata_share\x18\x06 \x01(\x02\"\xb6\x04\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x04 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.lineloop.v1.RunState\x12\x14\n\x0c\x63ode_version\x18\x07 \x01(\t\x12,\n\x06params\x18\x08 \x03(\x0b\x32\x1c.lineloop.v1.Run.ParamsEntry\x12)\n\x06\x65pochs\x18\t \x03(\x0b\x32\x19.lineloop.v1.EpochMetrics\x12.\n\x0ctest_metrics\x18\n \x01(\x0b\x32\x18.lineloop.v1.EvalMetrics\x12\x17\n\x0f\x61rtifact_prefix\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x0c\n\x04host\x18\r \x01(\t\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0bRunProgress\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.lineloop.v1.Run\x12)\n\x06latest\x18\x02 \x01(\x0b\x32\x19.lineloop.v1.EpochMetrics\"\xce\x01\n\x0fStartRunRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\t\x12\x38\n\x06params\x18\x04 \x03(\x0b\x32(.lineloop.v1.StartRunRequest.ParamsEntry\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x0fListRunsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"2\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.lineloop.v1.Run\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x9a\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x32\xd0\x02\n\x0fTrainingService\x12:\n\x08StartRun\x12\x1c.lineloop.v1.StartRunRequest\x1a\x10.lineloop.v1.Run\x12\x36\n\x06GetRun\x12\x1a.lineloop.v1.GetRunRequest\x1a\x10.lineloop.v1.Run\x12G\n\x08ListRuns\x12\x1c.lineloop.v1.ListRunsRequest\x1a\x1d.lineloop.v1.ListRunsResponse\x12<\n\tCancelRun\x12\x1d.lineloop.v1.CancelRunRequest\x1a\x10.lineloop.v1.Run\x12\x42\n\x08WatchRun\x12\x1a.lineloop.v1.GetRunRequest\x1a\x18.lineloop.v1.RunProgress0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/training.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x19lineloop/v1/options.proto\"\x83\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x02\x12\x10\n\x08val_loss\x18\x03 \x01(\x02\x12\x14\n\x0cval_accuracy\x18\x04 \x01(\x02\x12\x14\n\x0c\x66rames_per_s\x18\x05 \x01(\x02\x12\x12\n\ndata_share\x18\x06 \x01(\x02\"\xb6\x04\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x04 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.lineloop.v1.RunState\x12\x14\n\x0c\x63ode_version\x18\x07 \x01(\t\x12,\n\x06params\x18\x08 \x03(\x0b\x32\x1c.lineloop.v1.Run.ParamsEntry\x12)\n\x06\x65pochs\x18\t \x03(\x0b\x32\x19.lineloop.v1.EpochMetrics\x12.\n\x0ctest_metrics\x18\n \x01(\x0b\x32\x18.lineloop.v1.EvalMetrics\x12\x17\n\x0f\x61rtifact_prefix\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x0c\n\x04host\x18\r \x01(\t\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12.\n\ncreated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0bRunProgress\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.lineloop.v1.Run\x12)\n\x06latest\x18\x02 \x01(\x0b\x32\x19.lineloop.v1.EpochMetrics\"\xce\x01\n\x0fStartRunRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\t\x12\x38\n\x06params\x18\x04 \x03(\x0b\x32(.lineloop.v1.StartRunRequest.ParamsEntry\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"4\n\x0fListRunsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"2\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.lineloop.v1.Run\"2\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*\x9a\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x32\x9e\x04\n\x0fTrainingService\x12M\n\x08StartRun\x12\x1c.lineloop.v1.StartRunRequest\x1a\x10.lineloop.v1.Run\"\x11\xaa\xbb\x18\r\n\x0bml-engineer\x12n\n\x06GetRun\x12\x1a.lineloop.v1.GetRunRequest\x1a\x10.lineloop.v1.Run\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x7f\n\x08ListRuns\x12\x1c.lineloop.v1.ListRunsRequest\x1a\x1d.lineloop.v1.ListRunsResponse\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12O\n\tCancelRun\x12\x1d.lineloop.v1.CancelRunRequest\x1a\x10.lineloop.v1.Run\"\x11\xaa\xbb\x18\r\n\x0bml-engineer\x12z\n\x08WatchRun\x12\x1a.lineloop.v1.GetRunRequest\x1a\x18.lineloop.v1.RunProgress\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,28 +38,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_STARTRUNREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=1295
-  _globals['_RUNSTATE']._serialized_end=1449
-  _globals['_EPOCHMETRICS']._serialized_start=103
-  _globals['_EPOCHMETRICS']._serialized_end=234
-  _globals['_RUN']._serialized_start=237
-  _globals['_RUN']._serialized_end=803
-  _globals['_RUN_PARAMSENTRY']._serialized_start=758
-  _globals['_RUN_PARAMSENTRY']._serialized_end=803
-  _globals['_RUNPROGRESS']._serialized_start=805
-  _globals['_RUNPROGRESS']._serialized_end=892
-  _globals['_STARTRUNREQUEST']._serialized_start=895
-  _globals['_STARTRUNREQUEST']._serialized_end=1101
-  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_start=758
-  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_end=803
-  _globals['_GETRUNREQUEST']._serialized_start=1103
-  _globals['_GETRUNREQUEST']._serialized_end=1134
-  _globals['_LISTRUNSREQUEST']._serialized_start=1136
-  _globals['_LISTRUNSREQUEST']._serialized_end=1188
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1190
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1240
-  _globals['_CANCELRUNREQUEST']._serialized_start=1242
-  _globals['_CANCELRUNREQUEST']._serialized_end=1292
-  _globals['_TRAININGSERVICE']._serialized_start=1452
-  _globals['_TRAININGSERVICE']._serialized_end=1788
+  _globals['_TRAININGSERVICE'].methods_by_name['StartRun']._loaded_options = None
+  _globals['_TRAININGSERVICE'].methods_by_name['StartRun']._serialized_options = b'\252\273\030\r\n\013ml-engineer'
+  _globals['_TRAININGSERVICE'].methods_by_name['GetRun']._loaded_options = None
+  _globals['_TRAININGSERVICE'].methods_by_name['GetRun']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_TRAININGSERVICE'].methods_by_name['ListRuns']._loaded_options = None
+  _globals['_TRAININGSERVICE'].methods_by_name['ListRuns']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_TRAININGSERVICE'].methods_by_name['CancelRun']._loaded_options = None
+  _globals['_TRAININGSERVICE'].methods_by_name['CancelRun']._serialized_options = b'\252\273\030\r\n\013ml-engineer'
+  _globals['_TRAININGSERVICE'].methods_by_name['WatchRun']._loaded_options = None
+  _globals['_TRAININGSERVICE'].methods_by_name['WatchRun']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
+  _globals['_RUNSTATE']._serialized_start=1322
+  _globals['_RUNSTATE']._serialized_end=1476
+  _globals['_EPOCHMETRICS']._serialized_start=130
+  _globals['_EPOCHMETRICS']._serialized_end=261
+  _globals['_RUN']._serialized_start=264
+  _globals['_RUN']._serialized_end=830
+  _globals['_RUN_PARAMSENTRY']._serialized_start=785
+  _globals['_RUN_PARAMSENTRY']._serialized_end=830
+  _globals['_RUNPROGRESS']._serialized_start=832
+  _globals['_RUNPROGRESS']._serialized_end=919
+  _globals['_STARTRUNREQUEST']._serialized_start=922
+  _globals['_STARTRUNREQUEST']._serialized_end=1128
+  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_start=785
+  _globals['_STARTRUNREQUEST_PARAMSENTRY']._serialized_end=830
+  _globals['_GETRUNREQUEST']._serialized_start=1130
+  _globals['_GETRUNREQUEST']._serialized_end=1161
+  _globals['_LISTRUNSREQUEST']._serialized_start=1163
+  _globals['_LISTRUNSREQUEST']._serialized_end=1215
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1217
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1267
+  _globals['_CANCELRUNREQUEST']._serialized_start=1269
+  _globals['_CANCELRUNREQUEST']._serialized_end=1319
+  _globals['_TRAININGSERVICE']._serialized_start=1479
+  _globals['_TRAININGSERVICE']._serialized_end=2021
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import MetaData
 
 from lineloop.bus import Bus
-from lineloop.runtime.settings import BUCKETS, ServiceSettings
+from lineloop.runtime import auth
+from lineloop.runtime.settings import BUCKETS, SecuritySettings, ServiceSettings
 from lineloop.storage.objects import ObjectStore
 from lineloop.storage.sql import Database
 from lineloop.telemetry import Telemetry, grpc_server_interceptors, setup_telemetry
@@ -98,14 +99,14 @@ class Service:
             self.db.migrate(component, version, metadata)
         await self._until_ready("object store", lambda: self.objects.aio.ensure_buckets(BUCKETS))
 
-        self._server = grpc.aio.server(interceptors=grpc_server_interceptors())
+        self._server = grpc_server(self.name, s.security)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         for add_to_server, servicer, full_name in self._servicers:
             add_to_server(servicer, self._server)
             names.append(full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(names, self._server)
-        self.grpc_port = self._server.add_insecure_port(f"{s.bind_host}:{s.grpc_port}")
+        self.grpc_port = add_grpc_port(self._server, f"{s.bind_host}:{s.grpc_port}", s.security)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
 
@@ -175,6 +176,19 @@ class Service:
                 log.warning("%s: waiting for %s: %s", self.name, what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def grpc_server(name: str, security: SecuritySettings) -> grpc.aio.Server:
+    """A gRPC server with tracing and, when `security.auth_mode` is `required`, authentication and roles."""
+    return grpc.aio.server(interceptors=[*grpc_server_interceptors(), *auth.interceptors(name, security)])
+
+
+def add_grpc_port(server: grpc.aio.Server, address: str, security: SecuritySettings) -> int:
+    """Listen on `address`: TLS (mTLS with a client CA) when configured, else plaintext; returns the port."""
+    credentials = auth.server_credentials(security)
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)
 
 
 def _service_full_name(add_to_server: Callable) -> str:

@@ -7,7 +7,7 @@ own settings use `LINELOOP_<SERVICE>_`. Defaults are the embedded stack's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +52,60 @@ class StackSettings(BaseSettings):
         return self
 
 
+class SecuritySettings(BaseSettings):
+    """Who may call a service's gRPC API, and how the port is encrypted (docs/security.md).
+
+    `auth_mode` `off` (the default for now: tests and the embedded stack run without
+    credentials) serves every caller and logs a WARNING at start; `required` checks every call
+    but health and reflection: a bearer JWT (issuer, audience, a JWKS file or a PEM public key;
+    RS256/ES256) and/or a client certificate from `grpc_tls_client_ca_file` (mTLS).
+    Compose and k8s set `required`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LINELOOP_", extra="ignore")
+
+    auth_mode: Literal["off", "required"] = "off"
+    auth_issuer: str = ""
+    auth_audience: str = ""
+    auth_jwks_file: Path | None = None
+    auth_public_key_file: Path | None = None
+    auth_roles_claim: str = "roles"
+    # Clock skew tolerated on exp/nbf/iat between the token issuer and this host.
+    auth_leeway_s: float = Field(default=30.0, ge=0)
+    # Server certificate and key of the gRPC port (PEM): set both to serve TLS.
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    # CA of client certificates: set, every client must present a certificate it signed (mTLS).
+    grpc_tls_client_ca_file: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.grpc_tls_cert_file is not None
+
+    @property
+    def jwt(self) -> bool:
+        return bool(self.auth_issuer or self.auth_audience or self.auth_jwks_file or self.auth_public_key_file)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecuritySettings:
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError("LINELOOP_GRPC_TLS_CERT_FILE and LINELOOP_GRPC_TLS_KEY_FILE go together: set both or neither")
+        if self.grpc_tls_client_ca_file is not None and not self.tls:
+            raise ValueError("LINELOOP_GRPC_TLS_CLIENT_CA_FILE needs the server's own LINELOOP_GRPC_TLS_CERT_FILE/KEY_FILE")
+        if self.jwt:
+            missing = [n for n, v in (("LINELOOP_AUTH_ISSUER", self.auth_issuer), ("LINELOOP_AUTH_AUDIENCE", self.auth_audience))
+                       if not v]
+            if (self.auth_jwks_file is None) == (self.auth_public_key_file is None):
+                missing.append("exactly one of LINELOOP_AUTH_JWKS_FILE or LINELOOP_AUTH_PUBLIC_KEY_FILE")
+            if missing:
+                raise ValueError(f"bearer tokens need {', '.join(missing)}")
+        if self.auth_mode == "required" and not self.jwt and self.grpc_tls_client_ca_file is None:
+            raise ValueError("LINELOOP_AUTH_MODE=required but no way to authenticate is configured: set LINELOOP_AUTH_ISSUER, "
+                             "LINELOOP_AUTH_AUDIENCE and LINELOOP_AUTH_JWKS_FILE (or _PUBLIC_KEY_FILE), and/or "
+                             "LINELOOP_GRPC_TLS_CLIENT_CA_FILE for client certificates")
+        return self
+
+
 def service_config(name: str) -> SettingsConfigDict:
     """`model_config` for a service's settings: env prefix `LINELOOP_<NAME>_`."""
     return SettingsConfigDict(env_prefix=f"LINELOOP_{name.upper()}_", extra="ignore")
@@ -75,6 +129,7 @@ class ServiceSettings(BaseSettings):
     bus_max_deliveries: int = 5
     startup_timeout_s: float = 60.0
     stack: StackSettings = Field(default_factory=StackSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @model_validator(mode="after")
     def _default_consumer_group(self) -> ServiceSettings:

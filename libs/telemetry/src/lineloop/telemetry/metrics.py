@@ -47,6 +47,12 @@ rejections = _meter.create_counter(
     unit="{rejection}",
     description="Bad input refused (gRPC error or dead-lettered event). Attributes: service, reason.",
 )
+rpc_auth_refused = _meter.create_counter(
+    "lineloop.rpc.auth_refused",
+    unit="{call}",
+    description="gRPC calls refused by authentication or authorisation. Attributes: service, method, "
+                "outcome (unauthenticated, permission_denied), reason (TOKEN_EXPIRED, ROLE_NOT_ALLOWED, ...).",
+)
 # A gauge set by the outbox relay after each poll: the count comes from the
 # service's database, so it stays right across restarts and replicas.
 outbox_pending = _meter.create_gauge(

@@ -1,0 +1,254 @@
+"""Authentication and the role x method matrix over real gRPC (issue 11).
+
+Servers are built by the services' own builder (`grpc_server`, `add_grpc_port`) with every
+lineloop.v1 service registered; each handler answers FAILED_PRECONDITION naming the identity
+it saw, so "allowed" means the call reached the handler with the right caller, and a refused
+call must never get there. Keys, CAs and certificates are made here with `cryptography`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import pkgutil
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+import lineloop.v1
+from lineloop.contracts import access
+from lineloop.runtime import error_info
+from lineloop.runtime.auth import current_identity
+from lineloop.runtime.client import ClientCredentials, aio_channel
+from lineloop.runtime.pki import issue, jwks_json, make_ca, mint_token, public_pem, ec_key, rsa_key
+from lineloop.runtime.service import add_grpc_port, grpc_server
+from lineloop.runtime.settings import SecuritySettings
+from lineloop.v1 import registry_pb2
+
+ISSUER, AUDIENCE = "https://id.plant.example", "lineloop"
+REACHED = grpc.StatusCode.FAILED_PRECONDITION
+EXTRA_METHOD = "/lineloop.v1.Undeclared/Do"  # a method the contract does not know: fail closed
+PROMOTE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].methods_by_name["Promote"]
+
+
+def _methods():
+    for file in access.CONTRACT_FILES:
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                yield service, method
+
+
+def _probe_servicers(server: grpc.aio.Server) -> None:
+    """Every contract service, each method answering REACHED with the caller's name."""
+    for file in access.CONTRACT_FILES:
+        grpc_module = importlib.import_module(file.name.replace("/", ".").removesuffix(".proto") + "_pb2_grpc")
+        for service in file.services_by_name.values():
+            attrs = {}
+            for method in service.methods:
+                attrs[method.name] = _probe(method)
+            servicer = type(f"Probe{service.name}", (getattr(grpc_module, f"{service.name}Servicer"),), attrs)()
+            getattr(grpc_module, f"add_{service.name}Servicer_to_server")(servicer, server)
+
+    async def extra(request, context):
+        await context.abort(REACHED, f"reached as {current_identity().name}")
+
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("lineloop.v1.Undeclared", {
+        "Do": grpc.unary_unary_rpc_method_handler(extra, request_deserializer=bytes, response_serializer=bytes)})])
+
+
+def _probe(method):
+    async def reach(context):
+        identity = current_identity()
+        await context.abort(REACHED, f"reached {method.name} as {identity.name if identity else '-'}")
+
+    if method.server_streaming:
+        async def streaming(self, request, context):
+            await reach(context)
+            yield  # an async generator, like the real streaming handlers
+        return streaming
+
+    async def unary(self, request, context):
+        await reach(context)
+    return unary
+
+
+async def _call(channel: grpc.aio.Channel, path: str, method=None) -> grpc.aio.AioRpcError:
+    """Call `path` with an empty request; return the error (every probe ends in one)."""
+    if method is None:
+        call = channel.unary_unary(path, request_serializer=bytes, response_deserializer=bytes)(b"")
+    else:
+        request = message_factory.GetMessageClass(method.input_type)()
+        kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+                (True, False): channel.stream_unary, (True, True): channel.stream_stream}[
+            (method.client_streaming, method.server_streaming)]
+        stub = kind(path, request_serializer=type(request).SerializeToString,
+                    response_deserializer=message_factory.GetMessageClass(method.output_type).FromString)
+        call = stub(iter([request]) if method.client_streaming else request, timeout=10)
+    try:
+        if method is not None and method.server_streaming:
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as err:
+        return err
+    raise AssertionError(f"{path} answered without error: the probe handlers always abort")
+
+
+class Pki:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.rsa, self.ec, self.stranger = rsa_key(), ec_key(), rsa_key()
+        self.jwks = folder / "jwks.json"
+        self.jwks.write_text(jwks_json({"rsa-1": self.rsa.public_key(), "ec-1": self.ec.public_key()}))
+        self.ca, self.other_ca = make_ca("plant CA"), make_ca("someone else's CA")
+        self.ca_file = folder / "ca.crt"
+        self.ca_file.write_bytes(self.ca.cert_pem)
+        self.server_cert, self.server_key = issue(self.ca, "lineloop-test", server_names=("localhost", "127.0.0.1")).write(folder, "server")
+
+    def token(self, roles, *, subject: str = "alice", key=None, kid: str = "rsa-1", **overrides) -> str:
+        claims = {"issuer": ISSUER, "audience": AUDIENCE, "subject": subject, "roles": roles, "kid": kid, **overrides}
+        return mint_token(key or self.rsa, **claims)
+
+    def client(self, name: str, roles: tuple[str, ...], ca=None) -> ClientCredentials:
+        cert, key = issue(ca or self.ca, name, roles=roles).write(self.folder, f"client-{name}")
+        return ClientCredentials(grpc_ca_file=self.ca_file, grpc_client_cert_file=cert, grpc_client_key_file=key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+async def _serve(security: SecuritySettings) -> tuple[grpc.aio.Server, int]:
+    server = grpc_server("auth-test", security)
+    _probe_servicers(server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = add_grpc_port(server, "127.0.0.1:0", security)
+    await server.start()
+    return server, port
+
+
+@pytest.fixture
+async def token_server(pki):
+    """Plaintext port, bearer tokens only."""
+    server, port = await _serve(SecuritySettings(auth_mode="required", auth_issuer=ISSUER, auth_audience=AUDIENCE,
+                                                 auth_jwks_file=pki.jwks))
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+@pytest.fixture
+async def mtls_server(pki):
+    """TLS port requiring a client certificate from the plant CA; tokens accepted too."""
+    server, port = await _serve(SecuritySettings(
+        auth_mode="required", auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_jwks_file=pki.jwks,
+        grpc_tls_cert_file=pki.server_cert, grpc_tls_key_file=pki.server_key, grpc_tls_client_ca_file=pki.ca_file))
+    yield f"localhost:{port}"
+    await server.stop(None)
+
+
+def test_every_rpc_of_every_contract_service_declares_roles():
+    """Fail closed starts here: a new rpc, or a new proto file, without `(access)` roles fails this test."""
+    services = {}
+    for info in pkgutil.iter_modules(lineloop.v1.__path__):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(f"lineloop.v1.{info.name}")
+            services.update({s.full_name: s for s in module.DESCRIPTOR.services_by_name.values()})
+    assert services, "no services found in lineloop.v1"
+    undeclared = [f"/{s.full_name}/{m.name}" for s in services.values() for m in s.methods
+                  if not access.METHOD_ROLES.get(f"/{s.full_name}/{m.name}")]
+    assert undeclared == []
+    assert {m.split("/")[1] for m in access.METHOD_ROLES} == set(services)
+    assert access.allowed_roles(EXTRA_METHOD) == ("admin",)
+
+
+def test_docs_carry_the_contracts_table():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
+    assert access.markdown_table() in doc, "docs/security.md's table is stale: paste `python -m lineloop.contracts.access`"
+
+
+async def test_role_x_method_matrix_with_tokens(pki, token_server):
+    wrong: list[str] = []
+    for role in access.ROLES:
+        async with aio_channel(token_server, ClientCredentials(token=pki.token([role], subject=f"{role}-user"))) as ch:
+            for service, method in _methods():
+                path = f"/{service.full_name}/{method.name}"
+                err = await _call(ch, path, method)
+                allowed = role in access.allowed_roles(path)
+                expected = (REACHED, f"reached {method.name} as {role}-user") if allowed else (grpc.StatusCode.PERMISSION_DENIED, None)
+                got = (err.code(), err.details() if allowed else None)
+                if got != expected:
+                    wrong.append(f"{role} {path}: {err.code().name} {err.details()}")
+                if not allowed and (path not in err.details() or "roles that may:" not in err.details()):
+                    wrong.append(f"{role} {path}: refusal does not name the method and roles: {err.details()}")
+            undeclared = await _call(ch, EXTRA_METHOD)
+            if undeclared.code() != (REACHED if role == "admin" else grpc.StatusCode.PERMISSION_DENIED):
+                wrong.append(f"{role} {EXTRA_METHOD}: {undeclared.code().name}")
+    assert wrong == []
+
+
+async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_server):
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    cases = {
+        "TOKEN_EXPIRED": pki.token(["admin"], now=past, ttl_s=60),
+        "TOKEN_BAD_SIGNATURE": pki.token(["admin"], key=pki.stranger),  # right kid, wrong key
+        "TOKEN_WRONG_AUDIENCE": pki.token(["admin"], audience="someone-else"),
+        "TOKEN_WRONG_ISSUER": pki.token(["admin"], issuer="https://evil.example"),
+        "TOKEN_UNKNOWN_KEY": pki.token(["admin"], kid="nobody"),
+        "TOKEN_MALFORMED": "not-a-jwt",
+    }
+    path = "/lineloop.v1.RegistryService/Promote"
+    method = PROMOTE
+    got = {}
+    for reason, token in cases.items():
+        async with aio_channel(token_server, ClientCredentials(token=token)) as ch:
+            err = await _call(ch, path, method)
+            got[reason] = (err.code(), error_info(err).reason if error_info(err) else None)
+    assert got == {reason: (grpc.StatusCode.UNAUTHENTICATED, reason) for reason in cases}
+
+    async with aio_channel(token_server, ClientCredentials()) as ch:
+        err = await _call(ch, path, method)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "LINELOOP_TOKEN" in err.details()
+        # probes stay open: health answers without credentials
+        reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    # an EC (ES256) key from the JWKS works as well as the RSA one
+    async with aio_channel(token_server, ClientCredentials(token=pki.token(["release-manager"], key=pki.ec, kid="ec-1"))) as ch:
+        assert (await _call(ch, path, method)).code() == REACHED
+
+
+async def test_mtls_certificate_maps_to_its_role_and_other_cas_are_refused(pki, mtls_server):
+    promote = "/lineloop.v1.RegistryService/Promote"
+    method = PROMOTE
+    async with aio_channel(mtls_server, pki.client("rm-bob", ("release-manager",))) as ch:
+        err = await _call(ch, promote, method)
+        assert (err.code(), err.details()) == (REACHED, "reached Promote as rm-bob")
+    async with aio_channel(mtls_server, pki.client("gw-7", ("gateway",))) as ch:
+        err = await _call(ch, promote, method)
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "gw-7" in err.details()
+    # a token, when sent, is the identity even on an mTLS channel
+    creds = pki.client("gw-8", ("gateway",)).model_copy(update={"token": pki.token(["release-manager"], subject="carol")})
+    async with aio_channel(mtls_server, creds) as ch:
+        assert (await _call(ch, promote, method)).details() == "reached Promote as carol"
+    # another CA's certificate, and no certificate at all, fail the handshake: no handler runs
+    for creds in (pki.client("intruder", ("admin",), ca=pki.other_ca), ClientCredentials(grpc_ca_file=pki.ca_file)):
+        async with aio_channel(mtls_server, creds) as ch:
+            err = await _call(ch, promote, method)
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+
+
+def test_settings_refuse_required_without_a_way_to_authenticate(pki):
+    with pytest.raises(ValueError, match="no way to authenticate"):
+        SecuritySettings(auth_mode="required")
+    with pytest.raises(ValueError, match="LINELOOP_AUTH_AUDIENCE"):
+        SecuritySettings(auth_mode="required", auth_issuer=ISSUER, auth_jwks_file=pki.jwks)
+    with pytest.raises(ValueError, match="exactly one of"):
+        SecuritySettings(auth_issuer=ISSUER, auth_audience=AUDIENCE)
+    key = pki.folder / "signing.pub"
+    key.write_bytes(public_pem(pki.rsa))
+    assert SecuritySettings(auth_mode="required", auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_public_key_file=key).jwt

@@ -28,6 +28,9 @@ from lineloop.registry.deployer import Serving
 from lineloop.registry.main import build
 from lineloop.registry.settings import RegistrySettings
 from lineloop.runtime import StackSettings, error_info
+from lineloop.runtime.client import ClientCredentials, aio_channel
+from lineloop.runtime.pki import jwks_json, mint_token, rsa_key
+from lineloop.runtime.settings import SecuritySettings
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import registry_pb2 as pb
 from lineloop.v1.common_pb2 import Prediction, PredictionStatus, Stage
@@ -457,3 +460,43 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
         await publisher.stop()
         if server is not None:
             await server.stop(None)
+
+
+async def test_with_auth_the_history_records_the_callers_identity_not_the_requests_actor(stack, store, tmp_path):
+    """Issue 11: the audit trail says who really promoted (token `sub`), whatever `actor` the request claims."""
+    model = f"quinces-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=6)
+    key, jwks = rsa_key(), tmp_path / "jwks.json"
+    jwks.write_text(jwks_json({"k1": key.public_key()}))
+    security = SecuritySettings(auth_mode="required", auth_issuer="https://id.test", auth_audience="lineloop",
+                                auth_jwks_file=jwks)
+
+    def token(sub: str, role: str) -> ClientCredentials:
+        return ClientCredentials(token=mint_token(key, issuer="https://id.test", audience="lineloop", subject=sub,
+                                                  roles=[role], kid="k1"))
+
+    service = build(registry_settings(stack, tmp_path, auto_promote=False, security=security), deployer=SlowDeployer())
+    publisher = Bus(stack.kafka_bootstrap, source="test/registry")
+    await publisher.start()
+    try:
+        async with service.running():
+            target = f"127.0.0.1:{service.grpc_port}"
+            async with aio_channel(target, token("svc-training", "service")) as reader:
+                api = RegistryServiceStub(reader)
+                await publisher.publish(trained_event(store, model, ds.event, "ok"))
+                await until(lambda: api.GetVersion(pb.GetVersionRequest(model_name=model, version="1")),
+                            lambda v: v.gate.reason != "", what="v1 gated")
+                # a service may read, not promote
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await api.Promote(pb.PromoteRequest(model_name=model, version="1", to_stage=Stage.STAGE_PRODUCTION))
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "release-manager" in err.value.details()
+            async with aio_channel(target, token("rm-alice", "release-manager")) as channel:
+                promoted = await RegistryServiceStub(channel).Promote(pb.PromoteRequest(
+                    model_name=model, version="1", to_stage=Stage.STAGE_PRODUCTION, actor="mallory", reason="ship it"))
+            assert (promoted.stage, promoted.history[-1].actor) == (Stage.STAGE_PRODUCTION, "rm-alice")
+            async with grpc.aio.insecure_channel(target) as anonymous:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await RegistryServiceStub(anonymous).Rollback(pb.RollbackRequest(model_name=model, actor="mallory"))
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await publisher.stop()

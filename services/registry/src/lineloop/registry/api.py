@@ -7,6 +7,7 @@ import grpc
 from lineloop.registry import state
 from lineloop.registry.stages import RegistryError, Stages
 from lineloop.runtime import Service, abort
+from lineloop.runtime.auth import current_identity
 from lineloop.v1 import registry_pb2 as pb
 from lineloop.v1.common_pb2 import Stage
 from lineloop.v1.registry_pb2_grpc import RegistryServiceServicer
@@ -38,20 +39,20 @@ class RegistryApi(RegistryServiceServicer):
                     model=request.model_name, version=request.version)
 
     async def Promote(self, request: pb.PromoteRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
-        await self._require(context, request.model_name, request.version, request.actor)
+        actor = await self._require(context, request.model_name, request.version, request.actor)
         to_stage = await self._stage(context, request.to_stage, "to_stage")
         return await self._call(context, self.stages.change(
-            request.model_name, request.version, to_stage, actor=request.actor,
+            request.model_name, request.version, to_stage, actor=actor,
             reason=request.reason or "promoted by hand"))
 
     async def Rollback(self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
-        await self._require(context, request.model_name, "-", request.actor)
-        return await self._call(context, self.stages.rollback(request.model_name, actor=request.actor, reason=request.reason))
+        actor = await self._require(context, request.model_name, "-", request.actor)
+        return await self._call(context, self.stages.rollback(request.model_name, actor=actor, reason=request.reason))
 
     async def SetCanary(self, request: pb.SetCanaryRequest, context: grpc.aio.ServicerContext) -> pb.ModelVersion:
-        await self._require(context, request.model_name, request.version, request.actor)
+        actor = await self._require(context, request.model_name, request.version, request.actor)
         return await self._call(context, self.stages.change(
-            request.model_name, request.version, "staging", actor=request.actor, canary_share=request.share,
+            request.model_name, request.version, "staging", actor=actor, canary_share=request.share,
             reason=request.reason or f"canary share set to {request.share:.3f}"))
 
     async def _stage(self, context, stage: int, field: str) -> str:
@@ -61,11 +62,16 @@ class RegistryApi(RegistryServiceServicer):
                         f"{field} {stage} is not a Stage ({', '.join(Stage.keys())})", service=SERVICE)
         return state.stage_name(stage)
 
-    async def _require(self, context, model_name: str, version: str, actor: str) -> None:
-        missing = [n for n, v in (("model_name", model_name), ("version", version), ("actor", actor)) if not v]
+    async def _require(self, context, model_name: str, version: str, actor: str) -> str:
+        """The actor for the history: the authenticated caller when auth is on (the request's
+        `actor` is ignored then, it is only a claim), else the request's `actor`, which is required."""
+        identity = current_identity()
+        missing = [n for n, v in (("model_name", model_name), ("version", version),
+                                  ("actor", identity is not None or actor)) if not v]
         if missing:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "MISSING_FIELD",
                         f"{', '.join(missing)} required (actor: who is making the change, for the history)", service=SERVICE)
+        return identity.name if identity is not None else actor
 
     async def _call(self, context, change) -> pb.ModelVersion:
         try:

@@ -8,6 +8,7 @@ call must never get there. Keys, CAs and certificates are made here with `crypto
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import importlib
 import pkgutil
@@ -17,8 +18,10 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
 
 import lineloop.v1
+from lineloop.cli.models import app as models_cli
 from lineloop.contracts import access
 from lineloop.runtime import error_info
 from lineloop.runtime.auth import current_identity
@@ -252,3 +255,22 @@ def test_settings_refuse_required_without_a_way_to_authenticate(pki):
     key = pki.folder / "signing.pub"
     key.write_bytes(public_pem(pki.rsa))
     assert SecuritySettings(auth_mode="required", auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_public_key_file=key).jwt
+
+
+async def test_cli_says_what_is_missing_when_refused(pki, token_server):
+    """The CLI's channels carry LINELOOP_TOKEN / LINELOOP_TOKEN_FILE; a refusal names what to set."""
+    token_file = pki.folder / "gateway.jwt"
+    token_file.write_text(pki.token(["gateway"], subject="gw-1") + "\n")
+    clean = {"LINELOOP_TOKEN": None, "LINELOOP_TOKEN_FILE": None}
+
+    def promote(**env):
+        return CliRunner().invoke(models_cli, ["promote", "m", "1", "--target", token_server], env={**clean, **env})
+
+    missing = await asyncio.to_thread(promote)
+    assert missing.exit_code == 1 and "UNAUTHENTICATED" in missing.output
+    assert "set LINELOOP_TOKEN or LINELOOP_TOKEN_FILE" in missing.output
+    denied = await asyncio.to_thread(promote, LINELOOP_TOKEN_FILE=str(token_file))
+    assert denied.exit_code == 1 and "PERMISSION_DENIED" in denied.output and "gw-1 (roles: gateway)" in denied.output
+    assert "release-manager" in denied.output
+    reached = await asyncio.to_thread(promote, LINELOOP_TOKEN=pki.token(["release-manager"], subject="rm-1"))
+    assert reached.exit_code == 1 and "reached Promote as rm-1" in reached.output

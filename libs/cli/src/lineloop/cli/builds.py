@@ -5,11 +5,11 @@ Talks to the compiler over gRPC (`--target`, else `LINELOOP_COMPILER_GRPC`, else
 
 from __future__ import annotations
 
-import grpc
 import typer
 from rich.table import Table
 
 from lineloop.cli.common import console, grpc_target, print_json, rpc_errors
+from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import compiler_pb2
 from lineloop.v1.compiler_pb2_grpc import CompilerServiceStub
 from lineloop.v1.events_pb2 import BuildStatus, ModelCompiled
@@ -49,7 +49,7 @@ def list_builds(
 ) -> None:
     """Builds with their status and verification figures."""
     address = grpc_target("compiler", target)
-    with rpc_errors("compiler", address), grpc.insecure_channel(address) as channel:
+    with rpc_errors("compiler", address), grpc_channel(address) as channel:
         reply = CompilerServiceStub(channel).ListBuilds(
             compiler_pb2.ListBuildsRequest(model_name=model, version=version), timeout=30
         )
@@ -63,7 +63,7 @@ def list_builds(
 def show(build_id: str, target: str | None = TargetOption, as_json: bool = JsonOption) -> None:
     """One build: status, verification report, manifest, artifacts, signing key."""
     address = grpc_target("compiler", target)
-    with rpc_errors("compiler", address), grpc.insecure_channel(address) as channel:
+    with rpc_errors("compiler", address), grpc_channel(address) as channel:
         build = CompilerServiceStub(channel).GetBuild(compiler_pb2.GetBuildRequest(build_id=build_id), timeout=30)
     if as_json:
         print_json(build)
@@ -87,7 +87,7 @@ def compile_(
 ) -> None:
     """Build a registered version for the given target profiles now, and wait for the results."""
     address = grpc_target("compiler", target)
-    with rpc_errors("compiler", address), grpc.insecure_channel(address) as channel, console.status("building..."):
+    with rpc_errors("compiler", address), grpc_channel(address) as channel, console.status("building..."):
         reply = CompilerServiceStub(channel).Compile(
             compiler_pb2.CompileRequest(model_name=model, version=version, targets=targets), timeout=wait_s
         )

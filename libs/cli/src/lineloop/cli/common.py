@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
 
+from lineloop.runtime.client import refusal_hint
 from lineloop.runtime.errors import error_info
 
 console = Console()
@@ -51,4 +52,7 @@ def rpc_errors(service: str, target: str) -> Iterator[None]:
         info = error_info(exc)
         reason = f" [{info.reason}]" if info else ""
         err_console.print(f"[red]{service}: {code.name}{reason}[/red]: {exc.details()}")
+        hint = refusal_hint(exc)
+        if hint:
+            err_console.print(hint)
         raise typer.Exit(1) from None

@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target
+from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import (
     common_pb2,
     compiler_pb2,
@@ -95,7 +96,7 @@ class Demo:
     def run(self) -> None:
         step("1/7", "Stack and services")
         _lineloop("up")
-        self.channels = {name: grpc.insecure_channel(grpc_target(name)) for name in
+        self.channels = {name: grpc_channel(grpc_target(name)) for name in
                          ("labeling", "training", "registry", "compiler", "monitor")}
         labeling = labeling_pb2_grpc.LabelingServiceStub(self.channels["labeling"])
         training = training_pb2_grpc.TrainingServiceStub(self.channels["training"])

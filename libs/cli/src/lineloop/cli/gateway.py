@@ -37,6 +37,7 @@ from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
 from lineloop.v1.common_pb2 import ObjectRef, Prediction
 from lineloop.v1.events_pb2 import FrameCaptured
 from lineloop.vision import CLASSES, AppleRenderer, Drift, drift_strength, encode_jpeg
+from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -140,7 +141,7 @@ class GrpcSink(FrameSink):
     async def send(self, frame: FrameCaptured) -> None:
         if self._call is None:
             self._queue = asyncio.Queue(maxsize=256)
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = aio_grpc_channel(self.target)
             self._call = asyncio.ensure_future(
                 ingest_pb2_grpc.IngestServiceStub(self._channel).UploadFrames(self._requests())
             )

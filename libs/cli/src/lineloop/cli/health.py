@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lineloop.cli.common import console, grpc_target, print_json, rpc_errors
+from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import events_pb2, monitor_pb2, monitor_pb2_grpc
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,7 +19,7 @@ JSON = typer.Option(False, "--json", help="Print JSON.")
 
 
 def _stub(target: str) -> tuple[monitor_pb2_grpc.MonitorServiceStub, grpc.Channel]:
-    channel = grpc.insecure_channel(target)
+    channel = grpc_channel(target)
     return monitor_pb2_grpc.MonitorServiceStub(channel), channel
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target, print_json, rpc_errors
 from lineloop.runtime import StackSettings
+from lineloop.runtime.client import channel as grpc_channel
 from lineloop.storage.objects import ObjectNotFound, ObjectStore, ObjectStoreError
 from lineloop.v1 import labeling_pb2 as pb
 from lineloop.v1.events_pb2 import LabelSource
@@ -38,7 +39,7 @@ JsonOption = typer.Option(False, "--json", help="Machine-readable output.")
 def labeling(target: str | None) -> Iterator[LabelingServiceStub]:
     """A stub on a fresh channel; a gRPC failure becomes one clear line and a non-zero exit."""
     address = grpc_target("labeling", target)
-    with grpc.insecure_channel(address) as channel, rpc_errors("labeling", address):
+    with grpc_channel(address) as channel, rpc_errors("labeling", address):
         yield LabelingServiceStub(channel)
 
 

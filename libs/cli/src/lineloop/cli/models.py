@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from lineloop.cli.common import console, grpc_target, print_json, rpc_errors
+from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import registry_pb2 as pb
 from lineloop.v1 import registry_pb2_grpc
 from lineloop.v1.common_pb2 import Stage
@@ -27,7 +28,7 @@ NAMES = {Stage.STAGE_UNSPECIFIED: "-", Stage.STAGE_CANDIDATE: "candidate", Stage
 
 
 def _stub(target: str) -> tuple[registry_pb2_grpc.RegistryServiceStub, grpc.Channel]:
-    channel = grpc.insecure_channel(target)
+    channel = grpc_channel(target)
     return registry_pb2_grpc.RegistryServiceStub(channel), channel
 
 

@@ -8,6 +8,7 @@ from rich.live import Live
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target, print_json, rpc_errors
+from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import training_pb2 as pb
 from lineloop.v1 import training_pb2_grpc
 
@@ -22,7 +23,7 @@ FINISHED = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 
 
 def _stub(target: str) -> tuple[training_pb2_grpc.TrainingServiceStub, grpc.Channel]:
-    channel = grpc.insecure_channel(target)
+    channel = grpc_channel(target)
     return training_pb2_grpc.TrainingServiceStub(channel), channel
 
 

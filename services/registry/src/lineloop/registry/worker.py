@@ -27,6 +27,7 @@ from lineloop.runtime import Service
 from lineloop.v1.events_pb2 import GateDecision, ModelRegistered
 from lineloop.v1.monitor_pb2 import GetModelHealthRequest
 from lineloop.v1.monitor_pb2_grpc import MonitorServiceStub
+from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter("lineloop.registry")
@@ -165,7 +166,7 @@ class RegistryWorker:
         if prod is None:
             return LiveVerdict("no production version to compare with")
         try:
-            async with grpc.aio.insecure_channel(self.settings.monitor_grpc) as channel:
+            async with aio_grpc_channel(self.settings.monitor_grpc) as channel:
                 health = await MonitorServiceStub(channel).GetModelHealth(
                     GetModelHealthRequest(line_id=canary["dataset"], model_name=canary["model_name"]),
                     timeout=self.settings.monitor_timeout_s)

@@ -44,6 +44,7 @@ from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1.events_pb2 import ModelTrained
 from lineloop.v1.registry_pb2 import GetVersionRequest
 from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
+from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 log = logging.getLogger(__name__)
 MODELS_BUCKET = "lineloop-models"
@@ -250,7 +251,7 @@ class RunWorker:
         if not self.settings.registry_grpc:
             return None, "", "scratch: no registry configured"
         try:
-            async with grpc.aio.insecure_channel(self.settings.registry_grpc) as channel:
+            async with aio_grpc_channel(self.settings.registry_grpc) as channel:
                 prod = await RegistryServiceStub(channel).GetVersion(
                     GetVersionRequest(model_name=model_name, version="production"), timeout=5)
         except grpc.aio.AioRpcError as err:

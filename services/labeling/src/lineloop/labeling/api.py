@@ -14,6 +14,7 @@ from lineloop.labeling.datasets import CutBusy, Datasets
 from lineloop.labeling.labels import LabelRejected
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.runtime import abort
+from lineloop.runtime.auth import current_identity
 from lineloop.storage.objects import ObjectStore
 from lineloop.storage.sql import Database
 from lineloop.v1 import labeling_pb2 as pb
@@ -22,6 +23,12 @@ from lineloop.v1.labeling_pb2_grpc import LabelingServiceServicer
 
 SERVICE = "labeling"
 CUT_WAIT_S = 10.0
+
+
+def _annotator(claimed: str) -> str:
+    """Who labels: the authenticated caller when auth is on (the request's name is only a claim), else the request's."""
+    identity = current_identity()
+    return identity.name if identity is not None else claimed
 
 
 class LabelingApi(LabelingServiceServicer):
@@ -38,7 +45,8 @@ class LabelingApi(LabelingServiceServicer):
         await abort(context, err.code, err.reason, err.message, service=SERVICE, **err.metadata)
 
     async def NextTasks(self, request: pb.NextTasksRequest, context) -> pb.NextTasksResponse:
-        if not request.annotator:
+        annotator = _annotator(request.annotator)
+        if not annotator:
             return await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "MISSING_ANNOTATOR",
                                "annotator is required", service=SERVICE)
         if request.max_tasks < 0:
@@ -47,7 +55,7 @@ class LabelingApi(LabelingServiceServicer):
         wanted = min(request.max_tasks or 1, self.cfg.max_tasks_per_call)
         now = labels.utcnow()
         async with self.db.write() as s:
-            leased = queue.next_tasks(s, self.cfg, request.annotator, request.line_id, wanted, now)
+            leased = queue.next_tasks(s, self.cfg, annotator, request.line_id, wanted, now)
         tasks = []
         for ranked, lease_id, expires in leased:
             row = ranked.row
@@ -71,8 +79,8 @@ class LabelingApi(LabelingServiceServicer):
             try:
                 async with self.db.write() as s:
                     label, duplicate = labels.submit(
-                        s, frame_id=request.frame_id, label_class=request.label_class, annotator=request.annotator,
-                        note=request.note, lease_id=request.lease_id, classes=self.cfg.classes,
+                        s, frame_id=request.frame_id, label_class=request.label_class,
+                        annotator=_annotator(request.annotator), note=request.note, lease_id=request.lease_id, classes=self.cfg.classes,
                         now=labels.utcnow(), emit=lambda msg: self.bus.add_to_outbox(s, msg),
                     )
                 break
@@ -150,6 +158,11 @@ class LabelingApi(LabelingServiceServicer):
     async def ImportLabelStudio(self, request: pb.ImportLabelStudioRequest, context) -> pb.ImportLabelStudioResponse:
         try:
             parsed, empty = labelstudio.parse_export(request.export_json, self.cfg.classes)
+            importer = current_identity()
+            if importer is not None:  # the file's annotator is a claim; the importer is who vouches for it
+                for item in parsed:
+                    item["note"] = f"{item['note']}; annotator in the file: {item['annotator']}"
+                    item["annotator"] = importer.name
             async with self.db.write() as s:
                 imported, known = labelstudio.import_export(s, parsed, lambda msg: self.bus.add_to_outbox(s, msg))
         except LabelRejected as err:

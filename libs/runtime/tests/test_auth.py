@@ -21,10 +21,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 import lineloop.v1
+from lineloop.cli.main import app as lineloop_cli
 from lineloop.cli.models import app as models_cli
 from lineloop.contracts import access
 from lineloop.runtime import error_info
-from lineloop.runtime.auth import current_identity
+from lineloop.runtime.auth import TokenVerifier, current_identity
 from lineloop.runtime.client import ClientCredentials, aio_channel
 from lineloop.runtime.pki import issue, jwks_json, make_ca, mint_token, public_pem, ec_key, rsa_key
 from lineloop.runtime.service import add_grpc_port, grpc_server
@@ -274,3 +275,22 @@ async def test_cli_says_what_is_missing_when_refused(pki, token_server):
     assert "release-manager" in denied.output
     reached = await asyncio.to_thread(promote, LINELOOP_TOKEN=pki.token(["release-manager"], subject="rm-1"))
     assert reached.exit_code == 1 and "reached Promote as rm-1" in reached.output
+
+
+async def test_auth_init_makes_an_issuer_whose_tokens_the_servers_accept(tmp_path):
+    folder = tmp_path / "auth"
+    result = await asyncio.to_thread(CliRunner().invoke, lineloop_cli, ["auth", "init", str(folder), "--issuer", "plant-1"])
+    assert result.exit_code == 0, result.output
+    key_before = (folder / "signing.key").read_bytes()
+    verifier = TokenVerifier(issuer="plant-1", audience="lineloop", jwks_file=folder / "jwks.json")
+    for role in access.ROLES:
+        identity = verifier.verify((folder / "tokens" / f"{role}.jwt").read_text().strip())
+        assert (identity.name, identity.roles) == (f"local-{role}", frozenset({role}))
+    assert oct((folder / "signing.key").stat().st_mode & 0o777) == "0o600"
+    # again: the key is kept, so earlier tokens still verify
+    old_token = (folder / "tokens" / "admin.jwt").read_text().strip()
+    assert (await asyncio.to_thread(CliRunner().invoke, lineloop_cli, ["auth", "init", str(folder), "--issuer", "plant-1"])).exit_code == 0
+    assert (folder / "signing.key").read_bytes() == key_before
+    assert TokenVerifier(issuer="plant-1", audience="lineloop", jwks_file=folder / "jwks.json").verify(old_token).name == "local-admin"
+    with pytest.raises(ValueError, match="lineloop auth init"):
+        SecuritySettings(auth_issuer="plant-1", auth_audience="lineloop", auth_jwks_file=folder / "missing.json")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lineloop.cli import builds, datasets, demo, dlq, gateway, health, labels, models, runs, stack
+from lineloop.cli import auth, builds, datasets, demo, dlq, gateway, health, labels, models, runs, stack
 from lineloop.cli import reconcile
 
 app = typer.Typer(no_args_is_help=True, help="lineloop: event-driven MLOps for machine vision.")
@@ -20,6 +20,7 @@ app.add_typer(models.app, name="models", help="Model versions, stages, promotion
 app.add_typer(builds.app, name="builds", help="Compiled builds per target.")
 app.add_typer(health.app, name="health", help="Model health and drift.")
 app.add_typer(dlq.app, name="dlq", help="Dead-lettered events: list, show, replay.")
+app.add_typer(auth.app, name="auth", help="Local identities: a token issuer and per-role tokens.")
 stack.register_top_level(app)  # up, down
 demo.register(app)
 reconcile.register(app)

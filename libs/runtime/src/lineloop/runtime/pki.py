@@ -7,6 +7,7 @@ brings its own CA and token issuer. Nothing here implements crypto: it only call
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import uuid
@@ -124,3 +125,42 @@ def jwks_json(public_keys: dict[str, rsa.RSAPublicKey | ec.EllipticCurvePublicKe
         jwk["kid"] = kid
         keys.append(jwk)
     return json.dumps({"keys": keys}, indent=2)
+
+
+@dataclass(frozen=True)
+class LocalIssuer:
+    """A folder of identities for one deployment with no identity provider (`lineloop auth init`).
+
+    signing.key (the issuer's private key, mode 600), jwks.json (what services verify with) and
+    tokens/<role>.jwt, one per role. Re-running keeps the key, so tokens already handed out stay
+    valid until they expire; the tokens are minted anew.
+    """
+
+    folder: Path
+    issuer: str
+    audience: str
+
+    @property
+    def jwks_file(self) -> Path:
+        return self.folder / "jwks.json"
+
+    def token_file(self, role: str) -> Path:
+        return self.folder / "tokens" / f"{role}.jwt"
+
+    def init(self, roles: tuple[str, ...], ttl_s: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key_file = self.folder / "signing.key"
+        if key_file.exists():
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        else:
+            key = ec_key()
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(key_pem(key))
+        kid = hashlib.sha256(public_pem(key)).hexdigest()[:16]
+        self.jwks_file.write_text(jwks_json({kid: key.public_key()}))
+        (self.folder / "tokens").mkdir(exist_ok=True)
+        for role in roles:
+            token = self.token_file(role)
+            token.touch(mode=0o600)
+            token.write_text(mint_token(key, issuer=self.issuer, audience=self.audience, subject=f"local-{role}",
+                                        roles=[role], kid=kid, ttl_s=ttl_s) + "\n")

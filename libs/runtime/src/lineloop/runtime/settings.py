@@ -88,6 +88,12 @@ class SecuritySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> SecuritySettings:
+        for name in ("auth_jwks_file", "auth_public_key_file", "grpc_tls_cert_file", "grpc_tls_key_file",
+                     "grpc_tls_client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"LINELOOP_{name.upper()}={path} is not a file"
+                                 + (" (`lineloop auth init <dir>` writes a JWKS and tokens)" if name == "auth_jwks_file" else ""))
         if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
             raise ValueError("LINELOOP_GRPC_TLS_CERT_FILE and LINELOOP_GRPC_TLS_KEY_FILE go together: set both or neither")
         if self.grpc_tls_client_ca_file is not None and not self.tls:

@@ -191,7 +191,8 @@ def test_services_write_only_to_data_and_tmp(compose, conventions):
         definition = compose["services"][service]
         assert definition["read_only"] is True
         assert "/tmp" in definition["tmpfs"]
-        assert [volume.split(":")[1] for volume in definition["volumes"]] == ["/data"]
+        # Read-only mounts (the auth folder) are fine; the only writable one is /data.
+        assert [volume.split(":")[1] for volume in definition["volumes"] if not volume.endswith(":ro")] == ["/data"]
 
 
 def test_bucket_job_creates_the_readme_buckets(compose, conventions):
@@ -456,3 +457,14 @@ def test_readme_states_the_frame_size_limits_the_code_enforces(repo):
     assert f"at most 1 MiB ({MAX_INLINE_IMAGE_BYTES} bytes) before base64" in readme
     assert f"`max.message.bytes` {MAX_RECORD_BYTES}" in readme
     assert f"`-X message.max.bytes={MAX_RECORD_BYTES}`" in readme
+
+
+def test_services_require_tokens_and_mount_only_the_service_folder(compose, conventions):
+    """Issue 11: the API is closed unless an operator opens it; the issuer's private key never reaches a service."""
+    for service in conventions.services:
+        definition = compose["services"][service]
+        assert definition["environment"]["LINELOOP_AUTH_MODE"] == "${LINELOOP_AUTH_MODE:-required}"
+        [auth] = [v for v in definition["volumes"] if "/run/lineloop-auth" in v]
+        assert auth.endswith("/service:/run/lineloop-auth:ro")
+        assert definition["environment"]["LINELOOP_AUTH_JWKS_FILE"].startswith("/run/lineloop-auth/")
+        assert definition["environment"]["LINELOOP_TOKEN_FILE"].startswith("/run/lineloop-auth/")

@@ -342,3 +342,19 @@ def test_topics_are_replicated_3_2_except_on_a_laptop_cluster(rendered, target, 
     config = _config(rendered[target])
     assert (config["LINELOOP_TOPIC_REPLICATION_FACTOR"], config["LINELOOP_TOPIC_MIN_INSYNC_REPLICAS"]) == (replicas, insync)
     assert int(insync) <= int(replicas)
+
+
+def test_production_requires_tokens_and_dev_says_it_does_not(rendered, conventions):
+    """Issue 11: production gRPC APIs need tokens; keys and the service token come read-only from lineloop-auth."""
+    assert _config(rendered["overlays/production"])["LINELOOP_AUTH_MODE"] == "required"
+    assert _config(rendered["overlays/dev"])["LINELOOP_AUTH_MODE"] == "off"
+    for target in RENDERS:
+        config = _config(rendered[target])
+        for name in conventions.services:
+            deployment = _objects(rendered[target], "Deployment")[name]
+            mount = next(m for m in _container(deployment)["volumeMounts"] if m["name"] == "auth")
+            assert mount["readOnly"] is True
+            for setting in ("LINELOOP_AUTH_JWKS_FILE", "LINELOOP_TOKEN_FILE"):
+                assert Path(config[setting]).parent == Path(mount["mountPath"]), f"{target}: {name} {setting}"
+            [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth"]
+            assert volume["secret"]["secretName"] == "lineloop-auth"

@@ -282,15 +282,18 @@ async def test_auth_init_makes_an_issuer_whose_tokens_the_servers_accept(tmp_pat
     result = await asyncio.to_thread(CliRunner().invoke, lineloop_cli, ["auth", "init", str(folder), "--issuer", "plant-1"])
     assert result.exit_code == 0, result.output
     key_before = (folder / "signing.key").read_bytes()
-    verifier = TokenVerifier(issuer="plant-1", audience="lineloop", jwks_file=folder / "jwks.json")
+    verifier = TokenVerifier(issuer="plant-1", audience="lineloop", jwks_file=folder / "service" / "jwks.json")
     for role in access.ROLES:
         identity = verifier.verify((folder / "tokens" / f"{role}.jwt").read_text().strip())
         assert (identity.name, identity.roles) == (f"local-{role}", frozenset({role}))
-    assert oct((folder / "signing.key").stat().st_mode & 0o777) == "0o600"
+    assert verifier.verify((folder / "service" / "token").read_text().strip()).roles == {"service"}
+    modes = {name: oct((folder / name).stat().st_mode & 0o777) for name in ("signing.key", "tokens/admin.jwt", "service/token")}
+    assert modes == {"signing.key": "0o600", "tokens/admin.jwt": "0o600", "service/token": "0o640"}
     # again: the key is kept, so earlier tokens still verify
     old_token = (folder / "tokens" / "admin.jwt").read_text().strip()
     assert (await asyncio.to_thread(CliRunner().invoke, lineloop_cli, ["auth", "init", str(folder), "--issuer", "plant-1"])).exit_code == 0
     assert (folder / "signing.key").read_bytes() == key_before
-    assert TokenVerifier(issuer="plant-1", audience="lineloop", jwks_file=folder / "jwks.json").verify(old_token).name == "local-admin"
+    assert TokenVerifier(issuer="plant-1", audience="lineloop", jwks_file=folder / "service" / "jwks.json").verify(old_token).name == "local-admin"
     with pytest.raises(ValueError, match="lineloop auth init"):
-        SecuritySettings(auth_issuer="plant-1", auth_audience="lineloop", auth_jwks_file=folder / "missing.json")
+        SecuritySettings(auth_mode="required", auth_issuer="plant-1", auth_audience="lineloop",
+                         auth_jwks_file=folder / "missing.json")

@@ -131,9 +131,14 @@ def jwks_json(public_keys: dict[str, rsa.RSAPublicKey | ec.EllipticCurvePublicKe
 class LocalIssuer:
     """A folder of identities for one deployment with no identity provider (`lineloop auth init`).
 
-    signing.key (the issuer's private key, mode 600), jwks.json (what services verify with) and
-    tokens/<role>.jwt, one per role. Re-running keeps the key, so tokens already handed out stay
-    valid until they expire; the tokens are minted anew.
+        signing.key          the issuer's private key (mode 600); never leaves this folder
+        tokens/<role>.jwt    one token per role (mode 600), for people, gateways and tools
+        service/jwks.json    what a service mounts: the keys it verifies tokens with, and
+        service/token        its own `service` token for calls to other services (mode 640:
+                             give the folder to the services' group, e.g. 10001 in the images)
+
+    Re-running keeps the key, so tokens already handed out stay valid until they expire; the
+    tokens are minted anew.
     """
 
     folder: Path
@@ -142,7 +147,11 @@ class LocalIssuer:
 
     @property
     def jwks_file(self) -> Path:
-        return self.folder / "jwks.json"
+        return self.folder / "service" / "jwks.json"
+
+    @property
+    def service_token_file(self) -> Path:
+        return self.folder / "service" / "token"
 
     def token_file(self, role: str) -> Path:
         return self.folder / "tokens" / f"{role}.jwt"
@@ -154,13 +163,23 @@ class LocalIssuer:
             key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         else:
             key = ec_key()
-            key_file.touch(mode=0o600)
-            key_file.write_bytes(key_pem(key))
+            _write(key_file, key_pem(key), 0o600)
         kid = hashlib.sha256(public_pem(key)).hexdigest()[:16]
-        self.jwks_file.write_text(jwks_json({kid: key.public_key()}))
+        (self.folder / "service").mkdir(exist_ok=True)
         (self.folder / "tokens").mkdir(exist_ok=True)
+        _write(self.jwks_file, jwks_json({kid: key.public_key()}).encode(), 0o644)
+
+        def mint(role: str) -> bytes:
+            return (mint_token(key, issuer=self.issuer, audience=self.audience, subject=f"local-{role}", roles=[role],
+                               kid=kid, ttl_s=ttl_s) + "\n").encode()
+
         for role in roles:
-            token = self.token_file(role)
-            token.touch(mode=0o600)
-            token.write_text(mint_token(key, issuer=self.issuer, audience=self.audience, subject=f"local-{role}",
-                                        roles=[role], kid=kid, ttl_s=ttl_s) + "\n")
+            _write(self.token_file(role), mint(role), 0o600)
+        _write(self.service_token_file, mint("service"), 0o640)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """`data` into `path` with `mode`, never readable more widely in between."""
+    path.touch(mode=mode)
+    path.chmod(mode)
+    path.write_bytes(data)

@@ -88,8 +88,9 @@ class SecuritySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> SecuritySettings:
-        for name in ("auth_jwks_file", "auth_public_key_file", "grpc_tls_cert_file", "grpc_tls_key_file",
-                     "grpc_tls_client_ca_file"):
+        # Key files are read only when auth is required; the port's TLS files whenever they are set.
+        keys = ("auth_jwks_file", "auth_public_key_file") if self.auth_mode == "required" else ()
+        for name in (*keys, "grpc_tls_cert_file", "grpc_tls_key_file", "grpc_tls_client_ca_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"LINELOOP_{name.upper()}={path} is not a file"

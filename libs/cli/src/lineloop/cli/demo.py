@@ -20,6 +20,9 @@ import typer
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target
+from lineloop.cli.stack import stack_auth
+from lineloop.contracts.access import ROLES
+from lineloop.runtime.client import ClientCredentials
 from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import (
     common_pb2,
@@ -92,11 +95,16 @@ class Demo:
         self.seed = seed
         self.timeout = timeout
         self.frames_sent = 0
+        self.tokens: dict[str, str] = {}  # role -> token file, when the stack issues its own
 
     def run(self) -> None:
         step("1/7", "Stack and services")
         _lineloop("up")
-        self.channels = {name: grpc_channel(grpc_target(name)) for name in
+        issuer = stack_auth()
+        # With the stack's own tokens, each actor uses its role's: the demo reads as an ML engineer.
+        self.tokens = {role: str(issuer.token_file(role)) for role in ROLES} if issuer else {}
+        reader = ClientCredentials(token_file=self.tokens["ml-engineer"]) if issuer else None
+        self.channels = {name: grpc_channel(grpc_target(name), reader) for name in
                          ("labeling", "training", "registry", "compiler", "monitor")}
         labeling = labeling_pb2_grpc.LabelingServiceStub(self.channels["labeling"])
         training = training_pb2_grpc.TrainingServiceStub(self.channels["training"])
@@ -113,7 +121,7 @@ class Demo:
         # Exactly the policy's threshold: labels left over would trigger the
         # (lower) drift threshold later, before any drifted frame is labelled.
         _lineloop("labels", "simulate-qa", "--line", self.line, "--max", os.environ["LINELOOP_LABELING_CUT_MIN_LABELS"],
-                  "--error-rate", "0.02", "--seed", str(self.seed))
+                  "--error-rate", "0.02", "--seed", str(self.seed), token_file=self.tokens.get("annotator"))
         dataset = self.wait("a new dataset version", lambda: _newest(
             labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
         known_datasets.add(dataset.version)
@@ -139,7 +147,7 @@ class Demo:
 
         step("7/7", "QA labels the drifted frames first; a new dataset, a new model, a canary, a new production version")
         _lineloop("labels", "simulate-qa", "--line", self.line, "--max", str(2 * int(os.environ["LINELOOP_LABELING_CUT_MIN_LABELS_DRIFT"])),
-                  "--error-rate", "0.02", "--seed", str(self.seed + 1))
+                  "--error-rate", "0.02", "--seed", str(self.seed + 1), token_file=self.tokens.get("annotator"))
         self.wait("a dataset version with the drifted frames", lambda: _newest(
             labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
         second = self.follow_to_production(training, registry, compiler, known_versions, feed_canary=True)
@@ -178,7 +186,7 @@ class Demo:
                 "--frames", str(frames), "--seed", str(self.seed + self.frames_sent)]
         if drift:
             args += ["--drift", drift, "--drift-at", "0"]
-        _lineloop(*args, quiet=quiet)
+        _lineloop(*args, quiet=quiet, token_file=self.tokens.get("gateway"))
         self.frames_sent += frames
 
     def wait(self, what: str, probe: Callable[[], T | None]) -> T:
@@ -198,9 +206,10 @@ class Demo:
                 time.sleep(1.0)
 
 
-def _lineloop(*args: str, quiet: bool = False) -> None:
+def _lineloop(*args: str, quiet: bool = False, token_file: str | None = None) -> None:
+    env = {**os.environ, "LINELOOP_TOKEN_FILE": token_file} if token_file else None
     result = subprocess.run([sys.executable, "-m", "lineloop.cli.main", *args],
-                            stdout=subprocess.DEVNULL if quiet else None)
+                            stdout=subprocess.DEVNULL if quiet else None, env=env)
     if result.returncode != 0:
         raise DemoFailed(f"`lineloop {' '.join(args)}` exited {result.returncode}")
 

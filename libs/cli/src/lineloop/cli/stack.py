@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lineloop.contracts.access import ROLES
+from lineloop.runtime.pki import LocalIssuer
 from lineloop.stack.config import StackConfig
 from lineloop.stack.embedded import EmbeddedStack, StackError
 from lineloop.stack.servers import MissingBinary
@@ -22,6 +26,31 @@ errors = Console(stderr=True)
 
 def _stack() -> EmbeddedStack:
     return EmbeddedStack(StackConfig.from_env())
+
+
+# Opt-in for now: LINELOOP_STACK_AUTH=required makes `lineloop up` (and `lineloop demo`) issue
+# their own tokens and require them (docs/security.md). Not yet the default: every client of the
+# embedded stack (tests, the chaos harness) must carry credentials first.
+STACK_AUTH_ENV = "LINELOOP_STACK_AUTH"
+STACK_TOKEN_TTL_S = 7 * 86400
+
+
+def stack_auth(state_dir: Path | None = None) -> LocalIssuer | None:
+    """The embedded stack's own token issuer under `<state dir>/auth` when LINELOOP_STACK_AUTH=required, else None."""
+    mode = os.environ.get(STACK_AUTH_ENV, "off")
+    if mode not in ("off", "required"):
+        raise typer.BadParameter(f"{STACK_AUTH_ENV}={mode!r}: off or required")
+    if mode == "off":
+        return None
+    state_dir = state_dir or StackConfig.from_env().state_dir
+    return LocalIssuer(state_dir / "auth", issuer="lineloop-embedded", audience="lineloop")
+
+
+def stack_auth_env(issuer: LocalIssuer) -> dict[str, str]:
+    """What the services need to require tokens from `issuer`, and their own token for calls to each other."""
+    return {"LINELOOP_AUTH_MODE": "required", "LINELOOP_AUTH_ISSUER": issuer.issuer,
+            "LINELOOP_AUTH_AUDIENCE": issuer.audience, "LINELOOP_AUTH_JWKS_FILE": str(issuer.jwks_file),
+            "LINELOOP_TOKEN_FILE": str(issuer.service_token_file)}
 
 
 def _start_stack(embedded: EmbeddedStack) -> float:
@@ -100,6 +129,10 @@ def register_top_level(root: typer.Typer) -> None:
         """The stack plus the six services, each waited for until its gRPC health is SERVING."""
         embedded = _stack()
         _start_stack(embedded)
+        issuer = stack_auth(embedded.config.state_dir)
+        if issuer is not None:  # the services inherit this process's environment
+            issuer.init(ROLES, STACK_TOKEN_TTL_S)
+            os.environ.update(stack_auth_env(issuer))
         fleet = ServiceFleet(embedded.config)
         with console.status("starting services…") as status:
             results = fleet.up(report=status.update)
@@ -115,6 +148,9 @@ def register_top_level(root: typer.Typer) -> None:
                 console.print(f"[{colour}]✗[/{colour}] {result.name}: {result.state}: {escape(result.detail)}", soft_wrap=True)
         if failed:
             raise typer.Exit(1)
+        if issuer is not None:
+            console.print(f"gRPC APIs require tokens: export LINELOOP_TOKEN_FILE={issuer.token_file('admin')} "
+                          f"(or another role's in {issuer.token_file('admin').parent})", soft_wrap=True)
 
     @root.command("down")
     def down() -> None:

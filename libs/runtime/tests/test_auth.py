@@ -15,6 +15,7 @@ import pkgutil
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -205,14 +206,22 @@ async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_ser
         "TOKEN_UNKNOWN_KEY": pki.token(["admin"], kid="nobody"),
         "TOKEN_MALFORMED": "not-a-jwt",
     }
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "eve", "roles": ["admin"], "exp": dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)}
+    confused = {  # algorithm confusion: each must be refused as such, whatever key the kid names
+        "EC key for the RSA kid": pki.token(["admin"], key=pki.ec, kid="rsa-1"),
+        "HS256 with a shared secret": jwt.encode(claims, "a-shared-secret-that-is-long-enough!", algorithm="HS256",
+                                                 headers={"kid": "rsa-1"}),
+        "unsigned (alg none)": jwt.encode(claims, None, algorithm="none", headers={"kid": "rsa-1"}),
+    }
     path = "/lineloop.v1.RegistryService/Promote"
     method = PROMOTE
     got = {}
-    for reason, token in cases.items():
+    for reason, token in [*cases.items(), *confused.items()]:
         async with aio_channel(token_server, ClientCredentials(token=token)) as ch:
             err = await _call(ch, path, method)
             got[reason] = (err.code(), error_info(err).reason if error_info(err) else None)
-    assert got == {reason: (grpc.StatusCode.UNAUTHENTICATED, reason) for reason in cases}
+    assert got == {**{reason: (grpc.StatusCode.UNAUTHENTICATED, reason) for reason in cases},
+                   **{name: (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_BAD_ALGORITHM") for name in confused}}
 
     async with aio_channel(token_server, ClientCredentials()) as ch:
         err = await _call(ch, path, method)

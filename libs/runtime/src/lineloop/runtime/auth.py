@@ -28,6 +28,7 @@ import grpc
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from lineloop.contracts.access import ADMIN, allowed_roles, is_open
@@ -81,21 +82,27 @@ class TokenVerifier:
     def __init__(self, *, issuer: str, audience: str, jwks_file: Path | None = None,
                  public_key_file: Path | None = None, roles_claim: str = "roles", leeway_s: float = 30.0) -> None:
         self.issuer, self.audience, self.roles_claim, self.leeway_s = issuer, audience, roles_claim, leeway_s
-        self._keys: dict[str | None, Any] = {}
+        # kid -> (key, its one algorithm): a token must use its key's algorithm, never pick another.
+        self._keys: dict[str | None, tuple[Any, str]] = {}
         if jwks_file is not None:
             for key in jwt.PyJWKSet.from_json(jwks_file.read_text()).keys:
-                self._keys[key.key_id] = key.key
+                if key.algorithm_name in ALGORITHMS:
+                    self._keys[key.key_id] = (key.key, key.algorithm_name)
         elif public_key_file is not None:
-            self._keys[None] = serialization.load_pem_public_key(public_key_file.read_bytes())
+            key = serialization.load_pem_public_key(public_key_file.read_bytes())
+            if isinstance(key, rsa.RSAPublicKey):
+                self._keys[None] = (key, "RS256")
+            elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+                self._keys[None] = (key, "ES256")
         if not self._keys:
-            raise ValueError("no verification key: a JWKS file with keys or a PEM public key is needed")
+            raise ValueError(f"no verification key: a JWKS file or PEM public key with an RSA or P-256 key ({', '.join(ALGORITHMS)})")
 
     @classmethod
     def from_settings(cls, s: SecuritySettings) -> TokenVerifier:
         return cls(issuer=s.auth_issuer, audience=s.auth_audience, jwks_file=s.auth_jwks_file,
                    public_key_file=s.auth_public_key_file, roles_claim=s.auth_roles_claim, leeway_s=s.auth_leeway_s)
 
-    def _key_for(self, token: str) -> Any:
+    def _key_for(self, token: str) -> tuple[Any, str]:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.DecodeError as err:
@@ -107,8 +114,9 @@ class TokenVerifier:
         raise Unauthenticated("TOKEN_UNKNOWN_KEY", f"bearer token is signed with key id {kid!r}, which is not in the configured key set")
 
     def verify(self, token: str) -> Identity:
+        key, algorithm = self._key_for(token)
         try:
-            claims = jwt.decode(token, self._key_for(token), algorithms=ALGORITHMS, audience=self.audience,
+            claims = jwt.decode(token, key, algorithms=[algorithm], audience=self.audience,
                                 issuer=self.issuer, leeway=self.leeway_s,
                                 options={"require": ["exp", "iss", "aud", "sub"]})
         except jwt.ExpiredSignatureError:
@@ -124,8 +132,8 @@ class TokenVerifier:
         except jwt.ImmatureSignatureError:
             raise Unauthenticated("TOKEN_NOT_YET_VALID", "bearer token is not valid yet (nbf/iat in the future)") from None
         except jwt.InvalidAlgorithmError:
-            raise Unauthenticated("TOKEN_BAD_ALGORITHM", f"bearer token's algorithm is not accepted (accepted: {', '.join(ALGORITHMS)})") from None
-        except jwt.InvalidTokenError as err:
+            raise Unauthenticated("TOKEN_BAD_ALGORITHM", f"bearer token's algorithm is not its key's ({algorithm})") from None
+        except (jwt.PyJWTError, ValueError, TypeError) as err:  # anything else PyJWT refuses
             raise Unauthenticated("TOKEN_INVALID", f"bearer token is invalid: {err}") from None
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise Unauthenticated("TOKEN_MISSING_CLAIM", "bearer token's `sub` is empty")

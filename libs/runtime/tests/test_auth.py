@@ -176,10 +176,27 @@ def test_docs_carry_the_contracts_table():
     assert access.markdown_table() in doc, "docs/security.md's table is stale: paste `python -m lineloop.contracts.access`"
 
 
-async def test_role_x_method_matrix_with_tokens(pki, token_server):
+@pytest.fixture(params=["jwt", "mtls"])
+async def matrix_server(request, pki):
+    """(how callers authenticate, address): the token server, or the mTLS one with role certificates."""
+    if request.param == "jwt":
+        security = SecuritySettings(auth_mode="required", auth_issuer=ISSUER, auth_audience=AUDIENCE, auth_jwks_file=pki.jwks)
+    else:
+        security = SecuritySettings(auth_mode="required", grpc_tls_cert_file=pki.server_cert,
+                                    grpc_tls_key_file=pki.server_key, grpc_tls_client_ca_file=pki.ca_file)
+    server, port = await _serve(security)
+    yield request.param, f"{'127.0.0.1' if request.param == 'jwt' else 'localhost'}:{port}"
+    await server.stop(None)
+
+
+async def test_role_x_method_matrix(pki, matrix_server):
+    """Every role x every rpc: allowed calls reach the handler as the caller, the others are PERMISSION_DENIED."""
+    via, target = matrix_server
     wrong: list[str] = []
     for role in access.ROLES:
-        async with aio_channel(token_server, ClientCredentials(token=pki.token([role], subject=f"{role}-user"))) as ch:
+        creds = (ClientCredentials(token=pki.token([role], subject=f"{role}-user")) if via == "jwt"
+                 else pki.client(f"{role}-user", (role,)))
+        async with aio_channel(target, creds) as ch:
             for service, method in _methods():
                 path = f"/{service.full_name}/{method.name}"
                 err = await _call(ch, path, method)

@@ -18,6 +18,7 @@ import grpc
 import jwt
 import pytest
 from google.protobuf import message_factory
+from prometheus_client import REGISTRY
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
@@ -31,6 +32,7 @@ from lineloop.runtime.client import ClientCredentials, aio_channel
 from lineloop.runtime.pki import issue, jwks_json, make_ca, mint_token, public_pem, ec_key, rsa_key
 from lineloop.runtime.service import add_grpc_port, grpc_server
 from lineloop.runtime.settings import SecuritySettings
+from lineloop.telemetry import setup_telemetry
 from lineloop.v1 import registry_pb2
 
 ISSUER, AUDIENCE = "https://id.plant.example", "lineloop"
@@ -125,7 +127,14 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
+    setup_telemetry("auth-test", metrics_port=None, log_format="console")  # the meter the refusal counter reports to
     return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def refusals(**labels: str) -> float:
+    """lineloop_rpc_auth_refused_total{labels} as /metrics serves it."""
+    return sum(sample.value for family in REGISTRY.collect() for sample in family.samples
+               if sample.name == "lineloop_rpc_auth_refused_total" and labels.items() <= sample.labels.items())
 
 
 async def _serve(security: SecuritySettings) -> tuple[grpc.aio.Server, int]:
@@ -213,7 +222,7 @@ async def test_role_x_method_matrix(pki, matrix_server):
     assert wrong == []
 
 
-async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_server):
+async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_server, caplog):
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     cases = {
         "TOKEN_EXPIRED": pki.token(["admin"], now=past, ttl_s=60),
@@ -232,6 +241,7 @@ async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_ser
     }
     path = "/lineloop.v1.RegistryService/Promote"
     method = PROMOTE
+    expired_before = refusals(service="auth-test", method=path, outcome="unauthenticated", reason="TOKEN_EXPIRED")
     got = {}
     for reason, token in [*cases.items(), *confused.items()]:
         async with aio_channel(token_server, ClientCredentials(token=token)) as ch:
@@ -239,6 +249,9 @@ async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_ser
             got[reason] = (err.code(), error_info(err).reason if error_info(err) else None)
     assert got == {**{reason: (grpc.StatusCode.UNAUTHENTICATED, reason) for reason in cases},
                    **{name: (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_BAD_ALGORITHM") for name in confused}}
+    assert refusals(service="auth-test", method=path, outcome="unauthenticated", reason="TOKEN_EXPIRED") == expired_before + 1
+    assert any(r.levelname == "WARNING" and "refused /lineloop.v1.RegistryService/Promote: UNAUTHENTICATED bearer token has expired"
+               in r.getMessage() for r in caplog.records)
 
     async with aio_channel(token_server, ClientCredentials()) as ch:
         err = await _call(ch, path, method)

@@ -20,6 +20,7 @@ import pytest
 from google.protobuf import message_factory
 from prometheus_client import REGISTRY
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from typer.testing import CliRunner
 
 import lineloop.v1
@@ -27,7 +28,7 @@ from lineloop.cli.main import app as lineloop_cli
 from lineloop.cli.models import app as models_cli
 from lineloop.contracts import access
 from lineloop.runtime import error_info
-from lineloop.runtime.auth import TokenVerifier, current_identity
+from lineloop.runtime.auth import TokenVerifier, current_identity, interceptors
 from lineloop.runtime.client import ClientCredentials, aio_channel
 from lineloop.runtime.pki import issue, jwks_json, make_ca, mint_token, public_pem, ec_key, rsa_key
 from lineloop.runtime.service import add_grpc_port, grpc_server
@@ -141,6 +142,7 @@ async def _serve(security: SecuritySettings) -> tuple[grpc.aio.Server, int]:
     server = grpc_server("auth-test", security)
     _probe_servicers(server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    reflection.enable_server_reflection([reflection.SERVICE_NAME], server)
     port = add_grpc_port(server, "127.0.0.1:0", security)
     await server.start()
     return server, port
@@ -256,9 +258,13 @@ async def test_refused_tokens_are_unauthenticated_with_the_reason(pki, token_ser
     async with aio_channel(token_server, ClientCredentials()) as ch:
         err = await _call(ch, path, method)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "LINELOOP_TOKEN" in err.details()
-        # probes stay open: health answers without credentials
+        # probes stay open: health and reflection answer without credentials
         reply = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        listing = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        async for answer in listing:
+            assert reflection.SERVICE_NAME in [s.name for s in answer.list_services_response.service]
 
     # an EC (ES256) key from the JWKS works as well as the RSA one
     async with aio_channel(token_server, ClientCredentials(token=pki.token(["release-manager"], key=pki.ec, kid="ec-1"))) as ch:
@@ -336,3 +342,9 @@ async def test_auth_init_makes_an_issuer_whose_tokens_the_servers_accept(tmp_pat
     with pytest.raises(ValueError, match="lineloop auth init"):
         SecuritySettings(auth_mode="required", auth_issuer="plant-1", auth_audience="lineloop",
                          auth_jwks_file=folder / "missing.json")
+
+
+def test_auth_off_warns_that_the_api_is_open(caplog):
+    with caplog.at_level("WARNING", logger="lineloop.runtime.auth"):
+        assert interceptors("registry", SecuritySettings()) == []
+    assert any("registry: gRPC API is UNAUTHENTICATED (LINELOOP_AUTH_MODE=off)" in r.getMessage() for r in caplog.records)

@@ -64,6 +64,9 @@ class Loop:
         for name, url in self.database_urls.items():
             self.env[f"LINELOOP_{name.upper()}_DATABASE_URL"] = url
         # ServiceFleet hands services os.environ plus the stack's: this process is the harness.
+        # Put back by down(): left behind, the loop's settings (its dead stack's addresses,
+        # LINELOOP_MONITOR_REQUEST_TRAINING=false) leaked into every later test in the session.
+        self._environ_before = dict(os.environ)
         os.environ.update(self.env)
         # die_with_parent: the servers die with the harness even if it is killed outright.
         self.stack = EmbeddedStack(self.config, die_with_parent=True, ready_timeout=120.0)
@@ -88,10 +91,14 @@ class Loop:
             self._down_rest()
 
     def _down_rest(self) -> None:
-        self.fleet.down()
-        self.stack.down()
-        if self.postgres is not None:
-            self.postgres.stop()
+        try:
+            self.fleet.down()
+            self.stack.down()
+            if self.postgres is not None:
+                self.postgres.stop()
+        finally:
+            os.environ.clear()
+            os.environ.update(self._environ_before)
 
     # -- PostgreSQL (one database per service, as in production)
 

@@ -5,6 +5,7 @@ or counted twice. The full set of faults is `make chaos` (tests/chaos/run_chaos.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -27,12 +28,15 @@ RATE = 10.0
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
+    environ = dict(os.environ)
     small = Loop(tmp_path_factory.mktemp("chaos") / "state")
     try:
         small.up(CONSUMERS)
         yield small
     finally:
         small.down()
+    # The loop's environment (its stack's addresses, its policies) must not outlive it.
+    assert dict(os.environ) == environ
 
 
 def _run_with(loop: Loop, tmp_path: Path, seed: int, fault) -> tuple[list[dict], object]:

@@ -1,7 +1,7 @@
 """Kafka event bus for lineloop services (see bus.py for the processing path)."""
 
-from lineloop.bus.bus import Batch, Bus, Delivery, EventContext
+from lineloop.bus.bus import Batch, Bus, Delivery, EventContext, kafka_group_id
 from lineloop.bus.cloudevents import Envelope
 from lineloop.bus.errors import Reject
 
-__all__ = ["Batch", "Bus", "Delivery", "Envelope", "EventContext", "Reject"]
+__all__ = ["Batch", "Bus", "Delivery", "Envelope", "EventContext", "Reject", "kafka_group_id"]

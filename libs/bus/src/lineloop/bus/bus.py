@@ -128,6 +128,19 @@ Handler = Callable[[M, EventContext], Awaitable[None]]
 
 
 @dataclass
+def kafka_group_id(group: str, topic: str) -> str:
+    """The Kafka consumer group of a service's subscription to one topic: `<group>.<topic>`.
+
+    One group per (service, topic) rather than one per service: FastStream runs a consumer per
+    subscription, and consumers with different subscriptions in one group rebalance each other
+    (a join of the models consumer stops the frames consumer). On the embedded broker (Tansu) it
+    also avoids a wedge: when two members of one group left within milliseconds (an orderly
+    stop), the next member to join was made a follower of a leader that had gone, and never got
+    an assignment. The inbox keeps its name per (group, topic), so nothing is applied twice.
+    """
+    return f"{group}.{topic}"
+
+
 class _Registration(Generic[M]):
     et: EventType
     group: str
@@ -217,7 +230,7 @@ class Bus:
             router = KafkaRouter(middlewares=(self._batch_middleware(reg), *middlewares))
             router.subscriber(
                 reg.et.topic,
-                group_id=group,
+                group_id=kafka_group_id(group, reg.et.topic),
                 batch=True,
                 max_records=self.max_batch,
                 auto_offset_reset="earliest",

@@ -39,6 +39,7 @@ from opentelemetry import metrics
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.exc import SQLAlchemyError
 
+from lineloop.bus import kafka_group_id
 from lineloop.contracts.topics import event_type
 from lineloop.ingest import state
 from lineloop.ingest.settings import IngestSettings
@@ -179,7 +180,7 @@ async def oldest_pending_frame(settings: IngestSettings, timeout_s: float = 10.0
     """
     topic = event_type(FrameCaptured).topic
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.stack.kafka_bootstrap, group_id=settings.consumer_group,
+        bootstrap_servers=settings.stack.kafka_bootstrap, group_id=kafka_group_id(settings.consumer_group, topic),
         enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000),
     )
     try:

@@ -17,7 +17,7 @@ from aiokafka.structs import OffsetAndMetadata
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from lineloop.bus import Bus
+from lineloop.bus import Bus, kafka_group_id
 from lineloop.bus.cloudevents import JSON, make_headers
 from lineloop.contracts.topics import event_type
 from lineloop.ingest.main import build
@@ -177,20 +177,19 @@ async def skip_group_to_end(stack, group: str, messages=(FrameCaptured, ModelPro
     The session broker holds every frame other tests published; a new ingest group
     would otherwise replay (and re-publish) all of them from the beginning.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topics = [event_type(msg).topic for msg in messages]
-        await ensure_topics(stack, topics)
-        await consumer.topics()  # refreshes the metadata partitions_for_topic reads
-        partitions = []
-        for topic in topics:
-            for p in consumer.partitions_for_topic(topic) or ():
-                partitions.append(TopicPartition(topic, p))
-        if not partitions:
-            return
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in ends.items()})
-    finally:
-        await consumer.stop()
+    topics = [event_type(msg).topic for msg in messages]
+    await ensure_topics(stack, topics)
+    for topic in topics:  # one Kafka group per (service, topic): lineloop.bus.kafka_group_id
+        consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=kafka_group_id(group, topic),
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()  # refreshes the metadata partitions_for_topic reads
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            if not partitions:
+                continue
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in ends.items()})
+        finally:
+            await consumer.stop()

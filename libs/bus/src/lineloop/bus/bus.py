@@ -127,7 +127,6 @@ class Batch(list[Delivery]):
 Handler = Callable[[M, EventContext], Awaitable[None]]
 
 
-@dataclass
 def kafka_group_id(group: str, topic: str) -> str:
     """The Kafka consumer group of a service's subscription to one topic: `<group>.<topic>`.
 
@@ -141,6 +140,7 @@ def kafka_group_id(group: str, topic: str) -> str:
     return f"{group}.{topic}"
 
 
+@dataclass
 class _Registration(Generic[M]):
     et: EventType
     group: str

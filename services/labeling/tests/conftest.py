@@ -28,7 +28,7 @@ from lineloop.v1.labeling_pb2_grpc import LabelingServiceStub
 
 def frame_event(
     line_id: str, camera_id: str = "cam-1", scores: dict[str, float] | None = None, *,
-    frame_id: str | None = None, captured_at: datetime | None = None, model_version: str = "3",
+    frame_id: str | None = None, captured_at: datetime | None = None, model_version: str = "3", canary: bool = False,
 ) -> FrameIngested:
     """A frames.ingested.v1 as ingest publishes it; `scores=None`: no model deployed yet."""
     frame_id = frame_id or f"f-{uuid.uuid4().hex[:12]}"
@@ -47,7 +47,7 @@ def frame_event(
         msg.prediction.CopyFrom(Prediction(
             status=PredictionStatus.PREDICTION_STATUS_OK, source=PredictionSource.PREDICTION_SOURCE_CLOUD,
             model_name="apples", model_version=model_version, predicted_class=max(scores, key=scores.get),
-            scores=scores,
+            scores=scores, canary=canary,
         ))
     return msg
 

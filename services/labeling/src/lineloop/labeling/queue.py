@@ -4,7 +4,8 @@ A frame's stored `base_score` is the uncertainty of its prediction (margin or
 entropy), or a uniform draw from its id when there is no prediction. At each
 NextTasks call the best candidates are re-ranked with what changes over time:
 class balance of the human labels so far, camera diversity, and a boost for
-frames in the scope of an active drift.
+frames in the scope of an active drift, and a boost for frames a canary scored (the
+registry holds a canary until there are labels to judge it by).
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg:
         if hits:
             priority += cfg.drift_boost
             parts.append(f"drift:{hits[0].drift_id}")
+        if row.prediction and Prediction.FromString(row.prediction).canary:
+            priority += cfg.canary_boost
+            parts.append("canary")
         ranked.append(Ranked(row, priority, " ".join(parts)))
     ranked.sort(key=lambda r: (-r.priority, r.row.frame_id))
     return ranked
@@ -136,6 +140,9 @@ def next_tasks(
     for drift in drifts:
         for r in state.drift_candidates(s, drift, now, cfg.queue_candidates):
             rows.setdefault(r.frame_id, r)
+    # The newest frames compete too, whatever their stored score: a canary's are among them.
+    for r in state.recent_candidates(s, line_id, now, cfg.queue_candidates):
+        rows.setdefault(r.frame_id, r)
     by_class, by_camera = state.human_label_counts(s, line_id)
     ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg)
     # Only the head of the ranking can end up in this batch; spreading it is enough.

@@ -95,6 +95,7 @@ class Demo:
         self.seed = seed
         self.timeout = timeout
         self.frames_sent = 0
+        self.qa_rounds = 0
         self.tokens: dict[str, str] = {}  # role -> token file, when the stack issues its own
 
     def run(self) -> None:
@@ -173,6 +174,12 @@ class Demo:
         def promoted():
             if feed_canary:
                 self.simulate(80, quiet=True)  # the canary serves its share of these
+                # The registry holds a canary until humans have labelled enough of its frames
+                # (LINELOOP_REGISTRY_CANARY_MIN_LABELLED); the review queue puts them first.
+                self.qa_rounds += 1
+                _lineloop("labels", "simulate-qa", "--line", self.line, "--max", "10", "--error-rate", "0.02",
+                          "--seed", str(self.seed + 100 + self.qa_rounds), quiet=True,
+                          token_file=self.tokens.get("annotator"))
             v = registry.GetVersion(registry_pb2.GetVersionRequest(model_name=self.model, version=version.version))
             return v if v.stage == common_pb2.STAGE_PRODUCTION else None
 

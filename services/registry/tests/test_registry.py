@@ -368,10 +368,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def canary_holds(cause: str) -> float:
-    """lineloop_registry_canary_holds_total{cause=...} as /metrics serves it."""
+def canary_holds(model: str, cause: str) -> float:
+    """lineloop_registry_canary_holds_total{model=...,cause=...} as /metrics serves it (by model: other
+    tests' registries count their own holds in this process)."""
     return sum(sample.value for family in REGISTRY.collect() for sample in family.samples
-               if sample.name == "lineloop_registry_canary_holds_total" and sample.labels.get("cause") == cause)
+               if sample.name == "lineloop_registry_canary_holds_total"
+               and sample.labels.get("model") == model and sample.labels.get("cause") == cause)
 
 
 async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives_or_a_person_decides(
@@ -388,7 +390,7 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
     publisher = Bus(stack.kafka_bootstrap, source="test/registry")
     await publisher.start()
     server = None
-    before = {cause: canary_holds(cause) for cause in ("monitor_unreachable", "too_few_labels")}
+    before = {cause: canary_holds(model, cause) for cause in ("monitor_unreachable", "too_few_labels")}
     try:
         async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
             api = RegistryServiceStub(channel)
@@ -415,7 +417,7 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             await asyncio.sleep(1.0)  # several policy passes (0.2 s apart): still held
             assert (await version("2")).stage == Stage.STAGE_STAGING
             assert (await version("production")).version == "1"
-            assert canary_holds("monitor_unreachable") == before["monitor_unreachable"] + 1  # once per hold, not per pass
+            assert canary_holds(model, "monitor_unreachable") == before["monitor_unreachable"] + 1  # once per hold, not per pass
 
             # `lineloop models show` says so, and `--json` carries the field.
             env = {"LINELOOP_REGISTRY_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "200"}
@@ -434,7 +436,7 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             v2 = await until(lambda: version("2"), lambda v: "labels" in v.hold_reason, what="v2 held for labels")
             assert v2.stage == Stage.STAGE_STAGING
             assert "canary v2 has 3 of 10 labels, production v1 50 of 10" in v2.hold_reason, v2.hold_reason
-            assert canary_holds("too_few_labels") == before["too_few_labels"] + 1
+            assert canary_holds(model, "too_few_labels") == before["too_few_labels"] + 1
 
             # 3. The labels arrive and the canary is as good: the policy decides, and the hold ends.
             monitor.versions[1] = VersionHealth(model_version="2", frames_labelled=12, live_accuracy=0.9)

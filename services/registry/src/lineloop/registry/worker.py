@@ -34,7 +34,7 @@ _meter = otel_metrics.get_meter("lineloop.registry")
 gate_decisions = _meter.create_counter("lineloop_registry_gate_decisions_total", description="Gate outcomes")
 canary_holds = _meter.create_counter(
     "lineloop_registry_canary_holds_total",
-    description="Canaries held by the policy for want of live evidence, by cause (counted when a hold starts or its cause changes)")
+    description="Canaries held by the policy for want of live evidence, by model and cause (counted when a hold starts or its cause changes)")
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -200,7 +200,7 @@ class RegistryWorker:
                 state.versions.c.model_name == model_name, state.versions.c.version == version)).scalar() == "staging"
             started = still_canary and state.hold(s, model_name, version, live.hold, live.text)
         if started:
-            canary_holds.add(1, {"cause": live.hold})
+            canary_holds.add(1, {"model": model_name, "cause": live.hold})
             log.warning("canary %s v%s held: %s", model_name, version, live.text)
 
     async def _auto(self, row: dict, to: str, reason: str) -> None:

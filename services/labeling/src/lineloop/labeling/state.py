@@ -143,14 +143,6 @@ def queue_candidates(s: Session, line_id: str, now: datetime, limit: int):
     return s.execute(query.limit(limit)).all()
 
 
-def recent_candidates(s: Session, line_id: str, now: datetime, limit: int):
-    """Unleased frames waiting for a human label, newest first."""
-    query = select(frames).where(frames.c.in_queue, _free(now)).order_by(frames.c.captured_at.desc(), frames.c.frame_id)
-    if line_id:
-        query = query.where(frames.c.line_id == line_id)
-    return s.execute(query.limit(limit)).all()
-
-
 def drift_candidates(s: Session, drift, now: datetime, limit: int):
     """Unleased queued frames in a drift's scope (its line, camera, model, since when)."""
     query = select(frames).where(

@@ -4,6 +4,7 @@ them), and the parsed compose file."""
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from dataclasses import dataclass
@@ -78,3 +79,52 @@ def console_scripts() -> dict[str, dict[str, str]]:
         with pyproject.open("rb") as f:
             scripts[pyproject.parent.name] = tomllib.load(f)["project"].get("scripts", {})
     return scripts
+
+
+_CREATE = {"create_counter", "create_up_down_counter", "create_histogram", "create_gauge"}
+
+
+def _instruments_in_source(repo: Path) -> list[tuple[str, str, str]]:
+    """(create_* method, name, unit) of every OpenTelemetry instrument the packages create."""
+    found = []
+    for path in [*repo.glob("libs/*/src/**/*.py"), *repo.glob("services/*/src/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _CREATE:
+                if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                    unit = next((k.value.value for k in node.keywords if k.arg == "unit" and isinstance(k.value, ast.Constant)), "")
+                    found.append((node.func.attr, node.args[0].value, unit))
+    return found
+
+
+def _prometheus_names(instruments: list[tuple[str, str, str]]) -> set[str]:
+    """The series names the services' own Prometheus exporter gives these instruments."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reader = PrometheusMetricReader(disable_target_info=True)
+    # The reader registers itself globally; read it through a private registry instead. It has
+    # no thread to stop, and shutting it down would unregister it from the global one again.
+    REGISTRY.unregister(reader._collector)
+    registry = CollectorRegistry()
+    registry.register(reader._collector)
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    meter = provider.get_meter("dashboard-check")
+    for method, name, unit in instruments:
+        instrument = getattr(meter, method)(name, unit=unit)
+        (instrument.add if "counter" in method else instrument.record if method == "create_histogram" else instrument.set)(1)
+    return {
+        sample.name
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+
+
+@pytest.fixture(scope="session")
+def exported_metrics() -> set[str]:
+    """Every series name the services and libraries export to Prometheus, from their source: what
+    the dashboard and the alert rules may query."""
+    instruments = _instruments_in_source(REPO)
+    assert any(name == "lineloop.events.consumed" for _, name, _ in instruments), "instrument scan found nothing"
+    return _prometheus_names(instruments)

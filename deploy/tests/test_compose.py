@@ -55,7 +55,9 @@ def test_the_gpu_compiler_image_gets_the_tensorrt_its_h100_profiles_build_with(r
     profiles = yaml.safe_load((repo / "services/compiler/src/lineloop/compiler/profiles.yaml").read_text())["profiles"]
     cloud = {p["tensorrt_version"] for p in profiles.values() if p["runtime"] == "tensorrt" and p["gpu_arch"] == "sm_90"}
     assert cloud == {version}, f"gpu.yml installs TensorRT {version}, the sm_90 profiles build with {sorted(cloud)}"
-    dockerfile = (repo / "services/compiler/Dockerfile").read_text()
+    # Only the args change: the GPU images come from the one Dockerfile docker-compose.yml names.
+    assert all(set(gpu["services"][s]["build"]) == {"args"} for s in ("training", "compiler"))
+    dockerfile = (repo / "deploy/docker/service.Dockerfile").read_text()
     assert 'ARG EXTRA_PACKAGES=""' in dockerfile
     assert re.search(r"RUN if \[ -n \"\$\{EXTRA_PACKAGES\}\" \]; then .*pip install .*\$\{EXTRA_PACKAGES\}", dockerfile)
 
@@ -74,13 +76,14 @@ def test_readme_port_tables_name_every_service(conventions):
     assert set(conventions.metrics_ports) == set(conventions.services)
 
 
-def test_every_service_is_built_from_its_dockerfile(compose, conventions, repo):
+def test_every_service_is_built_from_the_service_dockerfile_with_its_name(compose, conventions, repo):
     for service in conventions.services:
         definition = compose["services"].get(service)
         assert definition is not None, f"docker-compose.yml has no service {service}"
         assert definition["build"]["context"] == "."
-        assert definition["build"]["dockerfile"] == f"services/{service}/Dockerfile"
+        assert definition["build"]["dockerfile"] == "deploy/docker/service.Dockerfile"
         assert (repo / definition["build"]["dockerfile"]).is_file()
+        assert definition["build"]["args"]["SERVICE"] == service
         assert definition["image"].split(":")[0] == f"lineloop/{service}"
 
 

@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lineloop.bus import kafka_group_id
+
 KUBERNETES_VERSION = "1.32.0"
 RENDERS = ("base", "overlays/dev", "overlays/production")
 KEDA_API = "keda.sh/v1alpha1"
@@ -208,11 +210,11 @@ def _check_scaled_object(scaled: dict, deployments: dict, config: dict) -> None:
         assert isinstance(trigger["type"], str)
         assert all(isinstance(value, str) for value in trigger["metadata"].values()), f"{name}: metadata values are strings"
     kafka = [trigger for trigger in spec["triggers"] if trigger["type"] == "kafka"]
-    assert len(kafka) == 1, f"{name}: one kafka trigger"
-    metadata = kafka[0]["metadata"]
-    assert metadata["consumerGroup"] == spec["scaleTargetRef"]["name"]
-    assert metadata["bootstrapServers"] == config["LINELOOP_KAFKA_BOOTSTRAP"]
-    assert metadata.get("allowIdleConsumers", "false") == "false"
+    assert kafka, f"{name}: a kafka trigger"
+    for metadata in (trigger["metadata"] for trigger in kafka):  # one per topic: groups are <service>.<topic>
+        assert metadata["consumerGroup"] == kafka_group_id(spec["scaleTargetRef"]["name"], metadata["topic"])
+        assert metadata["bootstrapServers"] == config["LINELOOP_KAFKA_BOOTSTRAP"]
+        assert metadata.get("allowIdleConsumers", "false") == "false"
     if any(trigger["type"] in ("cpu", "memory") for trigger in spec["triggers"]):
         container = _container(deployments[spec["scaleTargetRef"]["name"]])
         assert "cpu" in container["resources"]["requests"], f"{name}: a CPU trigger needs CPU requests"

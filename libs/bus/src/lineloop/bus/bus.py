@@ -192,7 +192,7 @@ class Bus:
         self.bootstrap = bootstrap
         # acks=all and a short linger: each produce request is one object in
         # Tansu's S3 storage, so small batches cost far less than single sends.
-        self.broker = KafkaBroker(
+        self.broker = _KafkaBroker(
             bootstrap, client_id=source, acks="all", linger_ms=5, logger=log, log_level=logging.DEBUG,
             max_request_size=MAX_DLQ_RECORD_BYTES,  # any record that reached a topic can be dead-lettered
         )
@@ -335,7 +335,7 @@ class Bus:
             batch.counted[record.partition] = record.offset
             if count > self.max_deliveries:
                 await self._dead_letter(reg, delivery, "poison", (
-                    f"delivered {count - 1} times without finishing (the process died while handling it); "
+                    f"delivered {count - 1} time{'s' if count != 2 else ''} without finishing (the process died while handling it); "
                     f"the limit is {self.max_deliveries}"))
                 return "dead_lettered"
         if delivery.refused is not None:
@@ -480,6 +480,22 @@ class Bus:
             await self.relay.stop()
         await self.broker.stop()
         self._started = False
+
+
+class _KafkaBroker(KafkaBroker):
+    """FastStream's broker, starting its subscribers together instead of one after another.
+
+    A consumer's start waits until its group is joined, and the broker holds a new group's join
+    open for other members (Tansu: half the session timeout, 5 s by default). One after another,
+    a service with three subscriptions (a group each) took 15 s to start; together, one join.
+    """
+
+    async def start(self) -> None:
+        await self.connect()
+        await asyncio.gather(*(sub.start() for sub in self.subscribers))
+        for pub in self.publishers:
+            await pub.start()
+        self.running = True
 
 
 def _batch_decoder(et: EventType) -> Callable[[StreamMessage[Any]], Awaitable[Batch]]:

@@ -71,11 +71,6 @@ def test_docker_compose_rejects_an_invalid_file(repo, tmp_path):
     assert "capability" in result.stderr
 
 
-def test_readme_port_tables_name_every_service(conventions):
-    assert set(conventions.grpc_ports) == set(conventions.services)
-    assert set(conventions.metrics_ports) == set(conventions.services)
-
-
 def test_every_service_is_built_from_the_service_dockerfile_with_its_name(compose, conventions, repo):
     for service in conventions.services:
         definition = compose["services"].get(service)

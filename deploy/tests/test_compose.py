@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import yaml
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES, MAX_RECORD_BYTES
 
 HEALTHCHECK = ["CMD", "python", "-m", "lineloop.runtime.healthcheck"]
@@ -218,7 +219,7 @@ def test_triton_serves_the_s3_repository_on_a_gpu(compose):
     command = triton["command"]
     assert "--model-control-mode=explicit" in command
     # Triton's S3 form carries the endpoint's scheme: s3://http://host:port/bucket.
-    repository = f"s3://{compose['services']['ingest']['environment']['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
+    repository = f"s3://{compose['services']['ingest']['environment']['LINELOOP_S3_ENDPOINT']}/{bucket('triton')}"
     assert f"--model-repository={repository}" in command
     registry = compose["services"]["registry"]["environment"]
     assert registry["LINELOOP_TRITON_REPOSITORY"] == repository, "the registry writes where Triton reads"

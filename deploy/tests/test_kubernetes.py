@@ -295,7 +295,7 @@ def test_production_triton_serves_the_repository_the_registry_writes(rendered):
     config = _config(docs)
     triton = _container(_objects(docs, "Deployment")["triton"])
     assert "--model-control-mode=explicit" in triton["args"]
-    repository = f"s3://{config['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
+    repository = f"s3://{config['LINELOOP_S3_ENDPOINT']}/{CATALOGUE.bucket('triton')}"
     assert f"--model-repository={repository}" in [_expand(arg, triton, config) for arg in triton["args"]]
     assert config["LINELOOP_TRITON_REPOSITORY"] == repository  # what the registry writes to
     registry = _container(_objects(docs, "Deployment")["registry"])

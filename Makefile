@@ -12,7 +12,7 @@ SERVICES := ingest labeling training compiler registry monitor
 PACKAGES := $(LIBS) $(addprefix services/,$(SERVICES))
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto proto-check stack-up stack-down stack-status up down demo test test-fast bench chaos clean lint-deploy
+.PHONY: install proto proto-check catalogue catalogue-check stack-up stack-down stack-status up down demo test test-fast bench chaos clean lint-deploy
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(BIN)/python -m lineloop.contracts.codegen --check proto libs/contracts/src
+
+# Files derived from the service catalogue (libs/contracts/src/lineloop/contracts/services.toml):
+# KEDA's triggers; a test fails when they are stale.
+catalogue: $(STAMP)
+	$(BIN)/python deploy/k8s/keda_triggers.py
+
+catalogue-check: $(STAMP)
+	$(BIN)/python deploy/k8s/keda_triggers.py --check
 
 stack-up: $(STAMP)
 	$(BIN)/lineloop stack up

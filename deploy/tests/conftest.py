@@ -1,6 +1,7 @@
-"""Shared fixtures for the deployment-file checks: the repository, the README conventions
-(parsed from README.md itself, so the files are checked against the document that binds
-them), and the parsed compose file."""
+"""Shared fixtures for the deployment-file checks: the repository, the conventions the files
+follow (each service's ports and buckets from the service catalogue, lineloop.contracts'
+services.toml; the shared settings parsed from README.md, the document that binds them), and
+the parsed compose file. test_catalogue.py checks the README against the catalogue."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lineloop.contracts.catalogue import CATALOGUE
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,19 +25,12 @@ class Conventions:
     grpc_ports: dict[str, int]
     metrics_ports: dict[str, int]
     shared_env: frozenset[str]
-    buckets: frozenset[str]
-    embedded_only_buckets: frozenset[str]
+    buckets: frozenset[str]  # what a deployment creates: those some service reads or writes
     defaults: dict[str, str]
 
     def service_env(self, service: str) -> set[str]:
         prefix = f"LINELOOP_{service.upper()}_"
         return {prefix + "GRPC_PORT", prefix + "METRICS_PORT", prefix + "DATABASE_URL"}
-
-
-def _port_table(readme: str, setting: str) -> dict[str, int]:
-    match = re.search(rf"`{setting}`\s*\(([^)]*)\)", readme)
-    assert match, f"README no longer lists the services' `{setting}` values"
-    return {name: int(port) for name, port in re.findall(r"(\w+) (\d+)", match.group(1))}
 
 
 def _bullet(readme: str, starts_with: str) -> str:
@@ -52,16 +48,12 @@ def repo() -> Path:
 def conventions() -> Conventions:
     readme = (REPO / "README.md").read_text()
     shared = _bullet(readme, "Shared, one per deployment")
-    buckets = _bullet(readme, "Buckets:")
-    # "(+ `tansu` for the embedded broker's own storage)": not a lineloop bucket elsewhere.
-    embedded_only = set(re.findall(r"\(\+ `([a-z0-9-]+)`", buckets))
     return Conventions(
-        services=tuple(sorted(p.parent.name for p in REPO.glob("services/*/pyproject.toml"))),
-        grpc_ports=_port_table(readme, "GRPC_PORT"),
-        metrics_ports=_port_table(readme, "METRICS_PORT"),
+        services=tuple(sorted(CATALOGUE.services)),
+        grpc_ports={name: entry.grpc_port for name, entry in CATALOGUE.services.items()},
+        metrics_ports={name: entry.metrics_port for name, entry in CATALOGUE.services.items()},
         shared_env=frozenset(re.findall(r"`((?:LINELOOP|OTEL)_[A-Z0-9_]+)`", shared)),
-        buckets=frozenset(set(re.findall(r"`([a-z0-9-]+)`", buckets)) - embedded_only),
-        embedded_only_buckets=frozenset(embedded_only),
+        buckets=frozenset(CATALOGUE.buckets_used()),
         defaults=dict(re.findall(r"`(LINELOOP_[A-Z0-9_]+)` \(([^)]*)\)", shared)),
     )
 

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import yaml
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES, MAX_RECORD_BYTES
 
 HEALTHCHECK = ["CMD", "python", "-m", "lineloop.runtime.healthcheck"]
@@ -69,11 +70,6 @@ def test_docker_compose_rejects_an_invalid_file(repo, tmp_path):
     result = _compose_config(tmp_path, "docker-compose.yml")
     assert result.returncode != 0
     assert "capability" in result.stderr
-
-
-def test_readme_port_tables_name_every_service(conventions):
-    assert set(conventions.grpc_ports) == set(conventions.services)
-    assert set(conventions.metrics_ports) == set(conventions.services)
 
 
 def test_every_service_is_built_from_the_service_dockerfile_with_its_name(compose, conventions, repo):
@@ -223,7 +219,7 @@ def test_triton_serves_the_s3_repository_on_a_gpu(compose):
     command = triton["command"]
     assert "--model-control-mode=explicit" in command
     # Triton's S3 form carries the endpoint's scheme: s3://http://host:port/bucket.
-    repository = f"s3://{compose['services']['ingest']['environment']['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
+    repository = f"s3://{compose['services']['ingest']['environment']['LINELOOP_S3_ENDPOINT']}/{bucket('triton')}"
     assert f"--model-repository={repository}" in command
     registry = compose["services"]["registry"]["environment"]
     assert registry["LINELOOP_TRITON_REPOSITORY"] == repository, "the registry writes where Triton reads"

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from lineloop.bus import kafka_group_id
+from lineloop.contracts.catalogue import CATALOGUE
 
 KUBERNETES_VERSION = "1.32.0"
 RENDERS = ("base", "overlays/dev", "overlays/production")
@@ -212,7 +213,8 @@ def _check_scaled_object(scaled: dict, deployments: dict, config: dict) -> None:
     kafka = [trigger for trigger in spec["triggers"] if trigger["type"] == "kafka"]
     assert kafka, f"{name}: a kafka trigger"
     for metadata in (trigger["metadata"] for trigger in kafka):  # one per topic: groups are <service>.<topic>
-        assert metadata["consumerGroup"] == kafka_group_id(spec["scaleTargetRef"]["name"], metadata["topic"])
+        group = CATALOGUE.service(spec["scaleTargetRef"]["name"]).consumer_group
+        assert metadata["consumerGroup"] == kafka_group_id(group, metadata["topic"])
         assert metadata["bootstrapServers"] == config["LINELOOP_KAFKA_BOOTSTRAP"]
         assert metadata.get("allowIdleConsumers", "false") == "false"
     if any(trigger["type"] in ("cpu", "memory") for trigger in spec["triggers"]):
@@ -229,6 +231,9 @@ def test_production_scales_every_consumer_on_kafka_lag(rendered, conventions):
     assert {doc["spec"]["scaleTargetRef"]["name"] for doc in scaled_objects} == set(conventions.services)
     for scaled in scaled_objects:
         _check_scaled_object(scaled, deployments, _config(docs))
+        # One kafka trigger per topic the catalogue says the service consumes, none for others.
+        topics = [t["metadata"]["topic"] for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
+        assert topics == list(CATALOGUE.service(scaled["spec"]["scaleTargetRef"]["name"]).consumes)
 
 
 def test_the_scaled_object_check_catches_a_mismatch(rendered):
@@ -290,7 +295,7 @@ def test_production_triton_serves_the_repository_the_registry_writes(rendered):
     config = _config(docs)
     triton = _container(_objects(docs, "Deployment")["triton"])
     assert "--model-control-mode=explicit" in triton["args"]
-    repository = f"s3://{config['LINELOOP_S3_ENDPOINT']}/lineloop-triton"
+    repository = f"s3://{config['LINELOOP_S3_ENDPOINT']}/{CATALOGUE.bucket('triton')}"
     assert f"--model-repository={repository}" in [_expand(arg, triton, config) for arg in triton["args"]]
     assert config["LINELOOP_TRITON_REPOSITORY"] == repository  # what the registry writes to
     registry = _container(_objects(docs, "Deployment")["registry"])

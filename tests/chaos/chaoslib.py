@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 from sqlalchemy import MetaData, create_engine, func, select
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.stack.config import StackConfig, free_ports
 from lineloop.stack.embedded import EmbeddedStack
 from lineloop.stack.services import SERVICE_PORTS, ServiceFleet
@@ -33,7 +34,7 @@ log = logging.getLogger("chaos")
 SERVICES = tuple(SERVICE_PORTS)
 SERVERS = ("s3", "kafka", "triton")
 REPLICA = "-r2"  # the name of a service's second replica: "ingest-r2"
-FRAMES_BUCKET = "lineloop-frames"
+FRAMES_BUCKET = bucket("frames")
 INGESTED_TOPIC = "frames.ingested.v1"
 # Policies that keep a chaos run about the frames: no retraining is asked for (drift is
 # still detected and recorded, which is what the false-drift column counts).

@@ -35,6 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ingest import IngestedReader, build_model, headers_for  # noqa: E402
 
+from lineloop.contracts.catalogue import bucket  # noqa: E402
 from lineloop.contracts.topics import event_type  # noqa: E402
 from lineloop.ingest.testing import ensure_topics  # noqa: E402
 from lineloop.serving import ServingOptions, TritonControl, open_repository  # noqa: E402
@@ -121,7 +122,7 @@ async def run_variant(stack, state: Path, name: str, pythonpath: str | None, lin
                                        key=frame.camera_id.encode(), headers=headers_for(frame))
 
         def upload(data: bytes) -> ObjectRef:
-            stored = store.put_bytes("lineloop-frames", f"uploads/bench-{uuid.uuid4().hex}.jpg", data, "image/jpeg")
+            stored = store.put_bytes(bucket("frames"), f"uploads/bench-{uuid.uuid4().hex}.jpg", data, "image/jpeg")
             return ObjectRef(bucket=stored.bucket, key=stored.key, sha256=stored.sha256)
 
         # Warm up with one small frame until it comes back scored (group joined, model known).

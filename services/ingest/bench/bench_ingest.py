@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lineloop.bus import Bus
 from lineloop.bus.cloudevents import make_headers
+from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import event_type
 from lineloop.serving import ServingOptions, TritonControl, open_repository
 from lineloop.stack.config import StackConfig, free_ports
@@ -130,7 +131,7 @@ def raw_put_rate(stack: EmbeddedStack, frames: Frames, count: int) -> float:
 
     def put(data: bytes) -> None:
         key = f"bench/{hashlib.sha256(data).hexdigest()}.jpg"
-        client.put_object("lineloop-frames", key, io.BytesIO(data), len(data), content_type="image/jpeg")
+        client.put_object(bucket("frames"), key, io.BytesIO(data), len(data), content_type="image/jpeg")
 
     with ThreadPoolExecutor(PUT_THREADS) as pool:
         started = time.perf_counter()

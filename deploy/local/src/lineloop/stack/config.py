@@ -13,16 +13,12 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lineloop.contracts.catalogue import all_bucket_names, bucket
+
 ADMIN_GRPC_OFFSET = 10000
-TRITON_BUCKET = "lineloop-triton"
-BUCKETS = (
-    "lineloop-frames",
-    "lineloop-datasets",
-    "lineloop-models",
-    "lineloop-builds",
-    TRITON_BUCKET,
-    "lineloop-sim",
-)
+# The service catalogue's buckets (lineloop.contracts services.toml), as in production.
+TRITON_BUCKET = bucket("triton")
+BUCKETS = all_bucket_names()
 TANSU_BUCKET = "tansu"
 HOST = "127.0.0.1"
 

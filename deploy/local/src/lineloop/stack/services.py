@@ -14,20 +14,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from lineloop.contracts.catalogue import CATALOGUE
 from lineloop.stack import probes
 from lineloop.stack.config import HOST, StackConfig
 from lineloop.stack.process import ManagedProcess, port_holders, state_lock, wait_until
 from lineloop.stack.servers import scripts_dir
 
-# name: (gRPC port, metrics port), from the README conventions.
-SERVICE_PORTS = {
-    "ingest": (50051, 9101),
-    "labeling": (50052, 9102),
-    "training": (50053, 9103),
-    "registry": (50054, 9104),
-    "compiler": (50055, 9105),
-    "monitor": (50056, 9106),
-}
+# name: (gRPC port, metrics port), from the service catalogue (lineloop.contracts services.toml).
+SERVICE_PORTS = {name: (entry.grpc_port, entry.metrics_port) for name, entry in CATALOGUE.services.items()}
 
 Report = Callable[[str], None]
 

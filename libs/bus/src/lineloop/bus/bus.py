@@ -202,6 +202,12 @@ class Bus:
 
     # ---- consuming ----------------------------------------------------------
 
+    @property
+    def subscriptions(self) -> list[tuple[str, str]]:
+        """(group, topic) of every registered handler: what a service consumes, known before it
+        starts (the service catalogue is checked against it)."""
+        return [(reg.group, reg.et.topic) for reg in self._registrations]
+
     def handler(
         self, message_type: type[M], *, group: str, middlewares: Sequence[type[BaseMiddleware]] = (),
     ) -> Callable[[Handler], Handler]:

@@ -13,18 +13,18 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
 
+from lineloop.contracts.catalogue import service as catalogued_service
 from lineloop.runtime.client import refusal_hint
 from lineloop.runtime.errors import error_info
 
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_PORTS = {"ingest": 50051, "labeling": 50052, "training": 50053, "registry": 50054, "compiler": 50055, "monitor": 50056}
 
 
 def grpc_target(service: str, override: str | None = None) -> str:
-    """`--target`, else LINELOOP_<SERVICE>_GRPC, else the embedded default port on 127.0.0.1."""
-    return override or os.environ.get(f"LINELOOP_{service.upper()}_GRPC") or f"127.0.0.1:{DEFAULT_PORTS[service]}"
+    """`--target`, else LINELOOP_<SERVICE>_GRPC, else the catalogue's gRPC port on 127.0.0.1."""
+    return override or os.environ.get(f"LINELOOP_{service.upper()}_GRPC") or f"127.0.0.1:{catalogued_service(service).grpc_port}"
 
 
 def to_dict(msg: Message) -> dict:

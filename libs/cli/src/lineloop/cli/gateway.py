@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lineloop.bus import Bus
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
+from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES
 from lineloop.edge import load_fleets
 from lineloop.edge.agent import AgentSetupError, running_agent
@@ -41,8 +42,8 @@ from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 app = typer.Typer(no_args_is_help=True)
 
-FRAMES_BUCKET = "lineloop-frames"
-TRUTH_BUCKET = "lineloop-sim"
+FRAMES_BUCKET = bucket("frames")
+TRUTH_BUCKET = bucket("sim")
 RENDER_AHEAD = 3  # frames rendered ahead of the one being sent
 
 # Per-frame hook for a model running on the gateway: JPEG bytes -> its prediction (or None).

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target, print_json, rpc_errors
+from lineloop.contracts.catalogue import bucket
 from lineloop.runtime import StackSettings
 from lineloop.runtime.client import channel as grpc_channel
 from lineloop.storage.objects import ObjectNotFound, ObjectStore, ObjectStoreError
@@ -29,7 +30,7 @@ from lineloop.v1.labeling_pb2_grpc import LabelingServiceStub
 
 app = typer.Typer(no_args_is_help=True)
 
-SIM_BUCKET = "lineloop-sim"
+SIM_BUCKET = bucket("sim")
 DEFAULT_CLASSES = "ok,bruise,rot,scab"
 TargetOption = typer.Option(None, "--target", help="Labeling gRPC address (default: LINELOOP_LABELING_GRPC or 127.0.0.1:50052).")
 JsonOption = typer.Option(False, "--json", help="Machine-readable output.")

@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.storage.objects import ObjectStore, sha256_hex
 
 log = logging.getLogger(__name__)
 
-FRAMES_BUCKET = "lineloop-frames"
-DATASETS_BUCKET = "lineloop-datasets"
+FRAMES_BUCKET = bucket("frames")
+DATASETS_BUCKET = bucket("datasets")
 SPLITS = ("train", "val", "test")
 _REQUIRED = ("frame_id", "key", "sha256", "label", "split")
 

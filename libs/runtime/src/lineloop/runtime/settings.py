@@ -12,14 +12,10 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-BUCKETS = (
-    "lineloop-frames",
-    "lineloop-datasets",
-    "lineloop-models",
-    "lineloop-builds",
-    "lineloop-triton",
-    "lineloop-sim",
-)
+from lineloop.contracts.catalogue import all_bucket_names
+
+# Every bucket of the service catalogue; each service ensures them all at start.
+BUCKETS = all_bucket_names()
 
 
 class StackSettings(BaseSettings):

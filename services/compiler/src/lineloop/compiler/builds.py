@@ -26,6 +26,7 @@ from lineloop.compiler.profiles import TargetProfile
 from lineloop.compiler.signing import Signer
 from lineloop.compiler.tensorrt_builds import PlanRunner, build_plan, capability
 from lineloop.compiler.verify import OnnxRunner, Runner, TorchRunner, verify
+from lineloop.contracts.catalogue import bucket
 from lineloop.edge.manifest import Artifact, BuildManifest, sha256_hex
 from lineloop.model.net import load_checkpoint
 from lineloop.storage.objects import ObjectStore, ObjectStoreError
@@ -40,7 +41,7 @@ from lineloop.v1.events_pb2 import (
 
 log = logging.getLogger(__name__)
 
-BUILDS_BUCKET = "lineloop-builds"
+BUILDS_BUCKET = bucket("builds")
 WEIGHTS_FILE = "weights.pt"
 
 

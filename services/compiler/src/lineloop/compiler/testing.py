@@ -13,6 +13,7 @@ import json
 import numpy as np
 import torch
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
 from lineloop.model.manifest import DATASETS_BUCKET, FRAMES_BUCKET, manifest_key
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint_bytes
@@ -95,8 +96,8 @@ def register_event(objects: ObjectStore, model: InspectionNet, *, model_name: st
     `onnx_bytes` stands in for the model's own export: a broken export, in tests.
     """
     prefix = f"{model_name}/{version}/"
-    objects.put_bytes("lineloop-models", prefix + "weights.pt", checkpoint_bytes(model), "application/octet-stream")
-    stored = objects.put_bytes("lineloop-models", prefix + "model.onnx",
+    objects.put_bytes(bucket("models"), prefix + "weights.pt", checkpoint_bytes(model), "application/octet-stream")
+    stored = objects.put_bytes(bucket("models"), prefix + "model.onnx",
                                export_onnx(model) if onnx_bytes is None else onnx_bytes, "application/octet-stream")
     return ModelRegistered(
         model_name=model_name, version=version, run_id=f"run-{version}", dataset=dataset,

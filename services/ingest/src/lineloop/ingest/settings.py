@@ -7,19 +7,24 @@ from typing import Annotated, ClassVar
 from pydantic import field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from lineloop.contracts.catalogue import bucket, service
 from lineloop.runtime import ServiceSettings, service_config
+
+CATALOGUE_ENTRY = service("ingest")
 
 
 class IngestSettings(ServiceSettings):
-    service_name: ClassVar[str] = "ingest"
-    model_config = service_config("ingest")
+    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
+    model_config = service_config(CATALOGUE_ENTRY.name)
 
-    grpc_port: int = 50051
-    metrics_port: int | None = 9101
+    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
+    grpc_port: int = CATALOGUE_ENTRY.grpc_port
+    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
+    consumer_group: str = CATALOGUE_ENTRY.consumer_group
 
-    frames_bucket: str = "lineloop-frames"
+    frames_bucket: str = bucket("frames")
     # Buckets a gateway may upload to and reference from `image_ref` (comma-separated).
-    upload_buckets: Annotated[list[str], NoDecode] = ["lineloop-frames"]
+    upload_buckets: Annotated[list[str], NoDecode] = [bucket("frames")]
     # Known line ids (comma-separated); empty: any line is accepted.
     lines: Annotated[list[str], NoDecode] = []
     # The inline image limit is no setting: it is lineloop.contracts.topics.MAX_INLINE_IMAGE_BYTES,

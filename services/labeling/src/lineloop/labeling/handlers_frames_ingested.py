@@ -8,6 +8,7 @@ from datetime import UTC
 from sqlalchemy import select
 
 from lineloop.bus import EventContext, Reject
+from lineloop.contracts.catalogue import bucket
 from lineloop.labeling import labels, queue, state
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.v1.events_pb2 import FrameIngested, LabelSource
@@ -32,7 +33,7 @@ def make_handler(cfg: LabelingSettings):
         captured = msg.captured_at.ToDatetime(tzinfo=UTC) if msg.HasField("captured_at") else labels.utcnow()
         row = dict(
             frame_id=msg.frame_id, line_id=msg.line_id, camera_id=msg.camera_id,
-            image_bucket=msg.image.bucket or "lineloop-frames", image_key=msg.image.key, sha256=msg.image.sha256,
+            image_bucket=msg.image.bucket or bucket("frames"), image_key=msg.image.key, sha256=msg.image.sha256,
             size_bytes=msg.image.size_bytes, captured_at=captured,
             prediction=pred.SerializeToString() if pred else b"",
             predicted_class=(pred.predicted_class or max(pred.scores, key=pred.scores.get)) if pred else "",

@@ -6,15 +6,20 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lineloop.contracts.catalogue import bucket, service
 from lineloop.runtime import ServiceSettings, service_config
+
+CATALOGUE_ENTRY = service("labeling")
 
 
 class LabelingSettings(ServiceSettings):
-    service_name: ClassVar[str] = "labeling"
-    model_config = service_config("labeling")
+    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
+    model_config = service_config(CATALOGUE_ENTRY.name)
 
-    grpc_port: int = 50052
-    metrics_port: int | None = 9102
+    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
+    grpc_port: int = CATALOGUE_ENTRY.grpc_port
+    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
+    consumer_group: str = CATALOGUE_ENTRY.consumer_group
 
     classes: list[str] = Field(default_factory=lambda: ["ok", "bruise", "rot", "scab"])
 
@@ -47,7 +52,7 @@ class LabelingSettings(ServiceSettings):
     cut_lock_s: float = 120.0            # a replica's claim on cutting one dataset
     split_val: float = 0.1
     split_test: float = 0.1
-    datasets_bucket: str = "lineloop-datasets"
+    datasets_bucket: str = bucket("datasets")
 
     @field_validator("classes")
     @classmethod

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
+
+CATALOGUE_ENTRY = service("monitor")
 
 
 class MonitorSettings(ServiceSettings):
-    service_name = "monitor"
-    model_config = service_config("monitor")
+    service_name = CATALOGUE_ENTRY.name
+    model_config = service_config(CATALOGUE_ENTRY.name)
 
-    grpc_port: int = 50056
-    metrics_port: int | None = 9106
+    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
+    grpc_port: int = CATALOGUE_ENTRY.grpc_port
+    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
+    consumer_group: str = CATALOGUE_ENTRY.consumer_group
 
     # The reference window is the first frames a line sends after start-up or
     # after a promotion; the current window is the newest frames.

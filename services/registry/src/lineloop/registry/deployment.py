@@ -29,10 +29,11 @@ from opentelemetry import metrics
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.edge import Fleet, load_fleets
 from lineloop.registry import handlers_models_compiled, state
 from lineloop.registry.deployer import Serving
-from lineloop.runtime import Service
+from lineloop.runtime import Service, StackSettings
 from lineloop.serving import ServingOptions, TritonControl, open_repository
 from lineloop.v1.common_pb2 import Stage
 from lineloop.v1.events_pb2 import EdgeRollout, LineDeployment, ModelCompiled, RolloutStage
@@ -54,7 +55,7 @@ class DeploymentSettings(BaseSettings):
 
     # What tritonserver's --model-repository is: a path or s3://http(s)://host:port/bucket[/prefix].
     triton_repository: str = Field(
-        "s3://http://127.0.0.1:8333/lineloop-triton",
+        f"s3://{StackSettings.model_fields['s3_endpoint'].default}/{bucket('triton')}",
         validation_alias=AliasChoices("LINELOOP_REGISTRY_TRITON_REPOSITORY", "LINELOOP_TRITON_REPOSITORY"),
     )
     # python: the embedded Triton (onnxruntime inside the python backend); onnxruntime_onnx on GPU Triton.

@@ -7,16 +7,21 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from lineloop.contracts.catalogue import service
 from lineloop.registry.deployment import DeploymentSettings
 from lineloop.runtime import ServiceSettings, service_config
 
+CATALOGUE_ENTRY = service("registry")
+
 
 class RegistrySettings(ServiceSettings):
-    service_name: ClassVar[str] = "registry"
-    model_config = service_config("registry")
+    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
+    model_config = service_config(CATALOGUE_ENTRY.name)
 
-    grpc_port: int = 50054
-    metrics_port: int | None = 9104
+    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
+    grpc_port: int = CATALOGUE_ENTRY.grpc_port
+    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
+    consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # Policy: a passing candidate becomes the canary, the canary production after
     # `canary_min_frames` served frames; with no production yet, a candidate that
     # meets the floors becomes production directly.
@@ -27,7 +32,7 @@ class RegistrySettings(ServiceSettings):
     # served its frames is promoted only once the monitor answers and both it and production
     # have this many labelled frames, and archived if worse. Until then it is held, with the
     # reason in `lineloop models show`; a person may still promote or archive it by hand.
-    monitor_grpc: str = "127.0.0.1:50056"  # empty: frames served alone decide (no live check at all)
+    monitor_grpc: str = f"127.0.0.1:{service('monitor').grpc_port}"  # empty: frames served alone decide (no live check at all)
     canary_min_labelled: int = Field(default=20, ge=1)
     monitor_timeout_s: float = 5.0
     # Gate tolerances (absolute, in metric units): how far a candidate may fall behind production.

@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
 from lineloop.runtime.cpu import available_cpus
 
+CATALOGUE_ENTRY = service("training")
+
 
 class TrainingSettings(ServiceSettings):
-    service_name: ClassVar[str] = "training"
-    model_config = service_config("training")
+    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
+    model_config = service_config(CATALOGUE_ENTRY.name)
 
-    grpc_port: int = 50053
-    metrics_port: int | None = 9103
+    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
+    grpc_port: int = CATALOGUE_ENTRY.grpc_port
+    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
+    consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # The model a dataset trains: `{dataset}` is replaced by the dataset name.
     model_name_pattern: str = "{dataset}"
     # Defaults for every run; a request's params override them (see trainer.TrainParams).
@@ -29,7 +34,7 @@ class TrainingSettings(ServiceSettings):
     # Frames are kept here under their sha256 (shared by every run of this replica).
     cache_dir: Path | None = None
     # Where the production model is looked up for warm starts; empty: always from scratch.
-    registry_grpc: str = "127.0.0.1:50054"
+    registry_grpc: str = f"127.0.0.1:{service('registry').grpc_port}"
     # How often the worker looks for queued runs and cancel requests (and beats its run's heartbeat).
     poll_interval_s: float = 1.0
     # A RUNNING run whose worker has not beaten its heartbeat for this long is queued again.

@@ -31,6 +31,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics as otel_metrics
 from sqlalchemy import select, update
 
+from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
 from lineloop.model.manifest import FrameCache, ManifestError, class_list, parse_manifest
 from lineloop.model.net import checkpoint_bytes
@@ -47,7 +48,7 @@ from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
 from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 log = logging.getLogger(__name__)
-MODELS_BUCKET = "lineloop-models"
+MODELS_BUCKET = bucket("models")
 
 _meter = otel_metrics.get_meter("lineloop.training")
 runs_finished = _meter.create_counter("lineloop_training_runs_total", description="Runs ended, by outcome")

@@ -10,6 +10,7 @@ moves the channel means and the model's confidence).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -39,17 +40,28 @@ def _bins(n_ref: int, n_cur: int, max_bins: int) -> int:
     return int(np.clip(min(n_ref, n_cur) // 20, 2, max_bins))
 
 
-def noise_floor(n_ref: int, n_cur: int, max_bins: int = 10, z: float = 3.09) -> float:
-    """The PSI that sampling noise alone exceeds about once in a thousand windows of these sizes.
+def noise_floor(n_ref: int, n_cur: int, tail: float, max_bins: int = 10) -> float:
+    """The PSI that sampling noise alone exceeds in a share `tail` of windows of these sizes.
 
     Under no drift PSI / (1/n_ref + 1/n_cur) is about chi-square with bins - 1 degrees of
-    freedom; its upper quantile (z = 3.09: 0.999) by the Wilson-Hilferty approximation. Bins
-    a reference squeezes together by ties (a feature that is mostly 0) make PSI noisier than
-    the mean suggests, which is what a floor on small windows guards against.
+    freedom; its upper `tail` quantile by the Wilson-Hilferty approximation. Bins a reference
+    squeezes together by ties (a feature that is mostly 0) make PSI noisier than the mean
+    suggests, which is what a floor on small windows guards against.
     """
+    z = NormalDist().inv_cdf(1.0 - tail)
     df = _bins(n_ref, n_cur, max_bins) - 1
     chi2 = df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
     return float((1 / n_ref + 1 / n_cur) * chi2)
+
+
+def tail_per_test(false_alarms_per_frame: float, evaluate_every: int, features: int) -> float:
+    """The noise floor's tail that keeps a steady line's false drift reports at `false_alarms_per_frame`.
+
+    A line is judged every `evaluate_every` frames on each of `features` statistics, and any one
+    above its threshold is a drift: a Bonferroni share of the budget per test. Overlapping windows
+    make the tests correlated, so the real rate is lower than the budget, never higher.
+    """
+    return false_alarms_per_frame * evaluate_every / features
 
 
 def feature_scores(reference: Mapping[str, Sequence[float]], current: Mapping[str, Sequence[float]]) -> dict[str, float]:

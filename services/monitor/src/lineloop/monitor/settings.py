@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
 
@@ -24,6 +26,9 @@ class MonitorSettings(ServiceSettings):
     evaluate_every: int = 25
     # Population stability index per quality statistic; > 0.25 is the usual "shifted" line.
     psi_threshold: float = 0.25
+    # Small windows are noisy: a statistic's threshold is raised to the PSI that sampling noise
+    # alone reaches this rarely (drift reports per frame of a steady line, all statistics together).
+    false_alarms_per_frame: float = Field(default=1e-5, gt=0, lt=0.01)
     # Live accuracy (human labels vs the prediction made at ingest) below this drifts.
     min_live_accuracy: float = 0.8
     min_labels_for_accuracy: int = 20

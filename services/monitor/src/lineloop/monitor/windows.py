@@ -61,8 +61,9 @@ def judge(session: Session, line: Row, settings: MonitorSettings) -> Judgement |
         return None
     judged = [f for f in state.FEATURES if reference.values[f] and current.values[f]]
     scores = drift.feature_scores({f: reference.values[f] for f in judged}, {f: current.values[f] for f in judged})
+    tail = drift.tail_per_test(settings.false_alarms_per_frame, settings.evaluate_every, len(state.FEATURES))
     thresholds = {
-        f: max(settings.psi_threshold, drift.noise_floor(len(reference.values[f]), len(current.values[f])))
+        f: max(settings.psi_threshold, drift.noise_floor(len(reference.values[f]), len(current.values[f]), tail))
         for f in judged
     }
     worst = max(judged, key=lambda f: scores[f] / thresholds[f])

@@ -136,8 +136,8 @@ def test_services_produce_exactly_the_catalogued_topics(service, repo):
 
 
 def test_the_event_scan_sees_events_built_through_a_module():
-    # monitor builds `events_pb2.TrainingRequested(...)`: an attribute call, not a bare name.
-    assert "training.requested.v1" in _events_constructed(Path(importlib.import_module("lineloop.monitor").__path__[0]))
+    # monitor builds `events_pb2.DriftDetected(...)`: an attribute call, not a bare name.
+    assert "drift.detected.v1" in _events_constructed(Path(importlib.import_module("lineloop.monitor").__path__[0]))
 
 
 # ---- generated files ------------------------------------------------------------------------

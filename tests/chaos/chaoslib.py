@@ -36,10 +36,7 @@ SERVERS = ("s3", "kafka", "triton")
 REPLICA = "-r2"  # the name of a service's second replica: "ingest-r2"
 FRAMES_BUCKET = bucket("frames")
 INGESTED_TOPIC = "frames.ingested.v1"
-# Policies that keep a chaos run about the frames: no retraining is asked for (drift is
-# still detected and recorded, which is what the false-drift column counts).
 CHAOS_ENV = {
-    "LINELOOP_MONITOR_REQUEST_TRAINING": "false",
     "LINELOOP_LOG_FORMAT": "console",
 }
 
@@ -66,7 +63,7 @@ class Loop:
             self.env[f"LINELOOP_{name.upper()}_DATABASE_URL"] = url
         # ServiceFleet hands services os.environ plus the stack's: this process is the harness.
         # Put back by down(): left behind, the loop's settings (its dead stack's addresses,
-        # LINELOOP_MONITOR_REQUEST_TRAINING=false) leaked into every later test in the session.
+        # its policies) leaked into every later test in the session.
         self._environ_before = dict(os.environ)
         os.environ.update(self.env)
         # die_with_parent: the servers die with the harness even if it is killed outright.

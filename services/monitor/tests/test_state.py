@@ -104,7 +104,7 @@ def test_two_replicas_number_count_and_report_drift_once(postgres_url):
     assert sorted(seqs) == list(range(1, len(msgs) + 1))  # unique and contiguous
     assert seen == len(msgs)
     assert reports == ["sharpness"]
-    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1, event_type(events_pb2.TrainingRequested).topic: 1}
+    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1}
 
 
 async def test_old_frames_no_window_needs_are_pruned(database_url):

@@ -105,12 +105,10 @@ def evaluate(ctx: EventContext, line_id: str, settings: MonitorSettings) -> even
     version = state.latest_model_version(s, line_id)
     if version:
         event.model_version = version
+    # Drift is reported, not answered with a training request: a model trained now would learn the
+    # same labels as the one that drifted. Labeling boosts the drifting frames and cuts the next
+    # dataset version sooner (drift.detected.v1), and that version is what training runs on.
     ctx.emit(event)
-    if settings.request_training:
-        ctx.emit(events_pb2.TrainingRequested(
-            model_name=line.model_name, dataset=line_id, reason=f"drift:{feature}",
-            requested_by="lineloop/monitor",
-        ))
     state.start_drift_episode(
         s, line_id, until=now + timedelta(seconds=settings.drift_cooldown_s), drift_id=event.drift_id,
         detected_at=now, kind=kind, feature=feature, score=score, threshold=threshold,

@@ -32,10 +32,8 @@ class MonitorSettings(ServiceSettings):
     # Live accuracy (human labels vs the prediction made at ingest) below this drifts.
     min_live_accuracy: float = 0.8
     min_labels_for_accuracy: int = 20
-    # After a drift is reported, a line stays "drifting" for this long and no
-    # second retraining is requested for it.
+    # After a drift is reported, a line stays "drifting" for this long and is not reported again.
     drift_cooldown_s: float = 600.0
-    request_training: bool = True
     # Frames ingested without a prediction (Triton down, model not loaded) stay out of the
     # prediction statistics; above this share of the current window the line is in a scoring
     # outage (an alert of its own, not drift). Such frames are not scored later.

@@ -1,4 +1,4 @@
-"""training.requested.v1 (monitor on drift, or a person) -> queue a run."""
+"""training.requested.v1 (a person or a script asking for a run) -> queue a run."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from lineloop.runtime import ServiceSettings, service_config
 
 
@@ -11,6 +13,14 @@ class MonitorSettings(ServiceSettings):
 
     grpc_port: int = 50056
     metrics_port: int | None = 9106
+    # The dashboard (docs/monitor.md#dashboard): a read-only web page served by this process on
+    # bind_host; None: no page. 0: any free port (tests).
+    http_port: int | None = 8086
+    # How far back the page's charts reach (drift scores, throughput), and its throughput bucket.
+    dashboard_history_s: float = Field(default=6 * 3600.0, gt=0)
+    dashboard_bucket_s: int = Field(default=60, ge=1)
+    # A camera with no frame for this long shows as quiet on the page.
+    dashboard_camera_quiet_s: float = Field(default=60.0, gt=0)
 
     # The reference window is the first frames a line sends after start-up or
     # after a promotion; the current window is the newest frames.

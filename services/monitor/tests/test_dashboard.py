@@ -179,6 +179,15 @@ def test_the_wilson_interval_holds_the_estimate_and_narrows_with_labels():
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0) and wilson_interval(10, 10)[0] > 0.6
 
 
+async def test_http_port_off_serves_no_page(tmp_path):
+    settings = MonitorSettings(http_port="off", database_url=f"sqlite:///{tmp_path / 'monitor.db'}")
+    assert settings.http_port is None
+    dashboard = Dashboard(Database(settings.sql_url), settings)
+    await dashboard.start()
+    assert dashboard.port is None
+    await dashboard.stop()
+
+
 async def test_with_auth_required_the_data_needs_a_token_a_reader_may_use(tmp_path):
     key = ec_key()
     jwks = tmp_path / "jwks.json"

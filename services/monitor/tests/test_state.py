@@ -268,6 +268,15 @@ async def test_the_dashboard_reads_what_the_handlers_wrote(database_url):
     assert (change["kind"], change["version"], change["lines"]) == ("rollback", "4", f"{line}: production v4")
     assert {c["camera_id"]: c["frames"] for c in data["cameras"] if c["line_id"] == line} == {"cam-0": 60, "cam-1": 60}
 
+    with db.transaction() as s:  # frames older than the page's history are left out of its charts
+        s.execute(state.frames.update().where(state.frames.c.line_id == line, state.frames.c.seq <= 20)
+                  .values(ingested_at=utcnow() - timedelta(seconds=SETTINGS.dashboard_history_s + 60)))
+    data = snapshot(db, SETTINGS)
+    assert sum(data["throughput"][line]["frames"]) == 100
+    assert sum(v["frames"] for v in data["versions"] if v["line_id"] == line) == 100
+    assert sum(c["frames"] for c in data["cameras"] if c["line_id"] == line) == 100
+    assert next(entry for entry in data["lines"] if entry["line_id"] == line)["frames_seen"] == 120
+
     with db.transaction() as s:  # the score history is pruned past retention like frames
         s.execute(state.score_history.update().where(state.score_history.c.line_id == line)
                   .values(evaluated_at=utcnow() - timedelta(days=30)))

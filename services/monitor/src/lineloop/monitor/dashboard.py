@@ -14,6 +14,7 @@ page and the library hold no data and stay open. Client certificates are not acc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import defaultdict
@@ -74,11 +75,13 @@ def snapshot(db: Database, settings: MonitorSettings) -> dict:
     since = now - timedelta(seconds=settings.dashboard_history_s)
     with db.session() as s:
         lines = state.all_lines(s)
-        cameras = state.camera_activity(s)
+        # Frames of the history window only: the page refreshes every few seconds, and a scan of
+        # every retained frame (days of them) each time would load the database for nothing.
+        cameras = state.camera_activity(s, since)
         scores = state.scores_since(s, since)
-        outcomes = state.version_outcomes(s)
-        classes = state.class_counts(s)
-        confidences = state.confidence_counts(s, CONFIDENCE_BINS)
+        outcomes = state.version_outcomes(s, since)
+        classes = state.class_counts(s, since)
+        confidences = state.confidence_counts(s, since, CONFIDENCE_BINS)
         throughput = state.frames_per_bucket(s, since, settings.dashboard_bucket_s)
         refusals = state.all_rejection_counts(s)
         alerts = state.drift_reports_recent(s, RECENT_ALERTS)
@@ -213,7 +216,8 @@ class Dashboard:
                             headers={"Cache-Control": "public, max-age=86400"})
 
     async def _snapshot(self, request: web.Request) -> web.Response:
-        return web.json_response(snapshot(self._db, self._settings))
+        # In a thread: the handlers of frames share this event loop and must not wait on the page.
+        return web.json_response(await asyncio.to_thread(snapshot, self._db, self._settings))
 
     # ---- middlewares ----------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lineloop.runtime import ServiceSettings, service_config
 
@@ -14,7 +14,7 @@ class MonitorSettings(ServiceSettings):
     grpc_port: int = 50056
     metrics_port: int | None = 9106
     # The dashboard (docs/monitor.md#dashboard): a read-only web page served by this process on
-    # bind_host; None: no page. 0: any free port (tests).
+    # bind_host; None (LINELOOP_MONITOR_HTTP_PORT=off): no page. 0: any free port (tests).
     http_port: int | None = 8086
     # How far back the page's charts reach (drift scores, throughput), and its throughput bucket.
     dashboard_history_s: float = Field(default=6 * 3600.0, gt=0)
@@ -44,3 +44,9 @@ class MonitorSettings(ServiceSettings):
     # label arriving later than this after its frame no longer counts toward live accuracy.
     retention_s: float = 7 * 24 * 3600.0
     prune_every_s: float = 600.0
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _off_is_none(cls, value):
+        # An environment variable cannot say None: `off` does.
+        return None if isinstance(value, str) and value.strip().lower() == "off" else value

@@ -395,12 +395,12 @@ def all_lines(session: Session) -> Sequence[Row]:
     return session.execute(select(lines).order_by(lines.c.line_id)).all()
 
 
-def camera_activity(session: Session) -> Sequence[Row]:
-    """Per (line, camera) of the retained frames: frames, unscored frames, last frame's time."""
+def camera_activity(session: Session, since: datetime) -> Sequence[Row]:
+    """Per (line, camera) of the frames ingested after `since`: frames, unscored frames, last frame's time."""
     return session.execute(
         select(frames.c.line_id, frames.c.camera_id, func.count().label("frames"),
                func.count().filter(~scored).label("unscored"), func.max(frames.c.ingested_at).label("last_at"))
-        .group_by(frames.c.line_id, frames.c.camera_id).order_by(frames.c.line_id, frames.c.camera_id)
+        .where(frames.c.ingested_at > since).group_by(frames.c.line_id, frames.c.camera_id).order_by(frames.c.line_id, frames.c.camera_id)
     ).all()
 
 
@@ -413,9 +413,9 @@ def scores_since(session: Session, since: datetime) -> Sequence[Row]:
     ).all()
 
 
-def version_outcomes(session: Session) -> Sequence[Row]:
-    """Per (line, model version, canary or not) of the retained scored frames: frames, labelled
-    frames, labelled frames the model got right, mean confidence."""
+def version_outcomes(session: Session, since: datetime) -> Sequence[Row]:
+    """Per (line, model version, canary or not) of the scored frames ingested after `since`: frames,
+    labelled frames, labelled frames the model got right, mean confidence."""
     labelled = labels.c.label_class.is_not(None)
     return session.execute(
         select(frames.c.line_id, frames.c.model_version, frames.c.canary, func.count().label("frames"),
@@ -423,28 +423,29 @@ def version_outcomes(session: Session) -> Sequence[Row]:
                func.count().filter(labelled, labels.c.label_class == frames.c.predicted_class).label("correct"),
                func.avg(frames.c.confidence).label("mean_confidence"))
         .outerjoin(labels, labels.c.frame_id == frames.c.frame_id)
-        .where(scored).group_by(frames.c.line_id, frames.c.model_version, frames.c.canary)
+        .where(scored, frames.c.ingested_at > since).group_by(frames.c.line_id, frames.c.model_version, frames.c.canary)
         .order_by(frames.c.line_id, frames.c.model_version, frames.c.canary)
     ).all()
 
 
-def class_counts(session: Session) -> Sequence[Row]:
-    """(line_id, model_version, predicted_class, frames) of the retained scored frames."""
+def class_counts(session: Session, since: datetime) -> Sequence[Row]:
+    """(line_id, model_version, predicted_class, frames) of the scored frames ingested after `since`."""
     return session.execute(
         select(frames.c.line_id, frames.c.model_version, frames.c.predicted_class, func.count().label("frames"))
-        .where(scored).group_by(frames.c.line_id, frames.c.model_version, frames.c.predicted_class)
+        .where(scored, frames.c.ingested_at > since)
+        .group_by(frames.c.line_id, frames.c.model_version, frames.c.predicted_class)
     ).all()
 
 
-def confidence_counts(session: Session, bins: int) -> Sequence[Row]:
-    """(line_id, model_version, bin, frames): scored frames' top-class confidence in `bins` equal bins of 0..1
-    (a confidence of exactly 1 falls in the last)."""
+def confidence_counts(session: Session, since: datetime, bins: int) -> Sequence[Row]:
+    """(line_id, model_version, bin, frames): the top-class confidence of scored frames ingested after
+    `since`, in `bins` equal bins of 0..1 (a confidence of exactly 1 falls in the last)."""
     bin_of = func.min(sa_cast(frames.c.confidence * bins, Integer), bins - 1)
     if session.get_bind().dialect.name == "postgresql":  # PostgreSQL's min() is the aggregate only
         bin_of = func.least(sa_cast(func.floor(frames.c.confidence * bins), Integer), bins - 1)
     return session.execute(
         select(frames.c.line_id, frames.c.model_version, bin_of.label("bin"), func.count().label("frames"))
-        .where(scored).group_by(frames.c.line_id, frames.c.model_version, bin_of)
+        .where(scored, frames.c.ingested_at > since).group_by(frames.c.line_id, frames.c.model_version, bin_of)
     ).all()
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the tests and deployment checks need beyond the venv:
 # PostgreSQL (initdb/pg_ctl for the `postgres` test fixtures), docker-compose (offline
-# `config` validation of the compose file) and kcat (a gateway publishing frames with
-# nothing but a Kafka command line, in the ingest tests). Idempotent: installs only what is missing,
+# `config` validation of the compose file), kcat (a gateway publishing frames with
+# nothing but a Kafka command line, in the ingest tests) and chromium (the monitor
+# dashboard's test loads the page in headless Chromium). Idempotent: installs only what is missing,
 # and only when it can (root with apt-get); otherwise says what is missing and why.
 set -euo pipefail
 
@@ -14,9 +15,10 @@ pg_bin_found() {
 pg_bin_found || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "system-deps: postgresql, docker-compose and kcat present"
+    echo "system-deps: postgresql, docker-compose, kcat and chromium present"
     exit 0
 fi
 

@@ -19,6 +19,7 @@ import yaml
 
 from lineloop.bus import kafka_group_id
 from lineloop.contracts.catalogue import CATALOGUE
+from lineloop.monitor.settings import MonitorSettings
 
 KUBERNETES_VERSION = "1.32.0"
 RENDERS = ("base", "overlays/dev", "overlays/production")
@@ -75,6 +76,10 @@ def test_every_service_has_deployment_service_and_account(rendered, conventions,
         assert set(conventions.services) <= set(_objects(docs, kind)), f"{target}: a service lacks its {kind}"
 
 
+# Services with a web page besides gRPC and metrics: the monitor's dashboard, on its default port.
+HTTP_PORTS = {"monitor": {"http": MonitorSettings.model_fields["http_port"].default}}
+
+
 @pytest.mark.parametrize("target", RENDERS)
 def test_deployments_probe_grpc_health_and_expose_metrics(rendered, conventions, target):
     docs = rendered[target]
@@ -83,14 +88,15 @@ def test_deployments_probe_grpc_health_and_expose_metrics(rendered, conventions,
         deployment = _objects(docs, "Deployment")[name]
         container = _container(deployment)
         grpc, metrics = conventions.grpc_ports[name], conventions.metrics_ports[name]
-        assert {port["name"]: port["containerPort"] for port in container["ports"]} == {"grpc": grpc, "metrics": metrics}
+        expected = {"grpc": grpc, "metrics": metrics, **HTTP_PORTS.get(name, {})}
+        assert {port["name"]: port["containerPort"] for port in container["ports"]} == expected
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == grpc, f"{name} {probe}"
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == str(metrics)
         service_ports = {port["name"]: port["port"] for port in services[name]["spec"]["ports"]}
-        assert service_ports == {"grpc": grpc, "metrics": metrics}
+        assert service_ports == expected
         selector = services[name]["spec"]["selector"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert selector.items() <= labels.items(), f"Service {name} does not select its pods"

@@ -59,6 +59,7 @@ class Loop:
         for i, name in enumerate(SERVICES):
             self.env[f"LINELOOP_{name.upper()}_GRPC_PORT"] = str(ports[2 * i])
             self.env[f"LINELOOP_{name.upper()}_METRICS_PORT"] = str(ports[2 * i + 1])
+        self.env["LINELOOP_MONITOR_HTTP_PORT"] = "0"  # the dashboard on any free port, never the catalogued 8106
         for name, url in self.database_urls.items():
             self.env[f"LINELOOP_{name.upper()}_DATABASE_URL"] = url
         # ServiceFleet hands services os.environ plus the stack's: this process is the harness.

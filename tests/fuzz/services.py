@@ -66,7 +66,7 @@ def build(name: str, stack, tmp: Path) -> Service:
     if name == "monitor":
         from lineloop.monitor.main import build as build_monitor
         from lineloop.monitor.settings import MonitorSettings
-        return build_monitor(MonitorSettings(**common))
+        return build_monitor(MonitorSettings(**common, http_port=None))  # no dashboard: not what is fuzzed
     raise ValueError(name)
 
 

@@ -23,6 +23,7 @@ def stack_env(config: StackConfig, service_ports: list[int]) -> dict[str, str]:
     for index, name in enumerate(SERVICE_PORTS):
         env[f"LINELOOP_{name.upper()}_GRPC_PORT"] = str(service_ports[2 * index])
         env[f"LINELOOP_{name.upper()}_METRICS_PORT"] = str(service_ports[2 * index + 1])
+    env["LINELOOP_MONITOR_HTTP_PORT"] = "0"  # the dashboard on any free port: never the catalogued 8106 of a real stack
     return env
 
 

@@ -14,13 +14,8 @@ import pytest
 
 from lineloop.bus import Bus
 from lineloop.contracts.topics import event_type
-from lineloop.ingest.testing import skip_group_to_end
-from lineloop.monitor.main import build
-from lineloop.monitor.settings import MonitorSettings
-from lineloop.runtime import StackSettings, error_info
+from lineloop.runtime import error_info
 from lineloop.v1 import common_pb2, events_pb2, monitor_pb2, monitor_pb2_grpc
-
-FAST = {"kafka_session_timeout_ms": 6000, "kafka_heartbeat_interval_ms": 1000}
 
 
 def frame(line: str, i: int, rng: np.random.Generator, *, sharpness: float) -> events_pb2.FrameIngested:
@@ -35,25 +30,6 @@ def frame(line: str, i: int, rng: np.random.Generator, *, sharpness: float) -> e
     p.predicted_class = "ok"
     p.scores["ok"], p.scores["rot"] = 0.9, 0.1
     return msg
-
-
-@pytest.fixture
-async def monitor(stack, tmp_path, request):
-    # A group of its own, started at the end of the topics: the shared broker holds every other
-    # test's frames, and a group reused across tests can be left waiting on members that are gone.
-    group = f"monitor-test-{uuid.uuid4().hex[:8]}"
-    await skip_group_to_end(stack, group, (events_pb2.FrameIngested, events_pb2.FrameRejected,
-                                           events_pb2.LabelCreated, events_pb2.ModelPromoted))
-    settings = MonitorSettings(
-        grpc_port=0, metrics_port=None, database_url=f"sqlite:///{tmp_path / 'monitor.db'}", consumer_group=group,
-        **{"reference_frames": 100, "current_frames": 50, **getattr(request, "param", {})},
-        evaluate_every=10, min_labels_for_accuracy=5, **FAST,
-        stack=StackSettings(kafka_bootstrap=stack.kafka_bootstrap, s3_endpoint=stack.s3_endpoint,
-                            s3_access_key=stack.s3_access_key, s3_secret_key=stack.s3_secret_key, log_format="console"),
-    )
-    service = build(settings)
-    async with service.running():
-        yield service
 
 
 async def collect(stack, message_type, predicate, timeout=40.0) -> list:

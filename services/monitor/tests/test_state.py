@@ -1,4 +1,5 @@
-"""The monitor's state: N replicas on one PostgreSQL database, retention, the v1 -> v2 upgrade.
+"""The monitor's state: N replicas on one PostgreSQL database, retention, the v1 -> v2 upgrade,
+the dashboard's reads on both databases.
 
 Handlers are called the way the bus calls them: one transaction per event (`handle`).
 """
@@ -18,8 +19,11 @@ from lineloop.bus import Envelope, EventContext
 from lineloop.bus import outbox
 from lineloop.contracts.topics import event_type
 from lineloop.monitor import state
+from lineloop.monitor.dashboard import CONFIDENCE_BINS, snapshot
+from lineloop.monitor.handlers_frames_rejected import on_frame_rejected
 from lineloop.monitor.handlers_frames_ingested import make_handler
 from lineloop.monitor.handlers_labels_created import on_label_created
+from lineloop.monitor.handlers_models_promoted import on_model_promoted
 from lineloop.monitor.retention import Pruner
 from lineloop.monitor.settings import MonitorSettings
 from lineloop.storage.sql import Database, utcnow
@@ -181,7 +185,8 @@ def test_a_v1_database_is_upgraded_and_its_duplicate_numbers_repaired(database_u
         line = state.get_line(s, "l1")
     db.dispose()
     assert seqs == {"f0": 1, "f1": 2, "f2": 3, "f3": 4}
-    assert line.frames_seen == 4 and line.frames_unscored == 0 and db.schema_version("lineloop.monitor") == 2
+    assert line.frames_seen == 4 and line.frames_unscored == 0 and db.schema_version("lineloop.monitor") == state.SCHEMA_VERSION
+    assert {state.score_history.name, state.model_changes.name} <= set(inspector.get_table_names())
 
 
 def unscored(msg: events_pb2.FrameIngested, reason: str) -> events_pb2.FrameIngested:
@@ -215,3 +220,69 @@ async def test_a_scoring_outage_starts_and_ends_and_a_line_without_a_model_is_no
         counts = {name: state.get_line(s, name).frames_unscored for name in (line, new_line)}
     db.dispose()
     assert counts == {line: 10, new_line: 30}
+
+
+async def test_the_dashboard_reads_what_the_handlers_wrote(database_url):
+    db = fresh_db(database_url)
+    handler = make_handler(SETTINGS)
+    line, rng = f"line-{uuid.uuid4().hex[:8]}", np.random.default_rng(8)
+    model = f"apples-{uuid.uuid4().hex[:6]}"
+    await handle(db, on_model_promoted, events_pb2.ModelPromoted(
+        model_name=model, version="4", stage=common_pb2.STAGE_PRODUCTION, previous_stage=common_pb2.STAGE_STAGING,
+        reason="rollback from v5: too many false rejects",
+        deployments=[events_pb2.LineDeployment(line_id=line, production_version="4")]))
+    for i in range(120):
+        msg = frame(line, i, rng, sharpness=900.0)
+        if i % 3 == 0:  # certain: the last bin holds a confidence of exactly 1
+            msg.prediction.scores["ok"], msg.prediction.scores["rot"] = 1.0, 0.0
+        if i % 4 == 0:
+            msg.prediction.model_version, msg.prediction.canary = "5", True
+        await handle(db, handler, msg)
+    for i in range(0, 40, 2):  # humans agree on frames 0, 2, 4, 6 of each 8 but 4
+        await handle(db, on_label_created, events_pb2.LabelCreated(
+            frame_id=f"{line}-{i}", line_id=line, label_class="rot" if i % 8 == 4 else "ok",
+            source=events_pb2.LABEL_SOURCE_HUMAN))
+    await handle(db, on_frame_rejected, events_pb2.FrameRejected(
+        frame_id="x", line_id=line, camera_id="cam-0", reason=events_pb2.REJECT_REASON_IMAGE_TOO_LARGE))
+
+    data = snapshot(db, SETTINGS)
+    [mine] = [entry for entry in data["lines"] if entry["line_id"] == line]
+    assert mine["frames_seen"] == 120 and mine["frames_rejected"] == 1 and mine["state"] == "ok"
+    versions = {(v["model_version"], v["role"]): v for v in data["versions"] if v["line_id"] == line}
+    assert versions.keys() == {("3", "production"), ("5", "canary")}
+    # Labelled: even frames below 40; canary ones are multiples of 4, 2 of 10 of them (4, 12, ...) wrong.
+    canary, production = versions[("5", "canary")], versions[("3", "production")]
+    assert (canary["frames"], canary["labelled"], canary["accuracy"]) == (30, 10, pytest.approx(0.5))
+    assert (production["labelled"], production["accuracy"]) == (10, 1.0)
+    assert canary["accuracy_low"] < 0.5 < canary["accuracy_high"] and production["accuracy_high"] == pytest.approx(1.0)
+    histogram = data["confidence_histograms"][line]
+    assert len(histogram["3"]) == CONFIDENCE_BINS and sum(histogram["3"]) + sum(histogram["5"]) == 120
+    # 0.9 is 0.89999998 as the event's float: bin 17 of 20 (0.85..0.9), not 18.
+    assert histogram["3"][-1] + histogram["5"][-1] == 40 and histogram["3"][17] + histogram["5"][17] == 80
+    assert data["class_shares"][line] == {"3": {"ok": 90}, "5": {"ok": 30}}
+    assert sum(data["throughput"][line]["frames"]) == 120
+    assert data["refusals"][line] == {"image_too_large": 1}
+    # Windows full at frame 90, judged every 5 frames up to 120: 7 evaluations.
+    assert {f: len(v["score"]) for f, v in data["drift_scores"][line].items()} == {f: 7 for f in state.FEATURES}
+    [change] = [c for c in data["model_changes"] if c["model_name"] == model]
+    assert (change["kind"], change["version"], change["lines"]) == ("rollback", "4", f"{line}: production v4")
+    assert {c["camera_id"]: c["frames"] for c in data["cameras"] if c["line_id"] == line} == {"cam-0": 60, "cam-1": 60}
+
+    with db.transaction() as s:  # frames older than the page's history are left out of its charts
+        s.execute(state.frames.update().where(state.frames.c.line_id == line, state.frames.c.seq <= 20)
+                  .values(ingested_at=utcnow() - timedelta(seconds=SETTINGS.dashboard_history_s + 60)))
+    data = snapshot(db, SETTINGS)
+    assert sum(data["throughput"][line]["frames"]) == 100
+    assert sum(v["frames"] for v in data["versions"] if v["line_id"] == line) == 100
+    assert sum(c["frames"] for c in data["cameras"] if c["line_id"] == line) == 100
+    assert next(entry for entry in data["lines"] if entry["line_id"] == line)["frames_seen"] == 120
+
+    with db.transaction() as s:  # the score history is pruned past retention like frames
+        s.execute(state.score_history.update().where(state.score_history.c.line_id == line)
+                  .values(evaluated_at=utcnow() - timedelta(days=30)))
+    await Pruner(db, SETTINGS).prune_once()
+    with db.session() as s:
+        left = s.execute(select(func.count()).select_from(state.score_history)
+                         .where(state.score_history.c.line_id == line)).scalar_one()
+    db.dispose()
+    assert left == 0

@@ -83,6 +83,7 @@ def evaluate(ctx: EventContext, line_id: str, settings: MonitorSettings) -> even
         return None
     for feature, score in verdict.scores.items():
         drift_score.set(score, {"line": line_id, "feature": feature})
+    state.record_scores(s, line_id, now, verdict.scores, verdict.thresholds)
     if verdict.accuracy is not None:
         live_accuracy.set(verdict.accuracy, {"line": line_id})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lineloop.monitor import state
 from lineloop.monitor.api import MonitorApi
+from lineloop.monitor.dashboard import Dashboard
 from lineloop.monitor.handlers_frames_ingested import make_handler
 from lineloop.monitor.handlers_frames_rejected import on_frame_rejected
 from lineloop.monitor.handlers_labels_created import on_label_created
@@ -26,6 +27,11 @@ def build(settings: MonitorSettings) -> Service:
     pruner = Pruner(service.db, settings)
     service.on_start(pruner.start)
     service.on_stop(pruner.stop)
+    # The page starts last and stops first: it only reads what the rest keeps.
+    dashboard = Dashboard(service.db, settings)
+    service.on_start(dashboard.start)
+    service.on_stop(dashboard.stop)
+    service.dashboard = dashboard  # its bound port (http_port 0 in tests): service.dashboard.port
     return service
 
 

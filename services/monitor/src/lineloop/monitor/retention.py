@@ -1,6 +1,7 @@
 """Deleting what the monitor no longer needs: frames (and their labels) older than retention_s
-that no window needs, labels whose frame never came. Drift reports, rejection counts and the
-line counters are kept (small: one row per episode, reason, line).
+that no window needs, labels whose frame never came, drift scores (the dashboard's history).
+Drift reports, rejection counts, the model-version timeline and the line counters are kept
+(small: one row per episode, reason, stage change, line).
 
 Every replica prunes now and then; they can do so at the same time (see state.prune).
 """
@@ -46,8 +47,10 @@ class Pruner:
             await asyncio.sleep(0)  # let handlers in between
         async with self._db.write() as session:
             labels = state.prune_orphan_labels(session, older_than=older_than)
+            scores = state.prune_scores(session, older_than=older_than)
         rows_pruned.add(frames, {"table": state.frames.name})
         rows_pruned.add(labels, {"table": state.labels.name})
+        rows_pruned.add(scores, {"table": state.score_history.name})
         if frames or labels:
             log.info("pruned %d frames and %d labels older than %s", frames, labels, older_than.isoformat())
         return frames, labels

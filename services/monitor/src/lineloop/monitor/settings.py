@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
@@ -18,6 +18,14 @@ class MonitorSettings(ServiceSettings):
     grpc_port: int = CATALOGUE_ENTRY.grpc_port
     metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
     consumer_group: str = CATALOGUE_ENTRY.consumer_group
+    # The dashboard (docs/monitor.md#dashboard): a read-only web page served by this process on
+    # bind_host; None (LINELOOP_MONITOR_HTTP_PORT=off): no page. 0: any free port (tests).
+    http_port: int | None = CATALOGUE_ENTRY.http_port
+    # How far back the page's charts reach (drift scores, throughput), and its throughput bucket.
+    dashboard_history_s: float = Field(default=6 * 3600.0, gt=0)
+    dashboard_bucket_s: int = Field(default=60, ge=1)
+    # A camera with no frame for this long shows as quiet on the page.
+    dashboard_camera_quiet_s: float = Field(default=60.0, gt=0)
 
     # The reference window is the first frames a line sends after start-up or
     # after a promotion; the current window is the newest frames.
@@ -42,3 +50,9 @@ class MonitorSettings(ServiceSettings):
     # label arriving later than this after its frame no longer counts toward live accuracy.
     retention_s: float = 7 * 24 * 3600.0
     prune_every_s: float = 600.0
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _off_is_none(cls, value):
+        # An environment variable cannot say None: `off` does.
+        return None if isinstance(value, str) and value.strip().lower() == "off" else value

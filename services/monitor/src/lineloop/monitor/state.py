@@ -38,6 +38,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -45,7 +46,8 @@ from sqlalchemy.schema import CreateColumn
 
 # v2: line counters for unscored frames and the scoring-outage state, labelled_at, the
 # (line_id, seq) index. v1 databases are upgraded in place by `_upgrade` below.
-SCHEMA_VERSION = 2
+# v3: the drift-score history and the model-version timeline (new tables, for the dashboard).
+SCHEMA_VERSION = 3
 metadata = MetaData()
 
 QUALITY = (
@@ -115,6 +117,31 @@ drift_reports = Table(
     Column("score", Float, nullable=False),
     Column("threshold", Float, nullable=False),
     Column("event", Text, nullable=False),  # the DriftDetected event, protobuf JSON
+)
+
+# Every evaluation's scores, so the dashboard can draw them over time (pruned past retention_s).
+score_history = Table(
+    "monitor_scores", metadata,
+    Column("line_id", String(128), nullable=False),
+    Column("evaluated_at", DateTime(timezone=True), nullable=False),
+    Column("feature", String(64), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Index("monitor_scores_line_time", "line_id", "evaluated_at"),
+)
+
+# Every models.promoted.v1 (every stage, not only production): the model-version timeline.
+model_changes = Table(
+    "monitor_model_changes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(128), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("stage", String(32), nullable=False),  # common_pb2.Stage name without the prefix
+    Column("previous_stage", String(32), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("lines", Text, nullable=False),  # "line:production/canary@share" per deployment, for the tooltip
 )
 
 
@@ -339,3 +366,113 @@ def drift_events_since(session: Session, since: datetime, line_id: str = "") -> 
         query = query.where(drift_reports.c.line_id == line_id)
     return session.execute(query).all()
 
+
+
+def record_scores(session: Session, line_id: str, at: datetime, scores: Mapping[str, float],
+                  thresholds: Mapping[str, float]) -> None:
+    session.execute(score_history.insert(), [
+        dict(line_id=line_id, evaluated_at=at, feature=f, score=v, threshold=thresholds[f]) for f, v in scores.items()
+    ])
+
+
+def prune_scores(session: Session, *, older_than: datetime) -> int:
+    return session.execute(delete(score_history).where(score_history.c.evaluated_at < older_than)).rowcount
+
+
+# ---- model versions --------------------------------------------------------------------------
+
+def record_model_change(session: Session, *, model_name: str, version: str, stage: str, previous_stage: str,
+                        changed_at: datetime, actor: str, reason: str, lines: str) -> None:
+    session.execute(model_changes.insert().values(
+        model_name=model_name, version=version, stage=stage, previous_stage=previous_stage, changed_at=changed_at,
+        actor=actor, reason=reason, lines=lines,
+    ))
+
+
+# ---- the dashboard's reads -------------------------------------------------------------------
+
+def all_lines(session: Session) -> Sequence[Row]:
+    return session.execute(select(lines).order_by(lines.c.line_id)).all()
+
+
+def camera_activity(session: Session, since: datetime) -> Sequence[Row]:
+    """Per (line, camera) of the frames ingested after `since`: frames, unscored frames, last frame's time."""
+    return session.execute(
+        select(frames.c.line_id, frames.c.camera_id, func.count().label("frames"),
+               func.count().filter(~scored).label("unscored"), func.max(frames.c.ingested_at).label("last_at"))
+        .where(frames.c.ingested_at > since).group_by(frames.c.line_id, frames.c.camera_id).order_by(frames.c.line_id, frames.c.camera_id)
+    ).all()
+
+
+def scores_since(session: Session, since: datetime) -> Sequence[Row]:
+    """(line_id, evaluated_at, feature, score, threshold) recorded after `since`, oldest first."""
+    return session.execute(
+        select(score_history.c.line_id, score_history.c.evaluated_at, score_history.c.feature,
+               score_history.c.score, score_history.c.threshold)
+        .where(score_history.c.evaluated_at > since).order_by(score_history.c.evaluated_at)
+    ).all()
+
+
+def version_outcomes(session: Session, since: datetime) -> Sequence[Row]:
+    """Per (line, model version, canary or not) of the scored frames ingested after `since`: frames,
+    labelled frames, labelled frames the model got right, mean confidence."""
+    labelled = labels.c.label_class.is_not(None)
+    return session.execute(
+        select(frames.c.line_id, frames.c.model_version, frames.c.canary, func.count().label("frames"),
+               func.count().filter(labelled).label("labelled"),
+               func.count().filter(labelled, labels.c.label_class == frames.c.predicted_class).label("correct"),
+               func.avg(frames.c.confidence).label("mean_confidence"))
+        .outerjoin(labels, labels.c.frame_id == frames.c.frame_id)
+        .where(scored, frames.c.ingested_at > since).group_by(frames.c.line_id, frames.c.model_version, frames.c.canary)
+        .order_by(frames.c.line_id, frames.c.model_version, frames.c.canary)
+    ).all()
+
+
+def class_counts(session: Session, since: datetime) -> Sequence[Row]:
+    """(line_id, model_version, predicted_class, frames) of the scored frames ingested after `since`."""
+    return session.execute(
+        select(frames.c.line_id, frames.c.model_version, frames.c.predicted_class, func.count().label("frames"))
+        .where(scored, frames.c.ingested_at > since)
+        .group_by(frames.c.line_id, frames.c.model_version, frames.c.predicted_class)
+    ).all()
+
+
+def confidence_counts(session: Session, since: datetime, bins: int) -> Sequence[Row]:
+    """(line_id, model_version, bin, frames): the top-class confidence of scored frames ingested after
+    `since`, in `bins` equal bins of 0..1 (a confidence of exactly 1 falls in the last)."""
+    bin_of = func.min(sa_cast(frames.c.confidence * bins, Integer), bins - 1)
+    if session.get_bind().dialect.name == "postgresql":  # PostgreSQL's min() is the aggregate only
+        bin_of = func.least(sa_cast(func.floor(frames.c.confidence * bins), Integer), bins - 1)
+    return session.execute(
+        select(frames.c.line_id, frames.c.model_version, bin_of.label("bin"), func.count().label("frames"))
+        .where(scored, frames.c.ingested_at > since).group_by(frames.c.line_id, frames.c.model_version, bin_of)
+    ).all()
+
+
+def frames_per_bucket(session: Session, since: datetime, bucket_s: int) -> Sequence[Row]:
+    """(line_id, bucket start in epoch seconds, frames) ingested after `since`."""
+    epoch = sa_cast(func.extract("epoch", frames.c.ingested_at), Integer)
+    bucket = epoch - epoch % bucket_s
+    return session.execute(
+        select(frames.c.line_id, bucket.label("bucket"), func.count().label("frames"))
+        .where(frames.c.ingested_at > since).group_by(frames.c.line_id, bucket).order_by(bucket)
+    ).all()
+
+
+def all_rejection_counts(session: Session) -> Sequence[Row]:
+    return session.execute(select(rejections).order_by(rejections.c.line_id, rejections.c.reason)).all()
+
+
+def drift_reports_recent(session: Session, limit: int) -> Sequence[Row]:
+    """The newest drift reports of every line, newest first."""
+    return session.execute(
+        select(drift_reports.c.line_id, drift_reports.c.detected_at, drift_reports.c.kind, drift_reports.c.feature,
+               drift_reports.c.score, drift_reports.c.threshold)
+        .order_by(drift_reports.c.detected_at.desc()).limit(limit)
+    ).all()
+
+
+def model_changes_recent(session: Session, limit: int) -> Sequence[Row]:
+    """The newest model-version changes, oldest first."""
+    newest = select(model_changes).order_by(model_changes.c.changed_at.desc(), model_changes.c.id.desc()).limit(limit)
+    return sorted(session.execute(newest).all(), key=lambda r: (r.changed_at, r.id))

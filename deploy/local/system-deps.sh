@@ -2,8 +2,9 @@
 # System packages the tests and deployment checks need beyond the venv:
 # PostgreSQL (initdb/pg_ctl for the `postgres` test fixtures), docker-compose (offline
 # `config` validation of the compose file), kcat (a gateway publishing frames with
-# nothing but a Kafka command line, in the ingest tests) and chromium (the monitor
-# dashboard's test loads the page in headless Chromium). Idempotent: installs only what is missing,
+# nothing but a Kafka command line, in the ingest tests), chromium (the monitor
+# dashboard's test loads the page in headless Chromium) and prometheus (its promtool
+# checks and unit-tests the alert rules). Idempotent: installs only what is missing,
 # and only when it can (root with apt-get); otherwise says what is missing and why.
 set -euo pipefail
 
@@ -16,9 +17,10 @@ pg_bin_found || missing+=(postgresql)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "system-deps: postgresql, docker-compose, kcat and chromium present"
+    echo "system-deps: postgresql, docker-compose, kcat, chromium and promtool present"
     exit 0
 fi
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 RULES = "deploy/compose/prometheus-rules.yml"
+RULES_TESTS = "deploy/compose/prometheus-rules.test.yml"
 SEVERITIES = {"critical", "warning", "info"}
 # Series that come from outside lineloop's code: Prometheus's own scrape health, and the
 # kafka-exporter's lag (test_series_from_outside_the_code_have_their_source_in_compose).
@@ -130,4 +131,14 @@ def test_promtool_accepts_the_rules(repo):
     if promtool is None:
         pytest.skip("promtool not installed (Debian: apt-get install -y prometheus); the structure is checked above")
     result = subprocess.run([promtool, "check", "rules", str(repo / RULES)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alerts_fire_on_their_series_and_not_on_a_blip(repo):
+    """deploy/compose/prometheus-rules.test.yml: promtool evaluates the rules over given series."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install -y prometheus)")
+    result = subprocess.run([promtool, "test", "rules", str(repo / RULES_TESTS)], capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -42,7 +42,7 @@ from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
 CLASSES = ["bruise", "ok", "rot", "scab"]
 # The registry only judges, so most frames go to the test split: ok 192, bruise/rot/scab 64 each.
 # That is enough for the statistical gate to decide on the constant models below at its default
-# confidence and margins (two identical models need about 55 frames of a class to show it).
+# confidence and margins (two identical models need about 52 frames of a class to show it).
 PER_CLASS = {"ok": 240, "bruise": 80, "rot": 80, "scab": 80}
 SPLIT_SHARES = (0.1, 0.1, 0.8)
 # A test split too small for any decision (ok 3, bruise/rot/scab 1 each): not enough evidence.

@@ -29,7 +29,7 @@ class RegistrySettings(ServiceSettings):
     # with the reason in `lineloop models show`; a person may still promote or archive it by hand.
     monitor_grpc: str = "127.0.0.1:50056"  # empty: frames served alone decide (no live check at all)
     monitor_timeout_s: float = 5.0
-    # The gate (services/registry/README.md): every check is a one-sided confidence bound at
+    # The gate (services/registry/README.md, "How the gate decides"): every check is a one-sided confidence bound at
     # `gate_confidence`. Against production, the bound of candidate minus production (paired on
     # the same test frames) must clear minus the margin: passed when it does, failed when the
     # opposite bound shows the candidate worse by more than the margin, "not enough evidence"

@@ -20,7 +20,7 @@ import typer
 from rich.table import Table
 
 from lineloop.cli.common import console, err_console, grpc_target
-from lineloop.cli.models import OUTCOMES, gate_outcome
+from lineloop.cli.models import OUTCOMES, gate_summary
 from lineloop.cli.stack import stack_auth
 from lineloop.contracts.access import ROLES
 from lineloop.runtime.client import ClientCredentials
@@ -279,8 +279,7 @@ def step(number: str, title: str) -> None:
 def show_gate(version) -> None:
     gate = version.gate
     against = f"against v{gate.baseline_version}" if gate.baseline_version else "against the bootstrap floors"
-    console.print(f"v{version.version} gate: {gate_outcome(gate, color=True)} {against} on {gate.dataset_version} "
-                  f"at {gate.confidence:.0%} confidence: {gate.reason}")
+    console.print(f"v{version.version} gate {against}: {gate_summary(gate)}")
     table = Table("check", "candidate", "baseline", "bounds", "margin", "frames", "outcome")
     for check in gate.checks:
         table.add_row(check.name, f"{check.candidate:.3f}", f"{check.baseline:.3f}",

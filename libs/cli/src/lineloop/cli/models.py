@@ -40,6 +40,17 @@ def gate_outcome(gate: GateDecision, *, color: bool = False) -> str:
     return text if color else text.split("]", 1)[1].rsplit("[", 1)[0]
 
 
+def gate_summary(gate: GateDecision) -> str:
+    """The outcome, where and at what confidence, then the reason without repeating the outcome."""
+    outcome = gate_outcome(gate)
+    detail = gate.reason
+    if detail.startswith(outcome) and ": " in detail:
+        detail = detail.split(": ", 1)[1]
+    where = f" on {gate.dataset_version}" if gate.dataset_version else ""
+    confidence = f" at {gate.confidence:.0%} confidence" if gate.confidence else ""
+    return f"{gate_outcome(gate, color=True)}{where}{confidence} — {detail}"
+
+
 def _stub(target: str) -> tuple[registry_pb2_grpc.RegistryServiceStub, grpc.Channel]:
     channel = grpc_channel(target)
     return registry_pb2_grpc.RegistryServiceStub(channel), channel
@@ -62,8 +73,7 @@ def _show_version(v: pb.ModelVersion) -> None:
         console.print(f"[yellow]held[/yellow] since {since}: {v.hold_reason}\n"
                       f"  ({then}; `lineloop models promote` decides now)")
     g = v.gate
-    console.print(f"gate: {gate_outcome(g, color=True)} on {g.dataset_version}"
-                  + (f" at {g.confidence:.0%} confidence" if g.confidence else "") + f" — {g.reason}")
+    console.print(f"gate: {gate_summary(g)}")
     checks = Table("check", "candidate", "production/floor", "bounds (cand. − prod. / value)", "margin", "frames", "outcome",
                    "more frames needed")
     for c in g.checks:

@@ -153,7 +153,7 @@ def _lacking(check: GateCheck) -> str:
 
 
 def lacking_classes(decision: GateDecision) -> list[str]:
-    """The classes whose labelled test frames are too few for a decision ("*" for any class)."""
+    """The classes whose labelled test frames are too few for a decision ("*": any class, for accuracy)."""
     found = []
     for c in decision.checks:
         if c.outcome == NOT_ENOUGH_EVIDENCE:

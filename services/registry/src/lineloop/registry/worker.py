@@ -27,7 +27,16 @@ from sqlalchemy import select, update
 
 from lineloop.registry import state
 from lineloop.registry.evidence import independent_difference
-from lineloop.registry.gate import FAILED, NOT_ENOUGH_EVIDENCE, Evaluator, GateError, decide, judge, outcome_of
+from lineloop.registry.gate import (
+    FAILED,
+    NOT_ENOUGH_EVIDENCE,
+    Evaluator,
+    GateError,
+    decide,
+    judge,
+    lacking_classes,
+    outcome_of,
+)
 from lineloop.registry.settings import RegistrySettings
 from lineloop.registry.stages import AUTO_ACTOR, RegistryError, Stages
 from lineloop.runtime import Service
@@ -153,6 +162,8 @@ class RegistryWorker:
         gate_decisions.add(1, {"outcome": name})
         if held:
             gate_holds.add(1, {"model": model_name})
+            log.warning("candidate %s v%s held, label more test frames of: %s", model_name, version,
+                        ", ".join(lacking_classes(decision)))
         log.info("gate for %s v%s: %s", model_name, version, decision.reason)
 
     async def apply_policy(self) -> None:

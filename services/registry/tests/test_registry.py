@@ -34,14 +34,25 @@ from lineloop.runtime.settings import SecuritySettings
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import registry_pb2 as pb
 from lineloop.v1.common_pb2 import Prediction, PredictionStatus, Stage
-from lineloop.v1.events_pb2 import FrameIngested, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
+from lineloop.v1.events_pb2 import FrameIngested, GateOutcome, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
 from lineloop.v1.monitor_pb2 import ModelHealth, VersionHealth
 from lineloop.v1.monitor_pb2_grpc import MonitorServiceServicer, add_MonitorServiceServicer_to_server
 from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
 
 CLASSES = ["bruise", "ok", "rot", "scab"]
-# test split per class (see write_dataset's 0.6/0.2/0.2 split): ok 3, bruise/rot/scab 1 each
-PER_CLASS = {"ok": 15, "bruise": 5, "rot": 5, "scab": 5}
+# The registry only judges, so most frames go to the test split: ok 192, bruise/rot/scab 64 each.
+# That is enough for the statistical gate to decide on the constant models below at its default
+# confidence and margins (two identical models need about 52 frames of a class to show it).
+PER_CLASS = {"ok": 240, "bruise": 80, "rot": 80, "scab": 80}
+SPLIT_SHARES = (0.1, 0.1, 0.8)
+# A test split too small for any decision (ok 3, bruise/rot/scab 1 each): not enough evidence.
+FEW = {"ok": 15, "bruise": 5, "rot": 5, "scab": 5}
+
+
+def dataset(store, name: str, version: str, seed: int, per_class=None):
+    if per_class is None:
+        return write_dataset(store, name, version, per_class=PER_CLASS, split_shares=SPLIT_SHARES, size=32, seed=seed)
+    return write_dataset(store, name, version, per_class=per_class, size=32, seed=seed)
 
 
 def stack_settings(stack) -> StackSettings:
@@ -144,7 +155,7 @@ class Events:
 
 async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, store, tmp_path):
     model = f"apples-{uuid.uuid4().hex[:6]}"
-    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=3)
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 3)
     deployer = SlowDeployer()
     service = build(registry_settings(stack, tmp_path), deployer=deployer)
     events = Events(stack, model)
@@ -156,7 +167,8 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             async def version(v):
                 return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
 
-            # 1. Bootstrap: always-"ok" scores 3/6 = 0.5 >= floor 0.4, ok FPR 0 <= 0.1 -> production.
+            # 1. Bootstrap: always-"ok" scores 192/384 = 0.5, its lower bound about 0.46 >= floor 0.4; ok FPR 0,
+            # its upper bound about 0.014 <= 0.1 -> production.
             await events.bus.publish(trained_event(store, model, ds.event, "ok"))
             v1 = await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 in production")
             assert v1.gate.passed and v1.gate.baseline_version == ""
@@ -169,17 +181,19 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
                 (Stage.STAGE_CANDIDATE, Stage.STAGE_PRODUCTION, "registry:auto_promote")]
             assert v1.history[1].metrics.accuracy == pytest.approx(0.5)
 
-            # 2. A worse candidate: always-"rot" is 1/6 accurate and rejects every ok frame.
+            # 2. A worse candidate: always-"rot" is 1/6 accurate and rejects every ok frame: shown worse, failed.
             await events.bus.publish(trained_event(store, model, ds.event, "rot"))
             v2 = await until(lambda: version("2"), lambda v: v.gate.reason != "", what="v2 gated")
             assert v2.stage == Stage.STAGE_REJECTED and not v2.gate.passed
             assert v2.gate.baseline_version == "1"
             checks = {c.name: c for c in v2.gate.checks}
             assert checks["accuracy"].candidate == pytest.approx(1 / 6) and checks["accuracy"].baseline == pytest.approx(0.5)
-            assert not checks["accuracy"].passed
+            assert not checks["accuracy"].passed and checks["accuracy"].outcome == GateOutcome.GATE_OUTCOME_FAILED
+            assert checks["accuracy"].upper < -0.02 and checks["accuracy"].frames == 384
             assert checks["ok_false_positive_rate"].candidate == 1.0 and checks["ok_false_positive_rate"].baseline == 0.0
-            assert not checks["recall:ok"].passed and checks["recall:rot"].passed
-            assert "accuracy 0.1667 vs production 0.5000" in v2.gate.reason
+            assert checks["ok_false_positive_rate"].outcome == GateOutcome.GATE_OUTCOME_FAILED and checks["recall:rot"].passed
+            assert v2.gate.outcome == GateOutcome.GATE_OUTCOME_FAILED and v2.gate.confidence == pytest.approx(0.95)
+            assert "accuracy 0.1667 vs production 0.5000 (worse by more than the margin" in v2.gate.reason
             assert v2.history[-1].to_stage == Stage.STAGE_REJECTED and v2.history[-1].actor == "registry:gate"
 
             # Promoting the rejected version is refused with the gate's reason.
@@ -189,7 +203,8 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert error_info(err.value).reason == "VERSION_FAILED_GATE" and "accuracy" in err.value.details()
 
-            # 3. An equal candidate passes and becomes the canary; served frames make it production.
+            # 3. An equal candidate (the same answers on every frame) passes and becomes the canary; served frames
+            # make it production.
             await events.bus.publish(trained_event(store, model, ds.event, "ok"))
             v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
             assert v3.canary_share == pytest.approx(0.1) and "canary" in v3.aliases
@@ -225,6 +240,35 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert [(r.version, r.gate.passed, r.stage) for r in registered] == [
                 ("1", True, Stage.STAGE_CANDIDATE), ("2", False, Stage.STAGE_REJECTED), ("3", True, Stage.STAGE_CANDIDATE)]
             assert registered[1].gate.candidate.accuracy == pytest.approx(1 / 6)
+
+            # 5. Judged on a newer dataset version whose test split is tiny (6 frames), an equal candidate is
+            # neither passed nor failed: not enough evidence. It is held as a candidate with the classes that
+            # lack labels, in its history and `lineloop models show`; the policy leaves it; a person may decide.
+            few = await asyncio.to_thread(dataset, store, model, "v0002", 7, FEW)
+            await events.bus.publish(trained_event(store, model, few.event, "ok"))
+            v4 = await until(lambda: version("4"), lambda v: v.gate.reason != "", what="v4 gated")
+            assert v4.gate.outcome == GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE and not v4.gate.passed
+            assert v4.stage == Stage.STAGE_CANDIDATE and v4.gate.dataset_version == f"{model}/v0002"
+            assert v4.gate.reason.startswith("not enough evidence at 95% confidence: ")
+            for cls in ("bruise", "rot", "scab"):
+                assert f"class {cls}: 1 labelled test frames, about" in v4.gate.reason, v4.gate.reason
+            assert v4.hold_reason == v4.gate.reason and v4.held_since.seconds > 0
+            assert [(h.from_stage, h.to_stage, h.actor, h.reason) for h in v4.history][-1] == (
+                Stage.STAGE_CANDIDATE, Stage.STAGE_CANDIDATE, "registry:gate", v4.gate.reason)
+            await asyncio.sleep(1.0)  # several policy passes: still a candidate, production unchanged
+            assert (await version("4")).stage == Stage.STAGE_CANDIDATE and (await version("production")).version == "1"
+            env = {"LINELOOP_REGISTRY_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "250"}
+            shown = await asyncio.to_thread(CliRunner().invoke, models_cli, ["show", model, "4"], env=env)
+            assert shown.exit_code == 0, shown.output
+            text = " ".join(shown.output.split())
+            assert "gate: not enough evidence on" in text and "held since" in text and "class scab: 1 labelled" in text
+            registered = await until(lambda: asyncio.sleep(0, events.registered), lambda r: len(r) >= 4, what="v4 registered")
+            assert (registered[3].gate.outcome, registered[3].stage) == (
+                GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE, Stage.STAGE_CANDIDATE)
+            canary = await api.Promote(pb.PromoteRequest(model_name=model, version="4", to_stage=Stage.STAGE_STAGING,
+                                                         actor="qa@plant", reason="the fix line 2 waits for"))
+            assert canary.stage == Stage.STAGE_STAGING and canary.hold_reason == ""
+            assert canary.history[-1].reason == f"the fix line 2 waits for (overrides the hold: {v4.gate.reason})"
     finally:
         await events.bus.stop()
 
@@ -232,7 +276,7 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
 async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, store, tmp_path, database_url):
     """On SQLite and PostgreSQL: the promotion lease is a conditional UPDATE, not an in-process lock."""
     model = f"pears-{uuid.uuid4().hex[:6]}"
-    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=4)
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 4)
     deployer = SlowDeployer(delay_s=1.0)
     service = build(registry_settings(stack, tmp_path, auto_promote=False, database_url=database_url), deployer=deployer)
     publisher = Bus(stack.kafka_bootstrap, source="test/registry")
@@ -322,15 +366,15 @@ class LiveAccuracy(MonitorServiceServicer):
 
 
 async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stack, store, tmp_path):
-    """Once both versions have enough human labels, live accuracy decides beside frames served."""
+    """Live accuracy decides beside frames served, by the gate's rule (unpaired: different frames)."""
     model = f"plums-{uuid.uuid4().hex[:6]}"
-    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=5)
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 5)
     monitor = LiveAccuracy(model, model)
     server = grpc.aio.server()
     add_MonitorServiceServicer_to_server(monitor, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{port}", canary_min_labelled=10),
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{port}"),
                     deployer=SlowDeployer())
     publisher = Bus(stack.kafka_bootstrap, source="test/registry")
     await publisher.start()
@@ -345,7 +389,7 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
             await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
-            # Both versions have enough human labels: the canary's live accuracy is worse.
+            # 0.7 on 40 labelled frames vs 0.9 on 50: worse by more than the margin even at the bounds.
             monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
                                 VersionHealth(model_version="2", frames_labelled=40, live_accuracy=0.7)]
             for _ in range(3):
@@ -354,7 +398,7 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
             v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_ARCHIVED, what="v2 archived")
             last = v2.history[-1]
             assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
-            assert "live accuracy 0.700 on 40 labelled frames vs production v1 0.900 on 50" in last.reason
+            assert "live accuracy 0.700 on 40 labelled frames vs production v1 0.900 on 50 (difference -0.3" in last.reason
             assert (model, model) in monitor.asked
             assert (await version("production")).version == "1"
     finally:
@@ -382,10 +426,10 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
     labels are too few; it is held, with the reason in `lineloop models show`, until they come or a person decides.
     On SQLite and PostgreSQL: a hold is one row per version, written with a conditional insert/update."""
     model = f"quinces-{uuid.uuid4().hex[:6]}"
-    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=6)
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 6)
     monitor_port = free_port()  # nothing listens here yet: the monitor is down
     monitor = LiveAccuracy(model, model)
-    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{monitor_port}", canary_min_labelled=10,
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{monitor_port}",
                                       monitor_timeout_s=2.0, database_url=database_url), deployer=SlowDeployer())
     publisher = Bus(stack.kafka_bootstrap, source="test/registry")
     await publisher.start()
@@ -427,37 +471,39 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             shown = await asyncio.to_thread(CliRunner().invoke, models_cli, ["show", model, "2", "--json"], env=env)
             assert json.loads(shown.output)["hold_reason"].startswith("monitor unreachable:")
 
-            # 2. The monitor answers, but the canary has too few labels: still held, with the count.
+            # 2. The monitor answers, but 3 labels of the canary cannot show it is not worse: still held.
             add_MonitorServiceServicer_to_server(monitor, server := grpc.aio.server())
             assert server.add_insecure_port(f"127.0.0.1:{monitor_port}") == monitor_port
             await server.start()
             monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
                                 VersionHealth(model_version="2", frames_labelled=3, live_accuracy=1.0)]
-            v2 = await until(lambda: version("2"), lambda v: "labels" in v.hold_reason, what="v2 held for labels")
+            v2 = await until(lambda: version("2"), lambda v: "labelled" in v.hold_reason, what="v2 held for labels")
             assert v2.stage == Stage.STAGE_STAGING
-            assert "canary v2 has 3 of 10 labels, production v1 50 of 10" in v2.hold_reason, v2.hold_reason
+            assert v2.hold_reason.startswith("not enough evidence at 95% confidence that canary v2 is not worse"), v2.hold_reason
+            assert "live accuracy 1.000 on 3 labelled frames vs production v1 0.900 on 50; about" in v2.hold_reason
             assert canary_holds(model, "too_few_labels") == before["too_few_labels"] + 1
 
             # 3. The labels arrive and the canary is as good: the policy decides, and the hold ends.
-            monitor.versions[1] = VersionHealth(model_version="2", frames_labelled=12, live_accuracy=0.9)
+            monitor.versions = [VersionHealth(model_version="1", frames_labelled=2000, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_labelled=2000, live_accuracy=0.9)]
             v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v2 production")
             assert v2.hold_reason == "" and not v2.HasField("held_since")
             last = v2.history[-1]
             assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
-            assert "live accuracy 0.900 on 12 labelled frames vs production v1 0.900 on 50" in last.reason
+            assert "live accuracy 0.900 on 2000 labelled frames vs production v1 0.900 on 2000" in last.reason
 
             # 4. A person decides for a held canary: promoted by hand, the history says it overrode the hold.
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
             await serve_canary_frames("3")
             v3 = await until(lambda: version("3"), lambda v: v.hold_reason != "", what="v3 held")
-            assert "canary v3 has 0 of 10 labels" in v3.hold_reason
+            assert "live accuracy 0.000 on 0 labelled frames" in v3.hold_reason and "no labelled frames" in v3.hold_reason
             promoted = await api.Promote(pb.PromoteRequest(model_name=model, version="3", to_stage=Stage.STAGE_PRODUCTION,
                                                            actor="qa@plant", reason="line 2 needs the fix now"))
             assert promoted.stage == Stage.STAGE_PRODUCTION and promoted.hold_reason == ""
             last = promoted.history[-1]
             assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "qa@plant")
-            assert last.reason == f"line 2 needs the fix now (overrides the canary hold: {v3.hold_reason})"
+            assert last.reason == f"line 2 needs the fix now (overrides the hold: {v3.hold_reason})"
     finally:
         await publisher.stop()
         if server is not None:
@@ -467,7 +513,7 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
 async def test_with_auth_the_history_records_the_callers_identity_not_the_requests_actor(stack, store, tmp_path):
     """Issue 11: the audit trail says who really promoted (token `sub`), whatever `actor` the request claims."""
     model = f"quinces-{uuid.uuid4().hex[:6]}"
-    ds = await asyncio.to_thread(write_dataset, store, model, "v0001", per_class=PER_CLASS, size=32, seed=6)
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 6)
     key, jwks = rsa_key(), tmp_path / "jwks.json"
     jwks.write_text(jwks_json({"k1": key.public_key()}))
     security = SecuritySettings(auth_mode="required", auth_issuer="https://id.test", auth_audience="lineloop",

@@ -13,7 +13,7 @@ from lineloop.runtime.client import channel as grpc_channel
 from lineloop.v1 import registry_pb2 as pb
 from lineloop.v1 import registry_pb2_grpc
 from lineloop.v1.common_pb2 import Stage
-from lineloop.v1.events_pb2 import BuildStatus
+from lineloop.v1.events_pb2 import BuildStatus, GateDecision, GateOutcome
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -25,6 +25,30 @@ STAGES = {"candidate": Stage.STAGE_CANDIDATE, "staging": Stage.STAGE_STAGING, "c
 NAMES = {Stage.STAGE_UNSPECIFIED: "-", Stage.STAGE_CANDIDATE: "candidate", Stage.STAGE_STAGING: "[cyan]staging[/cyan]",
          Stage.STAGE_PRODUCTION: "[green]production[/green]", Stage.STAGE_ARCHIVED: "archived",
          Stage.STAGE_REJECTED: "[red]rejected[/red]"}
+
+
+OUTCOMES = {GateOutcome.GATE_OUTCOME_PASSED: "[green]passed[/green]", GateOutcome.GATE_OUTCOME_FAILED: "[red]failed[/red]",
+            GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE: "[yellow]not enough evidence[/yellow]"}
+
+
+def gate_outcome(gate: GateDecision, *, color: bool = False) -> str:
+    """passed, failed, not enough evidence, or pending (no decision yet)."""
+    if not gate.reason:
+        return "pending"
+    outcome = gate.outcome or (GateOutcome.GATE_OUTCOME_PASSED if gate.passed else GateOutcome.GATE_OUTCOME_FAILED)
+    text = OUTCOMES[outcome]
+    return text if color else text.split("]", 1)[1].rsplit("[", 1)[0]
+
+
+def gate_summary(gate: GateDecision) -> str:
+    """The outcome, where and at what confidence, then the reason without repeating the outcome."""
+    outcome = gate_outcome(gate)
+    detail = gate.reason
+    if detail.startswith(outcome) and ": " in detail:
+        detail = detail.split(": ", 1)[1]
+    where = f" on {gate.dataset_version}" if gate.dataset_version else ""
+    confidence = f" at {gate.confidence:.0%} confidence" if gate.confidence else ""
+    return f"{gate_outcome(gate, color=True)}{where}{confidence} — {detail}"
 
 
 def _stub(target: str) -> tuple[registry_pb2_grpc.RegistryServiceStub, grpc.Channel]:
@@ -44,14 +68,18 @@ def _show_version(v: pb.ModelVersion) -> None:
                   + (f" · canary share {v.canary_share:.0%} · frames served {v.frames_served}" if v.stage == Stage.STAGE_STAGING else ""))
     if v.hold_reason:
         since = v.held_since.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        then = ("the policy decides once the evidence exists" if v.stage == Stage.STAGE_STAGING
+                else "the gate judges the next candidate, trained on more labels")
         console.print(f"[yellow]held[/yellow] since {since}: {v.hold_reason}\n"
-                      "  (the policy decides once the evidence exists; `lineloop models promote` decides now)")
+                      f"  ({then}; `lineloop models promote` decides now)")
     g = v.gate
-    console.print(f"gate: {'[green]passed[/green]' if g.passed else '[red]failed[/red]'} on {g.dataset_version} — {g.reason}")
-    checks = Table("check", "candidate", "production/floor", "tolerance", "ok")
+    console.print(f"gate: {gate_summary(g)}")
+    checks = Table("check", "candidate", "production/floor", "bounds (cand. − prod. / value)", "margin", "frames", "outcome",
+                   "more frames needed")
     for c in g.checks:
-        checks.add_row(c.name, f"{c.candidate:.4f}", f"{c.baseline:.4f}", f"{c.tolerance:.4f}",
-                       "[green]yes[/green]" if c.passed else "[red]no[/red]")
+        checks.add_row(c.name, f"{c.candidate:.4f}", f"{c.baseline:.4f}", f"{c.lower:+.4f} … {c.upper:+.4f}",
+                       f"{c.margin:.2f}", str(c.frames), OUTCOMES.get(c.outcome, "-"),
+                       f"~{c.more_frames_needed}" if c.more_frames_needed else "-")
     console.print(checks)
     history = Table("when", "from", "to", "who", "why", "accuracy", "ok FPR", title="history")
     for h in v.history:
@@ -84,7 +112,7 @@ def list_versions(model: str = typer.Option("", "--model", help="Only this model
     for v in versions:
         table.add_row(v.model_name, v.version, NAMES[v.stage] + (" [yellow](held)[/yellow]" if v.hold_reason else ""),
                       ",".join(v.aliases), f"{v.dataset} {v.dataset_version}",
-                      ("passed" if v.gate.passed else "failed") if v.gate.reason else "pending",
+                      gate_outcome(v.gate),
                       f"{v.gate.candidate.accuracy:.3f}", f"{v.gate.candidate.ok_false_positive_rate:.3f}", v.run_id)
     console.print(table)
 

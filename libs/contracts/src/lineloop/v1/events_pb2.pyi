@@ -33,6 +33,13 @@ class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LABEL_SOURCE_MODEL: _ClassVar[LabelSource]
     LABEL_SOURCE_IMPORT: _ClassVar[LabelSource]
 
+class GateOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATE_OUTCOME_UNSPECIFIED: _ClassVar[GateOutcome]
+    GATE_OUTCOME_PASSED: _ClassVar[GateOutcome]
+    GATE_OUTCOME_FAILED: _ClassVar[GateOutcome]
+    GATE_OUTCOME_NOT_ENOUGH_EVIDENCE: _ClassVar[GateOutcome]
+
 class BuildStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BUILD_STATUS_UNSPECIFIED: _ClassVar[BuildStatus]
@@ -62,6 +69,10 @@ LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_HUMAN: LabelSource
 LABEL_SOURCE_MODEL: LabelSource
 LABEL_SOURCE_IMPORT: LabelSource
+GATE_OUTCOME_UNSPECIFIED: GateOutcome
+GATE_OUTCOME_PASSED: GateOutcome
+GATE_OUTCOME_FAILED: GateOutcome
+GATE_OUTCOME_NOT_ENOUGH_EVIDENCE: GateOutcome
 BUILD_STATUS_UNSPECIFIED: BuildStatus
 BUILD_STATUS_OK: BuildStatus
 BUILD_STATUS_REJECTED: BuildStatus
@@ -301,21 +312,31 @@ class ModelTrained(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., code_version: _Optional[str] = ..., artifact_prefix: _Optional[str] = ..., weights: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., model_card: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., test_metrics: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., params: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GateCheck(_message.Message):
-    __slots__ = ("name", "candidate", "baseline", "tolerance", "passed")
+    __slots__ = ("name", "candidate", "baseline", "passed", "lower", "upper", "margin", "frames", "outcome", "more_frames_needed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
-    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MORE_FRAMES_NEEDED_FIELD_NUMBER: _ClassVar[int]
     name: str
     candidate: float
     baseline: float
-    tolerance: float
     passed: bool
-    def __init__(self, name: _Optional[str] = ..., candidate: _Optional[float] = ..., baseline: _Optional[float] = ..., tolerance: _Optional[float] = ..., passed: _Optional[bool] = ...) -> None: ...
+    lower: float
+    upper: float
+    margin: float
+    frames: int
+    outcome: GateOutcome
+    more_frames_needed: int
+    def __init__(self, name: _Optional[str] = ..., candidate: _Optional[float] = ..., baseline: _Optional[float] = ..., passed: _Optional[bool] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., margin: _Optional[float] = ..., frames: _Optional[int] = ..., outcome: _Optional[_Union[GateOutcome, str]] = ..., more_frames_needed: _Optional[int] = ...) -> None: ...
 
 class GateDecision(_message.Message):
-    __slots__ = ("passed", "reason", "baseline_version", "dataset_version", "candidate", "baseline", "checks")
+    __slots__ = ("passed", "reason", "baseline_version", "dataset_version", "candidate", "baseline", "checks", "outcome", "confidence")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +344,8 @@ class GateDecision(_message.Message):
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     passed: bool
     reason: str
     baseline_version: str
@@ -330,7 +353,9 @@ class GateDecision(_message.Message):
     candidate: _common_pb2.EvalMetrics
     baseline: _common_pb2.EvalMetrics
     checks: _containers.RepeatedCompositeFieldContainer[GateCheck]
-    def __init__(self, passed: _Optional[bool] = ..., reason: _Optional[str] = ..., baseline_version: _Optional[str] = ..., dataset_version: _Optional[str] = ..., candidate: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., baseline: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., checks: _Optional[_Iterable[_Union[GateCheck, _Mapping]]] = ...) -> None: ...
+    outcome: GateOutcome
+    confidence: float
+    def __init__(self, passed: _Optional[bool] = ..., reason: _Optional[str] = ..., baseline_version: _Optional[str] = ..., dataset_version: _Optional[str] = ..., candidate: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., baseline: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., checks: _Optional[_Iterable[_Union[GateCheck, _Mapping]]] = ..., outcome: _Optional[_Union[GateOutcome, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class ModelRegistered(_message.Message):
     __slots__ = ("model_name", "version", "run_id", "dataset", "dataset_version", "parent_version", "stage", "gate", "onnx", "classes", "input_size", "registered_at")

@@ -26,6 +26,10 @@ class Evaluation:
     confusion: list[list[int]]  # [true][predicted], in `classes` order
     loss: float = float("nan")
     extra: dict[str, float] = field(default_factory=dict)
+    # Per frame, in the split's order: the label and the prediction. The registry's gate pairs
+    # two models' answers frame by frame; kept out of the proto and `as_dict`.
+    labels: tuple[str, ...] = ()
+    predictions: tuple[str, ...] = ()
 
     def to_proto(self) -> EvalMetrics:
         msg = EvalMetrics(
@@ -85,4 +89,6 @@ def evaluate(
         recall=recall,
         confusion=confusion.tolist(),
         loss=float(loss),
+        labels=tuple(classes[i] for i in y_true.tolist()),
+        predictions=tuple(classes[i] for i in y_pred.tolist()),
     )

@@ -12,7 +12,7 @@ from lineloop.compiler.profiles import ProfileCatalogue
 from lineloop.compiler.worker import BuildWorker
 from lineloop.edge import Fleet
 from lineloop.v1.common_pb2 import STAGE_REJECTED
-from lineloop.v1.events_pb2 import ModelRegistered
+from lineloop.v1.events_pb2 import GATE_OUTCOME_NOT_ENOUGH_EVIDENCE, ModelRegistered
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ def problems(msg: ModelRegistered) -> list[str]:
 
 def subscribe(bus: Bus, group: str, catalogue: ProfileCatalogue, fleets: list[Fleet], worker: BuildWorker) -> None:
     async def on_model_registered(msg: ModelRegistered, ctx: EventContext) -> None:
-        if not msg.gate.passed or msg.stage == STAGE_REJECTED:
+        # A candidate held for want of evidence is built too: a person may promote it by hand.
+        held = msg.gate.outcome == GATE_OUTCOME_NOT_ENOUGH_EVIDENCE
+        if not (msg.gate.passed or held) or msg.stage == STAGE_REJECTED:
             registrations.add(1, {"outcome": "not_gated"})
             log.info("%s %s did not pass the gate: not compiled", msg.model_name, msg.version)
             return

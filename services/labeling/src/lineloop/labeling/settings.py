@@ -29,8 +29,8 @@ class LabelingSettings(ServiceSettings):
     weight_class_balance: float = 0.3
     weight_camera_diversity: float = 0.2
     drift_boost: float = 1.0
-    # Frames a canary scored: the registry holds a canary until it has labels to judge it by
-    # (LINELOOP_REGISTRY_CANARY_MIN_LABELLED), so its frames are the scarcest evidence.
+    # Frames a canary scored: the registry holds a canary until its live labels show it not
+    # worse than production (or worse), so its frames are the scarcest evidence.
     canary_boost: float = 1.0
     # Candidates re-ranked per NextTasks call (the best by stored uncertainty, plus drift-scoped ones).
     queue_candidates: int = 500

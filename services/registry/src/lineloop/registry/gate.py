@@ -6,6 +6,10 @@ same frames: the human-labelled test split of the newest version of the candidat
 dataset that any version of the model was trained on (usually the candidate's own; a
 run started by hand on an older version is still judged on the newest frames). Numbers a
 training run reports about itself are recorded but never trusted for the decision.
+
+The decision is statistical (`decide`): each check is a one-sided confidence bound, paired
+frame by frame, so a promotion never hinges on one frame: too few frames to tell is its own
+outcome, "not enough evidence", and such a candidate is held.
 """
 
 from __future__ import annotations
@@ -15,59 +19,147 @@ import asyncio
 import numpy as np
 
 from lineloop.model.manifest import DATASETS_BUCKET, FrameCache, ManifestEntry, manifest_key, parse_manifest
-from lineloop.model.metrics import Evaluation
+from lineloop.model.metrics import OK_CLASS, Evaluation
 from lineloop.model.onnx_eval import evaluate_onnx
 from lineloop.model.preprocess import frame_input
+from lineloop.registry.evidence import Bounds, complement, negated, paired_difference, proportion
 from lineloop.registry.settings import RegistrySettings
 from lineloop.runtime.cpu import available_cpus
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1.common_pb2 import EvalMetrics
-from lineloop.v1.events_pb2 import GateCheck, GateDecision
+from lineloop.v1.events_pb2 import GateCheck, GateDecision, GateOutcome
 
 
 class GateError(Exception):
     """The gate could not be run (manifest, frames or model unreadable)."""
 
 
+PASSED, FAILED, NOT_ENOUGH_EVIDENCE = (GateOutcome.GATE_OUTCOME_PASSED, GateOutcome.GATE_OUTCOME_FAILED,
+                                       GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE)
+
+
+def outcome_of(decision: GateDecision) -> int:
+    """A decision's outcome; one recorded before outcomes existed only has `passed`."""
+    if decision.outcome != GateOutcome.GATE_OUTCOME_UNSPECIFIED:
+        return decision.outcome
+    return PASSED if decision.passed else FAILED
+
+
+def judge(bounds: Bounds, threshold: float, *, higher_is_better: bool) -> tuple[int, int]:
+    """(outcome, rough frames still needed) of bounds against a threshold (a floor, or minus a margin)."""
+    if higher_is_better:
+        verdict = PASSED if bounds.lower >= threshold else FAILED if bounds.upper < threshold else NOT_ENOUGH_EVIDENCE
+    else:
+        verdict = PASSED if bounds.upper <= threshold else FAILED if bounds.lower > threshold else NOT_ENOUGH_EVIDENCE
+    if verdict != NOT_ENOUGH_EVIDENCE:
+        return verdict, 0
+    needed = bounds.frames_to_decide(threshold, higher_is_better=higher_is_better)
+    return verdict, max(needed - bounds.frames, 1) if needed is not None else 0
+
+
+def _check(name: str, candidate: float, baseline: float, bounds: Bounds, threshold: float, margin: float, *,
+           higher_is_better: bool) -> GateCheck:
+    verdict, more = judge(bounds, threshold, higher_is_better=higher_is_better)
+    return GateCheck(name=name, candidate=candidate, baseline=baseline, passed=verdict == PASSED, lower=bounds.lower,
+                     upper=bounds.upper, margin=margin, frames=bounds.frames, outcome=verdict, more_frames_needed=more)
+
+
+def _correct(evaluation: Evaluation) -> np.ndarray:
+    if len(evaluation.labels) != evaluation.samples or len(evaluation.predictions) != evaluation.samples:
+        raise GateError("the evaluation kept no per-frame answers to judge on")
+    return np.array([p == t for t, p in zip(evaluation.labels, evaluation.predictions, strict=True)], dtype=bool)
+
+
 def decide(
     candidate: Evaluation, baseline: Evaluation | None, settings: RegistrySettings, *, baseline_version: str,
     dataset_version: str,
 ) -> GateDecision:
+    """Pass, fail or "not enough evidence", from one-sided confidence bounds (see evidence.py).
+
+    Against production every check is paired on the same test frames: accuracy on all of
+    them, the recall of each defect class on that class's frames, the ok false-positive rate
+    on the ok frames (the ok class's recall is one minus it, so it is not checked twice). A
+    class any model knows but the split has no labelled frames of cannot be judged: not
+    enough evidence. With no production yet the candidate's own bounds meet the floors.
+    """
+    conf = settings.gate_confidence
+    labels = np.array(candidate.labels)
+    cand_right = _correct(candidate)
+    ok_frames = labels == OK_CLASS
+    ok_kept = int(np.sum(cand_right & ok_frames))
     checks: list[GateCheck] = []
     if baseline is None:
-        checks.append(GateCheck(name="floor:accuracy", candidate=candidate.accuracy, baseline=settings.floor_accuracy,
-                                tolerance=0.0, passed=candidate.accuracy >= settings.floor_accuracy))
-        checks.append(GateCheck(name="floor:ok_false_positive_rate", candidate=candidate.ok_false_positive_rate,
-                                baseline=settings.floor_ok_false_positive_rate, tolerance=0.0,
-                                passed=candidate.ok_false_positive_rate <= settings.floor_ok_false_positive_rate))
+        checks.append(_check("floor:accuracy", candidate.accuracy, settings.floor_accuracy,
+                             proportion(int(cand_right.sum()), len(cand_right), conf), settings.floor_accuracy, 0.0,
+                             higher_is_better=True))
+        fpr = complement(proportion(ok_kept, int(ok_frames.sum()), conf))  # 1 - the share of ok frames kept
+        checks.append(_check("floor:ok_false_positive_rate", candidate.ok_false_positive_rate,
+                             settings.floor_ok_false_positive_rate, fpr, settings.floor_ok_false_positive_rate, 0.0,
+                             higher_is_better=False))
     else:
-        t = settings.tolerance_accuracy
-        checks.append(GateCheck(name="accuracy", candidate=candidate.accuracy, baseline=baseline.accuracy, tolerance=t,
-                                passed=candidate.accuracy >= baseline.accuracy - t - 1e-9))
-        t = settings.tolerance_ok_false_positive_rate
-        checks.append(GateCheck(name="ok_false_positive_rate", candidate=candidate.ok_false_positive_rate,
-                                baseline=baseline.ok_false_positive_rate, tolerance=t,
-                                passed=candidate.ok_false_positive_rate <= baseline.ok_false_positive_rate + t + 1e-9))
-        t = settings.tolerance_recall
-        for i, cls in enumerate(baseline.classes):
-            if sum(baseline.confusion[i]):  # only classes the test split has frames of
-                c, b = candidate.recall.get(cls, 0.0), baseline.recall[cls]
-                checks.append(GateCheck(name=f"recall:{cls}", candidate=c, baseline=b, tolerance=t, passed=c >= b - t - 1e-9))
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        reason = "; ".join(
-            f"{c.name} {c.candidate:.4f} vs {'floor' if c.name.startswith('floor:') else 'production'} {c.baseline:.4f}"
-            + (f" (tolerance {c.tolerance:.4f})" if c.tolerance else "") for c in failed)
-        reason = f"failed: {reason}"
+        if tuple(baseline.labels) != tuple(candidate.labels):
+            raise GateError("candidate and production were not evaluated on the same frames")
+        base_right = _correct(baseline)
+        m = settings.gate_margin_accuracy
+        checks.append(_check("accuracy", candidate.accuracy, baseline.accuracy,
+                             paired_difference(cand_right, base_right, conf), -m, m, higher_is_better=True))
+        m = settings.gate_margin_class
+        # candidate minus production false-positive rate: minus the difference in ok frames kept
+        fpr = negated(paired_difference(cand_right[ok_frames], base_right[ok_frames], conf))
+        checks.append(_check("ok_false_positive_rate", candidate.ok_false_positive_rate,
+                             baseline.ok_false_positive_rate, fpr, m, m, higher_is_better=False))
+        for cls in sorted((set(candidate.classes) | set(baseline.classes)) - {OK_CLASS}):
+            frames = labels == cls
+            checks.append(_check(f"recall:{cls}", candidate.recall.get(cls, 0.0), baseline.recall.get(cls, 0.0),
+                                 paired_difference(cand_right[frames], base_right[frames], conf), -m, m,
+                                 higher_is_better=True))
+    outcomes = {c.outcome for c in checks}
+    outcome = FAILED if FAILED in outcomes else NOT_ENOUGH_EVIDENCE if NOT_ENOUGH_EVIDENCE in outcomes else PASSED
+    against = "floor" if baseline is None else "production"
+    at = f"at {conf:.0%} confidence"
+    if outcome == FAILED:
+        reason = "failed: " + "; ".join(
+            f"{c.name} {c.candidate:.4f} vs {against} {c.baseline:.4f}"
+            + (f" (worse by more than the margin {c.margin:.2f} {at} on {c.frames} frames)" if baseline is not None
+               else f" (beyond the floor {at} on {c.frames} frames)")
+            for c in checks if c.outcome == FAILED)
+    elif outcome == NOT_ENOUGH_EVIDENCE:
+        reason = f"not enough evidence {at}: " + "; ".join(
+            f"{_lacking(c)}: "
+            + (f"{c.frames} labelled test frames, about {c.more_frames_needed} more needed" if c.more_frames_needed
+               else f"{c.frames} labelled test frames, the estimates sit on the margin" if c.frames
+               else "no labelled test frames")
+            + f" ({c.name} {c.candidate:.4f} vs {against} {c.baseline:.4f})"
+            for c in checks if c.outcome == NOT_ENOUGH_EVIDENCE)
+        reason += "; held: neither promoted nor rejected until a decision is possible or a person decides"
     elif baseline is None:
-        reason = "passed: meets the bootstrap floors (no production version yet)"
+        reason = f"passed: meets the bootstrap floors {at} (no production version yet)"
     else:
-        reason = f"passed: not worse than production version {baseline_version}"
+        reason = f"passed: not worse than production version {baseline_version} beyond the margins {at}"
     return GateDecision(
-        passed=not failed, reason=reason, baseline_version=baseline_version, dataset_version=dataset_version,
-        candidate=candidate.to_proto(), baseline=baseline.to_proto() if baseline is not None else EvalMetrics(),
-        checks=checks,
+        passed=outcome == PASSED, outcome=outcome, confidence=conf, reason=reason, baseline_version=baseline_version,
+        dataset_version=dataset_version, candidate=candidate.to_proto(),
+        baseline=baseline.to_proto() if baseline is not None else EvalMetrics(), checks=checks,
     )
+
+
+def _lacking(check: GateCheck) -> str:
+    """The frames a check needs more of: a class's, or any class's."""
+    if check.name.startswith("recall:"):
+        return f"class {check.name.removeprefix('recall:')}"
+    if check.name.endswith("ok_false_positive_rate"):
+        return f"class {OK_CLASS}"
+    return "all classes"
+
+
+def lacking_classes(decision: GateDecision) -> list[str]:
+    """The classes whose labelled test frames are too few for a decision ("*": any class, for accuracy)."""
+    found = []
+    for c in decision.checks:
+        if c.outcome == NOT_ENOUGH_EVIDENCE:
+            what = _lacking(c)
+            found.append(what.removeprefix("class ") if what.startswith("class ") else "*")
+    return sorted(set(found))
 
 
 class Evaluator:

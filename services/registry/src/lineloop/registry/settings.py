@@ -28,18 +28,21 @@ class RegistrySettings(ServiceSettings):
     auto_promote: bool = True
     canary_share: float = 0.1
     canary_min_frames: int = 200
-    # Live accuracy (the monitor's, against human labels) decides too: a canary that has
-    # served its frames is promoted only once the monitor answers and both it and production
-    # have this many labelled frames, and archived if worse. Until then it is held, with the
-    # reason in `lineloop models show`; a person may still promote or archive it by hand.
+    # Live accuracy (the monitor's, against human labels) decides too, by the gate's rule below
+    # on the labelled frames each version served: a canary that has served its frames is promoted
+    # once it is shown not worse than production, archived once shown worse, and held until then,
+    # with the reason in `lineloop models show`; a person may still promote or archive it by hand.
     monitor_grpc: str = f"127.0.0.1:{service('monitor').grpc_port}"  # empty: frames served alone decide (no live check at all)
-    canary_min_labelled: int = Field(default=20, ge=1)
     monitor_timeout_s: float = 5.0
-    # Gate tolerances (absolute, in metric units): how far a candidate may fall behind production.
-    tolerance_accuracy: float = 0.0
-    tolerance_ok_false_positive_rate: float = 0.0
-    tolerance_recall: float = 0.05
-    # Bootstrap floors, for the first production version.
+    # The gate (services/registry/README.md, "How the gate decides"): every check is a one-sided confidence bound at
+    # `gate_confidence`. Against production, the bound of candidate minus production (paired on
+    # the same test frames) must clear minus the margin: passed when it does, failed when the
+    # opposite bound shows the candidate worse by more than the margin, "not enough evidence"
+    # otherwise. Margins are absolute, in proportion points.
+    gate_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    gate_margin_accuracy: float = Field(default=0.02, ge=0.0, lt=1.0)
+    gate_margin_class: float = Field(default=0.05, ge=0.0, lt=1.0)  # per-class recall and the ok false-positive rate
+    # Bootstrap floors, for the first production version: judged by the same bounds.
     floor_accuracy: float = 0.8
     floor_ok_false_positive_rate: float = 0.1
     # A promotion that has not finished deploying after this long is taken to have crashed.

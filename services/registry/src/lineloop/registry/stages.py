@@ -93,10 +93,10 @@ class Stages:
                     raise RegistryError(grpc.StatusCode.ABORTED, "STAGE_CHANGED",
                                         f"{model_name} v{v} moved to {current} meanwhile; nothing was changed")
                 state.set_stage(s, model_name, v, to_stage, **values)
-                # Any stage change ends a canary hold; the history says when a person overrode one.
+                # Any stage change ends a hold (canary or gate); the history says when a person overrode one.
                 held = state.release_hold(s, model_name, v)
                 if v == version:
-                    why = f"{reason} (overrides the canary hold: {held})" if held and actor != AUTO_ACTOR else reason
+                    why = f"{reason} (overrides the hold: {held})" if held and actor != AUTO_ACTOR else reason
                 state.add_transition(s, model_name, v, from_stage, to_stage, actor, why, self._metrics(s, model_name, v))
             picture = serving.lines or self._picture(s, model_name)
             promoted_at = Timestamp()

@@ -7,7 +7,8 @@ the history rows and the outbox event in one transaction that first checks it
 still holds the lease. A crash mid-deploy leaves the lease to expire; the stages
 were never half-changed.
 
-Canary holds (`canary_holds`): one row per held version, keyed by (model, version), so
+Holds (`canary_holds`, named for its first use): a canary held for want of live evidence,
+or a candidate the gate found not enough evidence for; one row per held version, keyed by (model, version), so
 replicas that hold the same canary at once write one row; an insert that loses the race
 becomes an update, and only the replica whose statement changed the cause counts it.
 """
@@ -99,7 +100,8 @@ canary_holds = Table(
     "registry_canary_holds", metadata,
     Column("model_name", String(200), primary_key=True),
     Column("version", String(32), primary_key=True),
-    Column("cause", String(32), nullable=False),  # monitor_unreachable, monitor_error, too_few_labels
+    # a canary's: monitor_unreachable, monitor_error, too_few_labels; a candidate's: not_enough_evidence (the gate)
+    Column("cause", String(32), nullable=False),
     Column("reason", Text, nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
 )
@@ -248,8 +250,9 @@ def version_proto(s: Session, row: dict) -> ModelVersion:
             at=_ts(t["at"]), metrics=EvalMetrics.FromString(t["metrics"]) if t["metrics"] else None))
     msg.builds.extend(handlers_models_compiled.builds_of(s, row["model_name"], row["version"]))
     held = get_hold(s, row["model_name"], row["version"])
-    # A hold recorded while a person changed the stage may outlive it: only a canary is held.
-    if held is not None and row["stage"] == "staging":
+    # A hold recorded while a person changed the stage may outlive it: only a canary (live
+    # evidence) or a candidate (the gate's) is held.
+    if held is not None and row["stage"] in ("staging", "candidate"):
         msg.hold_reason = held["reason"]
         msg.held_since.CopyFrom(_ts(held["since"]))
     return msg

@@ -1,11 +1,17 @@
 """The registry's background work, driven by its state (so a restart resumes it):
 gate candidates that are waiting, then apply the `auto_promote` policy.
 
+The gate has three outcomes (gate.py): passed (a candidate, for the policy), failed
+(rejected) and not enough evidence: the candidate is held, with the reason (which classes
+lack labelled test frames, about how many more) on the version and in its history; the
+policy leaves it alone, a person may promote it.
+
 The canary policy fails closed: a canary that has served its frames is promoted only on
-evidence (the monitor answers and both versions have enough human labels) and archived if
-that evidence says it is worse. Without the evidence it is held, with the reason on the
-version (`lineloop models show`) and counted in lineloop_registry_canary_holds_total; a
-person's Promote or SetCanary ends the hold, and the history says it overrode one.
+evidence (the monitor answers and the gate's rule, on the live labels, shows it not worse
+than production) and archived if that evidence shows it worse. Without the evidence it is
+held, with the reason on the version (`lineloop models show`) and counted in
+lineloop_registry_canary_holds_total; a person's Promote or SetCanary ends either hold, and
+the history says it overrode one.
 """
 
 from __future__ import annotations
@@ -20,18 +26,32 @@ from opentelemetry import metrics as otel_metrics
 from sqlalchemy import select, update
 
 from lineloop.registry import state
-from lineloop.registry.gate import Evaluator, GateError, decide
+from lineloop.registry.evidence import independent_difference
+from lineloop.registry.gate import (
+    FAILED,
+    NOT_ENOUGH_EVIDENCE,
+    Evaluator,
+    GateError,
+    decide,
+    judge,
+    lacking_classes,
+    outcome_of,
+)
 from lineloop.registry.settings import RegistrySettings
 from lineloop.registry.stages import AUTO_ACTOR, RegistryError, Stages
 from lineloop.runtime import Service
-from lineloop.v1.events_pb2 import GateDecision, ModelRegistered
+from lineloop.v1.events_pb2 import GateDecision, GateOutcome, ModelRegistered
 from lineloop.v1.monitor_pb2 import GetModelHealthRequest
 from lineloop.v1.monitor_pb2_grpc import MonitorServiceStub
 from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter("lineloop.registry")
-gate_decisions = _meter.create_counter("lineloop_registry_gate_decisions_total", description="Gate outcomes")
+gate_decisions = _meter.create_counter("lineloop_registry_gate_decisions_total",
+                                       description="Gate outcomes: passed, failed, not_enough_evidence")
+gate_holds = _meter.create_counter(
+    "lineloop_registry_gate_holds_total",
+    description="Candidates held by the gate for want of labelled test frames (not enough evidence), by model")
 canary_holds = _meter.create_counter(
     "lineloop_registry_canary_holds_total",
     description="Canaries held by the policy for want of live evidence, by model and cause (counted when a hold starts or its cause changes)")
@@ -109,18 +129,27 @@ class RegistryWorker:
             decision = decide(candidate, baseline, self.settings, baseline_version=prod["version"] if prod else "",
                               dataset_version=dataset_version)
         except GateError as err:
-            decision = GateDecision(passed=False, reason=f"gate could not run: {err}", dataset_version=dataset_version)
-        stage = "candidate" if decision.passed else "rejected"
+            decision = GateDecision(passed=False, outcome=FAILED, reason=f"gate could not run: {err}",
+                                    dataset_version=dataset_version)
+        outcome = outcome_of(decision)
+        stage = "rejected" if outcome == FAILED else "candidate"
+        held = outcome == NOT_ENOUGH_EVIDENCE
         async with self.service.db.write() as s:
             moved = s.execute(update(state.versions).where(
                 state.versions.c.model_name == model_name, state.versions.c.version == version,
                 state.versions.c.gate_state == "pending",
-            ).values(gate_state="decided", gate=decision.SerializeToString(), stage=stage)).rowcount
+            # A held candidate is not the policy's to promote: it waits for a person or a newer candidate.
+            ).values(gate_state="decided", gate=decision.SerializeToString(), stage=stage,
+                     auto_policy_done=1 if held else 0)).rowcount
             if not moved:
                 return  # another replica decided it first
-            if not decision.passed:
+            if outcome == FAILED:
                 state.add_transition(s, model_name, version, "candidate", "rejected", "registry:gate", decision.reason,
                                      decision.candidate)
+            elif held:
+                state.add_transition(s, model_name, version, "candidate", "candidate", "registry:gate", decision.reason,
+                                     decision.candidate)
+                state.hold(s, model_name, version, "not_enough_evidence", decision.reason)
             registered_at = Timestamp()
             registered_at.GetCurrentTime()
             self.service.bus.add_to_outbox(s, ModelRegistered(
@@ -129,7 +158,12 @@ class RegistryWorker:
                 stage=state.STAGE_OF[stage], gate=decision, onnx=state.onnx_ref(row), classes=row["classes"],
                 input_size=row["input_size"], registered_at=registered_at))
         self.service.bus.relay.wake()
-        gate_decisions.add(1, {"passed": str(decision.passed).lower()})
+        name = GateOutcome.Name(outcome).removeprefix("GATE_OUTCOME_").lower()
+        gate_decisions.add(1, {"outcome": name})
+        if held:
+            gate_holds.add(1, {"model": model_name})
+            log.warning("candidate %s v%s held, label more test frames of: %s", model_name, version,
+                        ", ".join(lacking_classes(decision)))
         log.info("gate for %s v%s: %s", model_name, version, decision.reason)
 
     async def apply_policy(self) -> None:
@@ -178,15 +212,27 @@ class RegistryWorker:
             return LiveVerdict(f"monitor refused GetModelHealth: {err.code().name} ({details})", hold="monitor_error")
         by_version = {v.model_version: v for v in health.versions}
         c, p = by_version.get(canary["version"]), by_version.get(prod["version"])
-        c_labelled, p_labelled = (c.frames_labelled if c else 0), (p.frames_labelled if p else 0)
-        need = self.settings.canary_min_labelled
-        if c_labelled < need or p_labelled < need:
-            return LiveVerdict(f"too few labels to compare live accuracy: canary v{canary['version']} has {c_labelled} "
-                               f"of {need} labels, production v{prod['version']} {p_labelled} of {need}",
+        # The gate's rule on live labels. The monitor reports each version's accuracy on its own
+        # labelled frames: different frames, so no pairing here: Newcombe's interval for two
+        # independent proportions (statsmodels' confint_proportions_2indep(method="newcomb")).
+        nc, np_ = (c.frames_labelled if c else 0), (p.frames_labelled if p else 0)
+        kc, kp = (round(c.live_accuracy * nc) if c else 0), (round(p.live_accuracy * np_) if p else 0)
+        conf, margin = self.settings.gate_confidence, self.settings.gate_margin_accuracy
+        bounds = independent_difference(kc, nc, kp, np_, conf)
+        outcome, _ = judge(bounds, -margin, higher_is_better=True)
+        compared = (f"live accuracy {kc / nc if nc else 0.0:.3f} on {nc} labelled frames vs production "
+                    f"v{prod['version']} {kp / np_ if np_ else 0.0:.3f} on {np_}")
+        if outcome == NOT_ENOUGH_EVIDENCE:
+            needed = bounds.frames_to_decide(-margin, higher_is_better=True)
+            more = ("no labelled frames of one of them yet" if needed is None else
+                    f"about {max(needed - nc, 1)} more labelled canary frames and {max(round(needed * np_ / nc) - np_, 0)} "
+                    "more of production needed")
+            return LiveVerdict(f"not enough evidence at {conf:.0%} confidence that canary v{canary['version']} is not "
+                               f"worse than production by more than {margin:.2f}: {compared}; {more}",
                                hold="too_few_labels")
-        verdict = (f"live accuracy {c.live_accuracy:.3f} on {c.frames_labelled} labelled frames vs production "
-                   f"v{prod['version']} {p.live_accuracy:.3f} on {p.frames_labelled}")
-        return LiveVerdict(verdict, worse=c.live_accuracy < p.live_accuracy - self.settings.tolerance_accuracy - 1e-9)
+        verdict = (f"{compared} (difference {bounds.lower:+.3f} to {bounds.upper:+.3f} at {conf:.0%} confidence, "
+                   f"margin {margin:.2f})")
+        return LiveVerdict(verdict, worse=outcome == FAILED)
 
     async def _hold(self, row: dict, live: LiveVerdict) -> None:
         """Keep the canary where it is and say why; written only when the reason changes."""

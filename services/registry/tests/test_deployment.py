@@ -58,6 +58,7 @@ def _registry(stack, tmp_path, fleet: Fleet) -> Service:
         "target": fleet.target, "models": list(fleet.models), "pilot_gateways": list(fleet.pilot_gateways)}}}))
     settings = RegistrySettings(
         grpc_port=0, metrics_port=None, database_url=f"sqlite:///{tmp_path / 'registry.db'}", auto_promote=False,
+        serving_check_s=0.5,
         kafka_session_timeout_ms=FAST["session_timeout_ms"], kafka_heartbeat_interval_ms=FAST["heartbeat_interval_ms"],
         consumer_group=f"registry-{uuid.uuid4().hex[:8]}",
         deployment=DeploymentSettings(triton_repository=stack.triton_repository, fleets_file=fleets),
@@ -108,7 +109,7 @@ class Prober(threading.Thread):
         self.triton.close()
 
 
-async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(stack, tmp_path):
+async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(stack, tmp_path, caplog):
     uid = uuid.uuid4().hex[:8]
     model_name, dataset = f"apples-{uid}", f"line-{uid}"
     fleet = Fleet(name=f"fleet-{uid}", target="onnxruntime-cpu-int8", pilot_gateways=("gw-1",))
@@ -244,6 +245,18 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
                 async with asyncio.timeout(30):  # Triton may finish unloading a dropped version after the load returns
                     while triton.ready_versions(model_name) != [1, 4]:
                         await asyncio.sleep(0.2)
+
+            # Triton restarts (a crash, a node drain): it comes back serving nothing, and the registry loads
+            # production and canary again, with no promotion and no person.
+            await asyncio.to_thread(stack.stop_server, "triton")
+            await asyncio.to_thread(stack.up)
+            with TritonControl(stack.triton_grpc) as triton:
+                async with asyncio.timeout(60):
+                    while triton.ready_versions(model_name) != [1, 4]:
+                        await asyncio.sleep(0.2)
+                np.testing.assert_allclose(triton.infer(model_name, images, 4).probabilities,
+                                           OnnxRunner(onnx_a)(images), atol=1e-5)
+            assert any(f"Triton does not serve {model_name} versions [1, 4]" in r.getMessage() for r in caplog.records)
 
             # No verified build: the change is refused and nothing moves.
             with pytest.raises(grpc.aio.AioRpcError) as refused:

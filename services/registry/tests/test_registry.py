@@ -109,6 +109,9 @@ class SlowDeployer:
                                              canary_version=version.version if stage == Stage.STAGE_STAGING else "",
                                              canary_share=canary_share)])
 
+    async def restore(self, serving):
+        return []
+
 
 @pytest.fixture
 def store(stack) -> ObjectStore:

@@ -38,9 +38,16 @@ class Deployer(Protocol):
         """
         ...
 
+    async def restore(self, serving: dict[str, set[str]]) -> list[str]:
+        """Make the runtime serve `serving` (model -> versions) again where it lost them; the models reloaded."""
+        ...
+
 
 class NoDeployment:
     """Stages only, nothing loaded anywhere: for a registry run without serving (tests, audits)."""
 
     async def on_stage_change(self, version: ModelVersion, stage: Stage, canary_share: float) -> Serving:
         return Serving()
+
+    async def restore(self, serving: dict[str, set[str]]) -> list[str]:
+        return []

@@ -46,6 +46,10 @@ deploy_outcomes = _meter.create_counter(
     "lineloop.registry.deployments", unit="{deployment}",
     description="Triton deployments and edge rollouts. Attributes: kind (triton, edge), outcome, reason.",
 )
+triton_restores = _meter.create_counter(
+    "lineloop.registry.triton_restores", unit="{model}",
+    description="Models Triton had lost (a restart loads nothing) and the registry loaded again. Attributes: model.",
+)
 
 
 class DeploymentSettings(BaseSettings):
@@ -164,6 +168,37 @@ class TritonDeployer:
                 self.repository.write_model_version, _triton_name(model_name), _triton_version(version), path,
                 flavour=self.settings.triton_flavour, labels=classes, options=options,
             )
+
+    async def restore(self, serving: dict[str, set[str]]) -> list[str]:
+        """Load again what Triton should serve and does not: a restarted Triton (explicit model
+        control) comes back with nothing loaded, and every frame would go unscored until the next
+        promotion. The repository still holds each model's files and its config with the version
+        policy of the last change, so a load restores exactly that.
+
+        Several registry replicas may do this at once: each loads only after seeing versions
+        missing, and two loads of one model from the same repository leave the same versions
+        serving. The deployer's lock keeps one replica's restore out of its own stage changes.
+        """
+        restored = []
+        async with self._lock:
+            for model_name, versions in sorted(serving.items()):
+                triton_model = _triton_name(model_name)
+                wanted = {_triton_version(v) for v in versions}
+                if await asyncio.to_thread(self._restore_one, triton_model, wanted):
+                    restored.append(model_name)
+                    triton_restores.add(1, {"model": model_name})
+        return restored
+
+    def _restore_one(self, triton_model: str, wanted: set[int]) -> bool:
+        with TritonControl(self.triton_grpc) as triton:
+            missing = wanted - set(triton.ready_versions(triton_model))
+            if not missing:
+                return False
+            log.warning("Triton does not serve %s versions %s (restarted?): loading them again", triton_model, sorted(missing))
+            triton.load(triton_model)
+            for version in sorted(wanted):
+                triton.wait_ready(triton_model, version, timeout=self.settings.triton_ready_timeout_s)
+            return True
 
     def _load_and_check(self, triton_model: str, promoted: int | None) -> None:
         with TritonControl(self.triton_grpc) as triton:

@@ -48,6 +48,9 @@ class RegistrySettings(ServiceSettings):
     # A promotion that has not finished deploying after this long is taken to have crashed.
     promotion_lease_s: float = 300.0
     poll_interval_s: float = 1.0
+    # How often the registry checks that Triton still serves production and canary versions, and
+    # loads them again if not (a restarted Triton comes back with no model loaded).
+    serving_check_s: float = Field(default=10.0, gt=0)
     eval_threads: int = 0  # 0: every core
     cache_dir: Path | None = None
     # Triton and edge fleets (same LINELOOP_REGISTRY_ prefix, e.g. LINELOOP_REGISTRY_TRITON_FLAVOUR).

@@ -160,6 +160,16 @@ def get_version_row(s: Session, model_name: str, version_or_alias: str) -> dict 
     return dict(row) if row else None
 
 
+def serving_versions(s: Session) -> dict[str, set[str]]:
+    """Model -> the versions Triton must serve now: production and canary (staging)."""
+    rows = s.execute(select(versions.c.model_name, versions.c.version)
+                     .where(versions.c.stage.in_(("production", "staging")))).all()
+    serving: dict[str, set[str]] = {}
+    for model_name, version in rows:
+        serving.setdefault(model_name, set()).add(version)
+    return serving
+
+
 def list_version_rows(s: Session, model_name: str = "", stage: str = "") -> list[dict]:
     q = select(versions).order_by(versions.c.model_name, versions.c.number.desc())
     if model_name:

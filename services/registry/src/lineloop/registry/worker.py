@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -76,6 +77,7 @@ class RegistryWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._next_serving_check = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,12 +98,24 @@ class RegistryWorker:
                 await self.gate_pending()
                 if self.settings.auto_promote:
                     await self.apply_policy()
+                await self.restore_serving()
             except Exception:
                 log.exception("registry worker pass failed; retrying")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
             except TimeoutError:
                 pass
+
+    async def restore_serving(self) -> None:
+        """Every `serving_check_s`: what should serve and Triton lost (a restart) is loaded again."""
+        now = time.monotonic()
+        if now < self._next_serving_check:
+            return
+        self._next_serving_check = now + self.settings.serving_check_s
+        with self.service.db.session() as s:
+            serving = state.serving_versions(s)
+        if serving:
+            await self.stages.deployer.restore(serving)
 
     async def gate_pending(self) -> None:
         with self.service.db.session() as s:

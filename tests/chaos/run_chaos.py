@@ -117,9 +117,9 @@ class Fault:
             try:  # does the object store write again, now the space is back?
                 self.loop.objects().put_bytes("lineloop-sim", "chaos/probe", b"probe", "text/plain")
             except Exception as exc:
-                # Found by this harness: SeaweedFS's filer (leveldb) keeps failing every write with
-                # the old ENOSPC until restarted, and the broker (its data is there) with it. Do what
-                # an operator would, so the proof still runs, and fail the row saying so.
+                # Found by this harness: SeaweedFS exited when glog could not create a log file on the
+                # full disk (the stack now runs it with -logtostderr). Should the store still be down,
+                # do what an operator would, so the proof still runs, and fail the row saying so.
                 self.failed = (f"object store still failing writes 5 s after the disk was freed ({type(exc).__name__}); "
                                "restarted it")
                 self.loop.kill9("s3")

@@ -70,15 +70,16 @@ def seaweedfs(config: StackConfig) -> ServerSpec:
 
     def prepare() -> None:
         remove_dead_weed_sockets(config)
-        (config.logs_dir / "weed").mkdir(parents=True, exist_ok=True)
         (state / "s3").mkdir(parents=True, exist_ok=True)
         s3_config.write_text(json.dumps(identities))
 
     weed = config.weed
     argv = [
         _executable(scripts_dir() / "weed"),
-        # -logdir is a global flag: after `mini` it would be ignored and logs land in /tmp.
-        f"-logdir={config.logs_dir / 'weed'}",
+        # Logs to stderr (the server's log file, written by the stack), never glog's own files: glog
+        # exits the whole server when it cannot create a log file, so a full disk killed the object
+        # store (found by `make chaos`, diskfull). A global flag: after `mini` it would be ignored.
+        "-logtostderr",
         "mini",
         f"-dir={state / 's3'}",
         f"-ip={HOST}",

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from lineloop.bus import Bus
 from lineloop.cli.models import app as models_cli
+from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint
 from lineloop.model.synthetic import write_dataset
@@ -49,10 +50,11 @@ SPLIT_SHARES = (0.1, 0.1, 0.8)
 FEW = {"ok": 15, "bruise": 5, "rot": 5, "scab": 5}
 
 
-def dataset(store, name: str, version: str, seed: int, per_class=None):
+def dataset(store, name: str, version: str, seed: int, per_class=None, datasets_bucket: str = ""):
     if per_class is None:
-        return write_dataset(store, name, version, per_class=PER_CLASS, split_shares=SPLIT_SHARES, size=32, seed=seed)
-    return write_dataset(store, name, version, per_class=per_class, size=32, seed=seed)
+        return write_dataset(store, name, version, per_class=PER_CLASS, split_shares=SPLIT_SHARES, size=32, seed=seed,
+                             datasets_bucket=datasets_bucket)
+    return write_dataset(store, name, version, per_class=per_class, size=32, seed=seed, datasets_bucket=datasets_bucket)
 
 
 def stack_settings(stack) -> StackSettings:
@@ -86,12 +88,12 @@ def trained_event(store: ObjectStore, model_name: str, dataset_event, answer: st
     prefix = f"{model_name}/{run_id}/"
     buf = io.BytesIO()
     torch.save(checkpoint(model), buf)
-    weights = store.put_bytes("lineloop-models", prefix + "weights.pt", buf.getvalue(), "application/octet-stream")
-    onnx = store.put_bytes("lineloop-models", prefix + "model.onnx", export_onnx(model), "application/onnx")
+    weights = store.put_bytes(bucket("models"), prefix + "weights.pt", buf.getvalue(), "application/octet-stream")
+    onnx = store.put_bytes(bucket("models"), prefix + "model.onnx", export_onnx(model), "application/onnx")
     return ModelTrained(model_name=model_name, run_id=run_id, dataset=dataset_event.dataset,
                         dataset_version=dataset_event.version, dataset_sha256=dataset_event.manifest.sha256,
-                        code_version="test", artifact_prefix=f"lineloop-models/{prefix}", weights=weights.to_proto(),
-                        onnx=onnx.to_proto(), classes=CLASSES, input_size=32)
+                        code_version="test", artifact_prefix=f"{bucket('models')}/{prefix}", weights=weights.to_proto(),
+                        onnx=onnx.to_proto(), classes=CLASSES, input_size=32, dataset_manifest=dataset_event.manifest)
 
 
 class SlowDeployer:
@@ -169,9 +171,11 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
 
             # 1. Bootstrap: always-"ok" scores 192/384 = 0.5, its lower bound about 0.46 >= floor 0.4; ok FPR 0,
             # its upper bound about 0.014 <= 0.1 -> production.
-            await events.bus.publish(trained_event(store, model, ds.event, "ok"))
+            first = trained_event(store, model, ds.event, "ok")
+            await events.bus.publish(first)
             v1 = await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 in production")
             assert v1.gate.passed and v1.gate.baseline_version == ""
+            assert v1.onnx == first.onnx and v1.weights == first.weights  # where training said, for warm starts
             assert v1.gate.candidate.accuracy == pytest.approx(0.5)
             assert v1.gate.candidate.ok_false_positive_rate == 0.0
             assert v1.dataset == model and v1.dataset_version == "v0001" and v1.run_id.startswith("run-")
@@ -240,11 +244,19 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert [(r.version, r.gate.passed, r.stage) for r in registered] == [
                 ("1", True, Stage.STAGE_CANDIDATE), ("2", False, Stage.STAGE_REJECTED), ("3", True, Stage.STAGE_CANDIDATE)]
             assert registered[1].gate.candidate.accuracy == pytest.approx(1 / 6)
+            # The compiler builds from these: the locations training announced, passed on unchanged.
+            assert (registered[0].onnx, registered[0].weights, registered[0].dataset_manifest) == (
+                first.onnx, first.weights, ds.event.manifest)
 
             # 5. Judged on a newer dataset version whose test split is tiny (6 frames), an equal candidate is
             # neither passed nor failed: not enough evidence. It is held as a candidate with the classes that
             # lack labels, in its history and `lineloop models show`; the policy leaves it; a person may decide.
-            few = await asyncio.to_thread(dataset, store, model, "v0002", 7, FEW)
+            # Labeling wrote this version to another bucket (LINELOOP_LABELING_DATASETS_BUCKET): the gate
+            # finds it where the event says, not in the catalogue's datasets bucket.
+            moved = f"{bucket('datasets')}-moved"
+            await store.aio.ensure_buckets([moved])
+            few = await asyncio.to_thread(dataset, store, model, "v0002", 7, FEW, moved)
+            assert few.event.manifest.bucket == moved
             await events.bus.publish(trained_event(store, model, few.event, "ok"))
             v4 = await until(lambda: version("4"), lambda v: v.gate.reason != "", what="v4 gated")
             assert v4.gate.outcome == GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE and not v4.gate.passed

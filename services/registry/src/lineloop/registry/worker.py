@@ -119,7 +119,7 @@ class RegistryWorker:
             judge = state.newest_dataset(s, model_name, row["dataset"])
         dataset_version = f"{row['dataset']}/{judge['dataset_version']}"
         try:
-            test = await self.evaluator.test_split(row["dataset"], judge["dataset_version"], judge["dataset_sha256"])
+            test = await self.evaluator.test_split(row["dataset"], judge["dataset_version"], judge["manifest"])
             onnx = state.onnx_ref(row)
             candidate = await self.evaluator.evaluate(onnx.bucket, onnx.key, onnx.sha256, row["classes"], row["input_size"], test)
             baseline = None
@@ -132,6 +132,7 @@ class RegistryWorker:
             decision = GateDecision(passed=False, outcome=FAILED, reason=f"gate could not run: {err}",
                                     dataset_version=dataset_version)
         outcome = outcome_of(decision)
+        trained = state.trained_of(row)
         stage = "rejected" if outcome == FAILED else "candidate"
         held = outcome == NOT_ENOUGH_EVIDENCE
         async with self.service.db.write() as s:
@@ -156,7 +157,9 @@ class RegistryWorker:
                 model_name=model_name, version=version, run_id=row["run_id"], dataset=row["dataset"],
                 dataset_version=row["dataset_version"], parent_version=row["parent_version"],
                 stage=state.STAGE_OF[stage], gate=decision, onnx=state.onnx_ref(row), classes=row["classes"],
-                input_size=row["input_size"], registered_at=registered_at))
+                input_size=row["input_size"], registered_at=registered_at,
+                # Passed on as training announced them: the compiler reads these, never rebuilds their keys.
+                weights=trained.weights, dataset_manifest=trained.dataset_manifest))
         self.service.bus.relay.wake()
         name = GateOutcome.Name(outcome).removeprefix("GATE_OUTCOME_").lower()
         gate_decisions.add(1, {"outcome": name})

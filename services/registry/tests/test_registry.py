@@ -34,8 +34,8 @@ from lineloop.runtime.pki import jwks_json, mint_token, rsa_key
 from lineloop.runtime.settings import SecuritySettings
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import registry_pb2 as pb
-from lineloop.v1.common_pb2 import Prediction, PredictionStatus, Stage
-from lineloop.v1.events_pb2 import FrameIngested, GateOutcome, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
+from lineloop.v1.common_pb2 import Stage
+from lineloop.v1.events_pb2 import GateOutcome, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
 from lineloop.v1.monitor_pb2 import ModelHealth, VersionHealth
 from lineloop.v1.monitor_pb2_grpc import MonitorServiceServicer, add_MonitorServiceServicer_to_server
 from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
@@ -159,7 +159,12 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
     model = f"apples-{uuid.uuid4().hex[:6]}"
     ds = await asyncio.to_thread(dataset, store, model, "v0001", 3)
     deployer = SlowDeployer()
-    service = build(registry_settings(stack, tmp_path), deployer=deployer)
+    monitor = LiveAccuracy(model, model)
+    server = grpc.aio.server()
+    add_MonitorServiceServicer_to_server(monitor, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{port}"), deployer=deployer)
     events = Events(stack, model)
     await events.bus.start()
     try:
@@ -207,16 +212,20 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert error_info(err.value).reason == "VERSION_FAILED_GATE" and "accuracy" in err.value.details()
 
-            # 3. An equal candidate (the same answers on every frame) passes and becomes the canary; served frames
-            # make it production.
+            # 3. An equal candidate (the same answers on every frame) passes and becomes the canary; once the
+            # monitor counts its served frames (and its live accuracy is as good) it becomes production.
             await events.bus.publish(trained_event(store, model, ds.event, "ok"))
             v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
             assert v3.canary_share == pytest.approx(0.1) and "canary" in v3.aliases
             assert v3.gate.passed and v3.gate.baseline_version == "1"
-            for _ in range(3):
-                await events.bus.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
-                    status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version="3", canary=True)))
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=5000, frames_labelled=2000, live_accuracy=0.9),
+                                VersionHealth(model_version="3", frames_scored=2, frames_labelled=2000, live_accuracy=0.9)]
+            await asyncio.sleep(1.0)  # several policy passes: 2 frames < canary_min_frames 3, still the canary
+            v3 = await version("3")
+            assert v3.stage == Stage.STAGE_STAGING and v3.frames_served == 2 and v3.hold_reason == ""
+            monitor.versions[1].frames_scored = 3
             v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v3 production")
+            assert v3.frames_served == 3 and v3.history[-1].reason.startswith("canary served 3 frames (policy: 3)")
             v1 = await version("1")
             assert v1.stage == Stage.STAGE_ARCHIVED and v1.history[-1].reason == "replaced by v3"
 
@@ -283,6 +292,7 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert canary.history[-1].reason == f"the fix line 2 waits for (overrides the hold: {v4.gate.reason})"
     finally:
         await events.bus.stop()
+        await server.stop(None)
 
 
 async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, store, tmp_path, database_url):
@@ -402,11 +412,8 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
             # 0.7 on 40 labelled frames vs 0.9 on 50: worse by more than the margin even at the bounds.
-            monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
-                                VersionHealth(model_version="2", frames_labelled=40, live_accuracy=0.7)]
-            for _ in range(3):
-                await publisher.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
-                    status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version="2", canary=True)))
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=500, frames_labelled=50, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_scored=40, frames_labelled=40, live_accuracy=0.7)]
             v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_ARCHIVED, what="v2 archived")
             last = v2.history[-1]
             assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
@@ -454,20 +461,15 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             async def version(v):
                 return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
 
-            async def serve_canary_frames(v: str) -> None:
-                for _ in range(3):
-                    await publisher.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
-                        status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version=v, canary=True)))
-
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
 
-            # 1. The canary has served its frames, the monitor is unreachable: held, not promoted.
-            await serve_canary_frames("2")
+            # 1. The monitor, which owns the evidence, is unreachable: how many frames the canary served and how
+            # well is unknown: held, not promoted.
             v2 = await until(lambda: version("2"), lambda v: v.hold_reason != "", what="v2 held")
-            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served >= 3
+            assert v2.stage == Stage.STAGE_STAGING
             assert v2.hold_reason.startswith(f"monitor unreachable: UNAVAILABLE at 127.0.0.1:{monitor_port}"), v2.hold_reason
             assert v2.held_since.seconds > 0
             await asyncio.sleep(1.0)  # several policy passes (0.2 s apart): still held
@@ -487,17 +489,17 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             add_MonitorServiceServicer_to_server(monitor, server := grpc.aio.server())
             assert server.add_insecure_port(f"127.0.0.1:{monitor_port}") == monitor_port
             await server.start()
-            monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
-                                VersionHealth(model_version="2", frames_labelled=3, live_accuracy=1.0)]
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=500, frames_labelled=50, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_scored=3, frames_labelled=3, live_accuracy=1.0)]
             v2 = await until(lambda: version("2"), lambda v: "labelled" in v.hold_reason, what="v2 held for labels")
-            assert v2.stage == Stage.STAGE_STAGING
+            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served == 3  # the monitor's count
             assert v2.hold_reason.startswith("not enough evidence at 95% confidence that canary v2 is not worse"), v2.hold_reason
             assert "live accuracy 1.000 on 3 labelled frames vs production v1 0.900 on 50; about" in v2.hold_reason
             assert canary_holds(model, "too_few_labels") == before["too_few_labels"] + 1
 
             # 3. The labels arrive and the canary is as good: the policy decides, and the hold ends.
-            monitor.versions = [VersionHealth(model_version="1", frames_labelled=2000, live_accuracy=0.9),
-                                VersionHealth(model_version="2", frames_labelled=2000, live_accuracy=0.9)]
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=5000, frames_labelled=2000, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_scored=2000, frames_labelled=2000, live_accuracy=0.9)]
             v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v2 production")
             assert v2.hold_reason == "" and not v2.HasField("held_since")
             last = v2.history[-1]
@@ -507,7 +509,7 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             # 4. A person decides for a held canary: promoted by hand, the history says it overrode the hold.
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
-            await serve_canary_frames("3")
+            monitor.versions.append(VersionHealth(model_version="3", frames_scored=3))
             v3 = await until(lambda: version("3"), lambda v: v.hold_reason != "", what="v3 held")
             assert "live accuracy 0.000 on 0 labelled frames" in v3.hold_reason and "no labelled frames" in v3.hold_reason
             promoted = await api.Promote(pb.PromoteRequest(model_name=model, version="3", to_stage=Stage.STAGE_PRODUCTION,

@@ -425,6 +425,30 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
         await server.stop(None)
 
 
+async def test_without_a_monitor_a_canary_is_held_not_promoted_on_a_count(stack, store, tmp_path):
+    """The monitor owns canary evidence (frames served, live accuracy); the registry counts nothing itself."""
+    model = f"pears-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 8)
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=""), deployer=SlowDeployer())
+    publisher = Bus(stack.kafka_bootstrap, source="test/registry")
+    await publisher.start()
+    try:
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def version(v):
+                return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
+
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            v2 = await until(lambda: version("2"), lambda v: v.hold_reason != "", what="v2 held")
+            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served == 0
+            assert v2.hold_reason.startswith("no monitor configured (LINELOOP_REGISTRY_MONITOR_GRPC)"), v2.hold_reason
+    finally:
+        await publisher.stop()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

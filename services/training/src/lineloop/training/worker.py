@@ -210,8 +210,8 @@ class RunWorker:
         timings["fetch_s"] = time.perf_counter() - t1
         index = {c: i for i, c in enumerate(classes)}
         path_of = {e.sha256: p for e, p in zip(entries, paths)}
-        splits = {name: Split([path_of[e.sha256] for e in dataset.split(name)], [index[e.label] for e in dataset.split(name)])
-                  for name in ("train", "val", "test")}
+        splits = {name: Split([path_of[e.sha256] for e in chosen], [index[e.label] for e in chosen])
+                  for name, chosen in ((n, dataset.split(n)) for n in ("train", "val", "test"))}
         for name, split in splits.items():
             if not split.paths:
                 raise RunFailed(f"dataset {row['dataset']} {row['dataset_version']} has no {name} frames")

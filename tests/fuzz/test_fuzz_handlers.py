@@ -28,7 +28,7 @@ CONSUMED = [
     ("labeling", "frames.ingested.v1"), ("labeling", "drift.detected.v1"),
     ("training", "datasets.versioned.v1"), ("training", "training.requested.v1"),
     ("compiler", "models.registered.v1"),
-    ("registry", "models.trained.v1"), ("registry", "frames.ingested.v1"), ("registry", "models.compiled.v1"),
+    ("registry", "models.trained.v1"), ("registry", "models.compiled.v1"),
     ("monitor", "frames.ingested.v1"), ("monitor", "frames.rejected.v1"), ("monitor", "labels.created.v1"),
     ("monitor", "models.promoted.v1"),
 ]

@@ -67,13 +67,13 @@ async def signed(stack, tmp_path_factory) -> Signed:
     state_dir = tmp_path_factory.mktemp("signed")
     data, (net_a, net_b) = _models()
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
-    upload_dataset(objects, data, dataset, "v0001")
+    manifest = upload_dataset(objects, data, dataset, "v0001")
     env = BuildEnvironment(objects, load_signer(None, state_dir), state_dir / "compiler", verification_frames=32)
     profile = dataclasses.replace(load_profiles().get("onnxruntime-cpu-int8"), tolerance=Tolerance(0.8, 0.5))
     builds = {}
     for version, net in (("1", net_a), ("2", net_b)):
         event = register_event(objects, net, model_name=model_name, version=version, dataset=dataset,
-                               dataset_version="v0001", input_size=data.input_size)
+                               dataset_version="v0001", dataset_manifest=manifest, input_size=data.input_size)
         builds[version] = await asyncio.to_thread(run_build, env, event, profile, f"b-{uid}-{version}")
         assert builds[version].status == BUILD_STATUS_OK, builds[version].reason
     return Signed(uid, model_name, data, export_onnx(net_a), objects, builds, state_dir)

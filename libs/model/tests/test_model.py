@@ -9,12 +9,14 @@ import onnx
 import pytest
 import torch
 
+from lineloop.model.dataset import DatasetSplits
 from lineloop.model.export import export_onnx
 from lineloop.model.manifest import ManifestError, class_list, parse_manifest
 from lineloop.model.metrics import evaluate
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint, from_checkpoint
 from lineloop.model.onnx_eval import OnnxClassifier, evaluate_onnx
 from lineloop.serving.contract import onnx_signature
+from lineloop.v1.common_pb2 import ObjectRef
 
 CLASSES = ("bruise", "ok", "rot", "scab")
 
@@ -95,3 +97,26 @@ def test_manifest_parsing_is_defensive():
         parse_manifest(b"{oops\n")
     with pytest.raises(ManifestError, match="no frames"):
         parse_manifest(b"\n")
+
+
+def test_dataset_splits_keep_model_labels_out_of_judging_and_read_only_where_a_ref_points():
+    def line(i: int, split: str, source: str = "human") -> str:
+        return json.dumps({"frame_id": f"f{i}", "key": f"k{i}", "sha256": f"{i:064x}", "label": "ok", "split": split,
+                           "label_source": source})
+
+    data = "\n".join([line(1, "train", "model"), line(2, "test", "model"), line(3, "test"), line(4, "val"),
+                      line(5, "train"), line(6, "test")]).encode()
+    splits = DatasetSplits.parse(data, "datasets/x.jsonl")
+    # model-made labels may train (f1) but never judge (f2 dropped from test)
+    assert [e.frame_id for e in splits.split("train")] == ["f1", "f5"]
+    assert [e.frame_id for e in splits.split("test")] == ["f3", "f6"]
+    assert [e.frame_id for e in splits.split("test", "val", limit=1)] == ["f3"]
+    assert [e.frame_id for e in DatasetSplits.parse(line(7, "val").encode()).split("test", "val")] == ["f7"]
+    assert DatasetSplits.parse(line(8, "train").encode()).split("test") == []
+    with pytest.raises(ValueError, match="split 'tset' is not one of"):
+        splits.split("tset")
+    with pytest.raises(ManifestError, match=r"manifest b/m.jsonl: manifest line 1: not JSON"):
+        DatasetSplits.parse(b"{", "b/m.jsonl")
+    # No reference, no guess: a consumer never falls back to a key of its own making.
+    with pytest.raises(ManifestError, match="no manifest reference"):
+        DatasetSplits.read(None, ObjectRef())  # type: ignore[arg-type]

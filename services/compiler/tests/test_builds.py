@@ -21,9 +21,10 @@ from lineloop.compiler.signing import load_signer
 from lineloop.compiler.tensorrt_builds import PlanRunner, build_plan, capability
 from lineloop.compiler.testing import demo_data, register_event, train_demo_model, upload_dataset
 from lineloop.compiler.verify import OnnxRunner, TorchRunner, verify
+from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
-from lineloop.v1.events_pb2 import BUILD_STATUS_FAILED, BUILD_STATUS_OK, BUILD_STATUS_REJECTED
+from lineloop.v1.events_pb2 import BUILD_STATUS_FAILED, BUILD_STATUS_OK, BUILD_STATUS_REJECTED, ModelRegistered
 
 
 @functools.cache
@@ -92,13 +93,19 @@ def test_broken_export_is_rejected_against_the_torch_model_with_the_numbers(stac
     model_name, dataset = f"apples-{uid}", f"line-{uid}"
     data, net, source = _model()
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
-    upload_dataset(objects, data, dataset, "v0001")
+    # Labeling configured with another datasets bucket (LINELOOP_LABELING_DATASETS_BUCKET): the build
+    # reads the manifest where the event says, not from the catalogue's datasets bucket.
+    moved = f"{bucket('datasets')}-moved"
+    objects.ensure_buckets([moved])
+    manifest = upload_dataset(objects, data, dataset, "v0001", datasets_bucket=moved)
+    assert manifest.bucket == moved
     env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=40)
     profile = load_profiles().get("triton-onnx")
 
     def register(version: str, onnx_bytes: bytes | None = None):
         return register_event(objects, net, model_name=model_name, version=version, dataset=dataset,
-                              dataset_version="v0001", input_size=data.input_size, onnx_bytes=onnx_bytes)
+                              dataset_version="v0001", dataset_manifest=manifest, input_size=data.input_size,
+                              onnx_bytes=onnx_bytes)
 
     good_event = register("v0001")
     good = run_build(env, good_event, profile, f"b-{uid}-good")
@@ -118,9 +125,16 @@ def test_broken_export_is_rejected_against_the_torch_model_with_the_numbers(stac
         objects.get_bytes("lineloop-builds", f"{model_name}/v0002/triton-onnx/manifest.json")
 
     # Without the torch weights there is nothing to verify against: the build fails, it does not pass.
-    objects.delete("lineloop-models", f"{model_name}/v0001/weights.pt")
+    objects.delete(good_event.weights.bucket, good_event.weights.key)
     unverifiable = run_build(env, good_event, profile, f"b-{uid}-again")
     assert unverifiable.status == BUILD_STATUS_FAILED and "weights.pt" in unverifiable.reason
+
+    # An event without the locations (from before events carried them) fails with the reason, never a guessed key.
+    unlocated = ModelRegistered()
+    unlocated.CopyFrom(good_event)
+    unlocated.ClearField("dataset_manifest")
+    failed = run_build(env, unlocated, profile, f"b-{uid}-unlocated")
+    assert failed.status == BUILD_STATUS_FAILED and failed.reason == "the registered model carries no dataset manifest reference"
 
 
 def test_a_model_outside_the_serving_contract_is_refused():

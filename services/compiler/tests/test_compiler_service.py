@@ -108,11 +108,11 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
     model_name, dataset = f"apples-{uid}", f"line-{uid}"
     data, net = _demo()
     objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
-    upload_dataset(objects, data, dataset, "v0001")
+    manifest = upload_dataset(objects, data, dataset, "v0001")
     gated = register_event(objects, net, model_name=model_name, version="v0001", dataset=dataset,
-                           dataset_version="v0001", input_size=data.input_size)
+                           dataset_version="v0001", dataset_manifest=manifest, input_size=data.input_size)
     not_gated = register_event(objects, net, model_name=model_name, version="v0002", dataset=dataset,
-                               dataset_version="v0001", input_size=data.input_size, passed=False)
+                               dataset_version="v0001", dataset_manifest=manifest, input_size=data.input_size, passed=False)
     broken = ModelRegistered(model_name=f"broken-{uid}", version="v0001", gate=gated.gate)
 
     compiled: asyncio.Queue[ModelCompiled] = asyncio.Queue()
@@ -149,7 +149,7 @@ async def test_gated_version_is_compiled_verified_signed_and_published(stack, tm
                 manifest = verify_manifest(manifest_bytes, build.signature, build.key_id, trusted, build.manifest.sha256)
                 assert (manifest.model_name, manifest.target, manifest.source["dataset_version"]) == (model_name, target, "v0001")
                 assert manifest.source["onnx"]["sha256"] == gated.onnx.sha256
-                assert manifest.source["weights"]["key"] == f"{model_name}/v0001/weights.pt"
+                assert manifest.source["weights"]["key"] == gated.weights.key  # where the event said
                 (artifact,) = manifest.artifacts
                 assert sha256_hex(objects.get_bytes(artifact.bucket, artifact.key)) == artifact.sha256
                 assert [a.sha256 for a in build.artifacts] == [artifact.sha256]

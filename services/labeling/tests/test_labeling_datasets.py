@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lineloop.bus import Bus, outbox
+from lineloop.contracts.catalogue import bucket
 from lineloop.labeling import labels, state
 from lineloop.labeling.datasets import CutBusy, Datasets
 from lineloop.labeling.settings import LabelingSettings
-from lineloop.storage.objects import ObjectStore
+from lineloop.model.dataset import DatasetSplits
+from lineloop.storage.objects import ObjectNotFound, ObjectStore
 from lineloop.v1.events_pb2 import DatasetVersioned
 
 
@@ -88,3 +90,27 @@ async def test_a_dataset_is_cut_by_one_claimant_at_a_time(stack, labeling_db, in
         assert state.release_dataset(s, line, "other-replica")
     version, new = await datasets.cut(line, line, requested_by="test", reason="")
     assert new and version.version == "v0001" and len(events(labeling_db)) == 1
+
+
+async def test_a_version_in_another_datasets_bucket_is_read_through_the_events_reference(
+        stack, labeling_db, ingest_into, helpers, monkeypatch):
+    """LINELOOP_LABELING_DATASETS_BUCKET moves the manifests; training, the gate and the compiler read them
+    with `DatasetSplits` from the event's reference, so they follow without a setting of their own."""
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    moved = f"{bucket('datasets')}-moved"
+    monkeypatch.setenv("LINELOOP_LABELING_DATASETS_BUCKET", moved)
+    cfg = LabelingSettings(database_url="sqlite://", auto_accept_threshold=1.1)
+    assert cfg.datasets_bucket == moved
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    objects.ensure_buckets([moved])
+    datasets = Datasets(cfg, labeling_db, Bus(stack.kafka_bootstrap, source="lineloop/labeling", db=labeling_db), objects)
+    frames = [helpers.frame_event(line, "cam-1", {"ok": 0.5, "rot": 0.5}) for _ in range(3)]
+    for msg in frames:
+        await ingest_into(cfg, msg)
+    await label(labeling_db, [m.frame_id for m in frames])
+    version, new = await datasets.cut(line, line, requested_by="test", reason="")
+    assert new and version.manifest.bucket == moved
+    splits = DatasetSplits.read(objects, version.manifest)
+    assert sorted(e.frame_id for e in splits.entries) == sorted(m.frame_id for m in frames)
+    with pytest.raises(ObjectNotFound):  # nothing where a consumer rebuilding the catalogue's location would look
+        objects.get_bytes(bucket("datasets"), version.manifest.key)

@@ -117,7 +117,7 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
     onnx_a, onnx_b = export_onnx(net_a), export_onnx(net_b)
     service = _registry(stack, tmp_path, fleet)
     objects = service.objects
-    upload_dataset(objects, data, dataset, "v0001")
+    manifest = upload_dataset(objects, data, dataset, "v0001")
     env = BuildEnvironment(objects, load_signer(None, tmp_path), tmp_path / "compiler", verification_frames=40)
     profiles = load_profiles()
     # The small test model is not confident enough for the production INT8 tolerance; that is the compiler's test.
@@ -125,7 +125,7 @@ async def test_promotion_serves_on_triton_without_a_gap_and_rollback_restores(st
     events = {}
     for number, net in ((1, net_a), (2, net_b), (3, net_b), (4, net_a)):
         events[number] = register_event(objects, net, model_name=model_name, version=str(number),
-                                        dataset=dataset, dataset_version="v0001", input_size=data.input_size)
+                                        dataset=dataset, dataset_version="v0001", dataset_manifest=manifest, input_size=data.input_size)
 
     promotions: asyncio.Queue[ModelPromoted] = asyncio.Queue()
     rollouts: asyncio.Queue[EdgeRollout] = asyncio.Queue()

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from lineloop.bus import Bus
 from lineloop.cli.models import app as models_cli
+from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint
 from lineloop.model.synthetic import write_dataset
@@ -33,8 +34,8 @@ from lineloop.runtime.pki import jwks_json, mint_token, rsa_key
 from lineloop.runtime.settings import SecuritySettings
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import registry_pb2 as pb
-from lineloop.v1.common_pb2 import Prediction, PredictionStatus, Stage
-from lineloop.v1.events_pb2 import FrameIngested, GateOutcome, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
+from lineloop.v1.common_pb2 import Stage
+from lineloop.v1.events_pb2 import GateOutcome, LineDeployment, ModelPromoted, ModelRegistered, ModelTrained
 from lineloop.v1.monitor_pb2 import ModelHealth, VersionHealth
 from lineloop.v1.monitor_pb2_grpc import MonitorServiceServicer, add_MonitorServiceServicer_to_server
 from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
@@ -49,10 +50,11 @@ SPLIT_SHARES = (0.1, 0.1, 0.8)
 FEW = {"ok": 15, "bruise": 5, "rot": 5, "scab": 5}
 
 
-def dataset(store, name: str, version: str, seed: int, per_class=None):
+def dataset(store, name: str, version: str, seed: int, per_class=None, datasets_bucket: str = ""):
     if per_class is None:
-        return write_dataset(store, name, version, per_class=PER_CLASS, split_shares=SPLIT_SHARES, size=32, seed=seed)
-    return write_dataset(store, name, version, per_class=per_class, size=32, seed=seed)
+        return write_dataset(store, name, version, per_class=PER_CLASS, split_shares=SPLIT_SHARES, size=32, seed=seed,
+                             datasets_bucket=datasets_bucket)
+    return write_dataset(store, name, version, per_class=per_class, size=32, seed=seed, datasets_bucket=datasets_bucket)
 
 
 def stack_settings(stack) -> StackSettings:
@@ -86,12 +88,12 @@ def trained_event(store: ObjectStore, model_name: str, dataset_event, answer: st
     prefix = f"{model_name}/{run_id}/"
     buf = io.BytesIO()
     torch.save(checkpoint(model), buf)
-    weights = store.put_bytes("lineloop-models", prefix + "weights.pt", buf.getvalue(), "application/octet-stream")
-    onnx = store.put_bytes("lineloop-models", prefix + "model.onnx", export_onnx(model), "application/onnx")
+    weights = store.put_bytes(bucket("models"), prefix + "weights.pt", buf.getvalue(), "application/octet-stream")
+    onnx = store.put_bytes(bucket("models"), prefix + "model.onnx", export_onnx(model), "application/onnx")
     return ModelTrained(model_name=model_name, run_id=run_id, dataset=dataset_event.dataset,
                         dataset_version=dataset_event.version, dataset_sha256=dataset_event.manifest.sha256,
-                        code_version="test", artifact_prefix=f"lineloop-models/{prefix}", weights=weights.to_proto(),
-                        onnx=onnx.to_proto(), classes=CLASSES, input_size=32)
+                        code_version="test", artifact_prefix=f"{bucket('models')}/{prefix}", weights=weights.to_proto(),
+                        onnx=onnx.to_proto(), classes=CLASSES, input_size=32, dataset_manifest=dataset_event.manifest)
 
 
 class SlowDeployer:
@@ -160,7 +162,12 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
     model = f"apples-{uuid.uuid4().hex[:6]}"
     ds = await asyncio.to_thread(dataset, store, model, "v0001", 3)
     deployer = SlowDeployer()
-    service = build(registry_settings(stack, tmp_path), deployer=deployer)
+    monitor = LiveAccuracy(model, model)
+    server = grpc.aio.server()
+    add_MonitorServiceServicer_to_server(monitor, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=f"127.0.0.1:{port}"), deployer=deployer)
     events = Events(stack, model)
     await events.bus.start()
     try:
@@ -172,9 +179,11 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
 
             # 1. Bootstrap: always-"ok" scores 192/384 = 0.5, its lower bound about 0.46 >= floor 0.4; ok FPR 0,
             # its upper bound about 0.014 <= 0.1 -> production.
-            await events.bus.publish(trained_event(store, model, ds.event, "ok"))
+            first = trained_event(store, model, ds.event, "ok")
+            await events.bus.publish(first)
             v1 = await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 in production")
             assert v1.gate.passed and v1.gate.baseline_version == ""
+            assert v1.onnx == first.onnx and v1.weights == first.weights  # where training said, for warm starts
             assert v1.gate.candidate.accuracy == pytest.approx(0.5)
             assert v1.gate.candidate.ok_false_positive_rate == 0.0
             assert v1.dataset == model and v1.dataset_version == "v0001" and v1.run_id.startswith("run-")
@@ -206,16 +215,20 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert error_info(err.value).reason == "VERSION_FAILED_GATE" and "accuracy" in err.value.details()
 
-            # 3. An equal candidate (the same answers on every frame) passes and becomes the canary; served frames
-            # make it production.
+            # 3. An equal candidate (the same answers on every frame) passes and becomes the canary; once the
+            # monitor counts its served frames (and its live accuracy is as good) it becomes production.
             await events.bus.publish(trained_event(store, model, ds.event, "ok"))
             v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
             assert v3.canary_share == pytest.approx(0.1) and "canary" in v3.aliases
             assert v3.gate.passed and v3.gate.baseline_version == "1"
-            for _ in range(3):
-                await events.bus.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
-                    status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version="3", canary=True)))
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=5000, frames_labelled=2000, live_accuracy=0.9),
+                                VersionHealth(model_version="3", frames_scored=2, frames_labelled=2000, live_accuracy=0.9)]
+            await asyncio.sleep(1.0)  # several policy passes: 2 frames < canary_min_frames 3, still the canary
+            v3 = await version("3")
+            assert v3.stage == Stage.STAGE_STAGING and v3.frames_served == 2 and v3.hold_reason == ""
+            monitor.versions[1].frames_scored = 3
             v3 = await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v3 production")
+            assert v3.frames_served == 3 and v3.history[-1].reason.startswith("canary served 3 frames (policy: 3)")
             v1 = await version("1")
             assert v1.stage == Stage.STAGE_ARCHIVED and v1.history[-1].reason == "replaced by v3"
 
@@ -243,11 +256,19 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert [(r.version, r.gate.passed, r.stage) for r in registered] == [
                 ("1", True, Stage.STAGE_CANDIDATE), ("2", False, Stage.STAGE_REJECTED), ("3", True, Stage.STAGE_CANDIDATE)]
             assert registered[1].gate.candidate.accuracy == pytest.approx(1 / 6)
+            # The compiler builds from these: the locations training announced, passed on unchanged.
+            assert (registered[0].onnx, registered[0].weights, registered[0].dataset_manifest) == (
+                first.onnx, first.weights, ds.event.manifest)
 
             # 5. Judged on a newer dataset version whose test split is tiny (6 frames), an equal candidate is
             # neither passed nor failed: not enough evidence. It is held as a candidate with the classes that
             # lack labels, in its history and `lineloop models show`; the policy leaves it; a person may decide.
-            few = await asyncio.to_thread(dataset, store, model, "v0002", 7, FEW)
+            # Labeling wrote this version to another bucket (LINELOOP_LABELING_DATASETS_BUCKET): the gate
+            # finds it where the event says, not in the catalogue's datasets bucket.
+            moved = f"{bucket('datasets')}-moved"
+            await store.aio.ensure_buckets([moved])
+            few = await asyncio.to_thread(dataset, store, model, "v0002", 7, FEW, moved)
+            assert few.event.manifest.bucket == moved
             await events.bus.publish(trained_event(store, model, few.event, "ok"))
             v4 = await until(lambda: version("4"), lambda v: v.gate.reason != "", what="v4 gated")
             assert v4.gate.outcome == GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE and not v4.gate.passed
@@ -274,6 +295,7 @@ async def test_gate_bootstrap_rejection_canary_promotion_and_rollback(stack, sto
             assert canary.history[-1].reason == f"the fix line 2 waits for (overrides the hold: {v4.gate.reason})"
     finally:
         await events.bus.stop()
+        await server.stop(None)
 
 
 async def test_bad_requests_get_specific_statuses_and_change_nothing(stack, store, tmp_path, database_url):
@@ -393,11 +415,8 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
             # 0.7 on 40 labelled frames vs 0.9 on 50: worse by more than the margin even at the bounds.
-            monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
-                                VersionHealth(model_version="2", frames_labelled=40, live_accuracy=0.7)]
-            for _ in range(3):
-                await publisher.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
-                    status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version="2", canary=True)))
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=500, frames_labelled=50, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_scored=40, frames_labelled=40, live_accuracy=0.7)]
             v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_ARCHIVED, what="v2 archived")
             last = v2.history[-1]
             assert (last.from_stage, last.actor) == (Stage.STAGE_STAGING, "registry:auto_promote")
@@ -407,6 +426,30 @@ async def test_a_canary_worse_live_than_production_is_archived_not_promoted(stac
     finally:
         await publisher.stop()
         await server.stop(None)
+
+
+async def test_without_a_monitor_a_canary_is_held_not_promoted_on_a_count(stack, store, tmp_path):
+    """The monitor owns canary evidence (frames served, live accuracy); the registry counts nothing itself."""
+    model = f"pears-{uuid.uuid4().hex[:6]}"
+    ds = await asyncio.to_thread(dataset, store, model, "v0001", 8)
+    service = build(registry_settings(stack, tmp_path, monitor_grpc=""), deployer=SlowDeployer())
+    publisher = Bus(stack.kafka_bootstrap, source="test/registry")
+    await publisher.start()
+    try:
+        async with service.running(), grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            api = RegistryServiceStub(channel)
+
+            async def version(v):
+                return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
+
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
+            await publisher.publish(trained_event(store, model, ds.event, "ok"))
+            v2 = await until(lambda: version("2"), lambda v: v.hold_reason != "", what="v2 held")
+            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served == 0
+            assert v2.hold_reason.startswith("no monitor configured (LINELOOP_REGISTRY_MONITOR_GRPC)"), v2.hold_reason
+    finally:
+        await publisher.stop()
 
 
 def free_port() -> int:
@@ -445,20 +488,15 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             async def version(v):
                 return await api.GetVersion(pb.GetVersionRequest(model_name=model, version=v))
 
-            async def serve_canary_frames(v: str) -> None:
-                for _ in range(3):
-                    await publisher.publish(FrameIngested(frame_id=uuid.uuid4().hex, camera_id="cam-1", prediction=Prediction(
-                        status=PredictionStatus.PREDICTION_STATUS_OK, model_name=model, model_version=v, canary=True)))
-
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("1"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v1 production")
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_STAGING, what="v2 canary")
 
-            # 1. The canary has served its frames, the monitor is unreachable: held, not promoted.
-            await serve_canary_frames("2")
+            # 1. The monitor, which owns the evidence, is unreachable: how many frames the canary served and how
+            # well is unknown: held, not promoted.
             v2 = await until(lambda: version("2"), lambda v: v.hold_reason != "", what="v2 held")
-            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served >= 3
+            assert v2.stage == Stage.STAGE_STAGING
             assert v2.hold_reason.startswith(f"monitor unreachable: UNAVAILABLE at 127.0.0.1:{monitor_port}"), v2.hold_reason
             assert v2.held_since.seconds > 0
             await asyncio.sleep(1.0)  # several policy passes (0.2 s apart): still held
@@ -478,17 +516,17 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             add_MonitorServiceServicer_to_server(monitor, server := grpc.aio.server())
             assert server.add_insecure_port(f"127.0.0.1:{monitor_port}") == monitor_port
             await server.start()
-            monitor.versions = [VersionHealth(model_version="1", frames_labelled=50, live_accuracy=0.9),
-                                VersionHealth(model_version="2", frames_labelled=3, live_accuracy=1.0)]
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=500, frames_labelled=50, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_scored=3, frames_labelled=3, live_accuracy=1.0)]
             v2 = await until(lambda: version("2"), lambda v: "labelled" in v.hold_reason, what="v2 held for labels")
-            assert v2.stage == Stage.STAGE_STAGING
+            assert v2.stage == Stage.STAGE_STAGING and v2.frames_served == 3  # the monitor's count
             assert v2.hold_reason.startswith("not enough evidence at 95% confidence that canary v2 is not worse"), v2.hold_reason
             assert "live accuracy 1.000 on 3 labelled frames vs production v1 0.900 on 50; about" in v2.hold_reason
             assert canary_holds(model, "too_few_labels") == before["too_few_labels"] + 1
 
             # 3. The labels arrive and the canary is as good: the policy decides, and the hold ends.
-            monitor.versions = [VersionHealth(model_version="1", frames_labelled=2000, live_accuracy=0.9),
-                                VersionHealth(model_version="2", frames_labelled=2000, live_accuracy=0.9)]
+            monitor.versions = [VersionHealth(model_version="1", frames_scored=5000, frames_labelled=2000, live_accuracy=0.9),
+                                VersionHealth(model_version="2", frames_scored=2000, frames_labelled=2000, live_accuracy=0.9)]
             v2 = await until(lambda: version("2"), lambda v: v.stage == Stage.STAGE_PRODUCTION, what="v2 production")
             assert v2.hold_reason == "" and not v2.HasField("held_since")
             last = v2.history[-1]
@@ -498,7 +536,7 @@ async def test_a_canary_without_live_evidence_is_held_until_the_evidence_arrives
             # 4. A person decides for a held canary: promoted by hand, the history says it overrode the hold.
             await publisher.publish(trained_event(store, model, ds.event, "ok"))
             await until(lambda: version("3"), lambda v: v.stage == Stage.STAGE_STAGING, what="v3 canary")
-            await serve_canary_frames("3")
+            monitor.versions.append(VersionHealth(model_version="3", frames_scored=3))
             v3 = await until(lambda: version("3"), lambda v: v.hold_reason != "", what="v3 held")
             assert "live accuracy 0.000 on 0 labelled frames" in v3.hold_reason and "no labelled frames" in v3.hold_reason
             promoted = await api.Promote(pb.PromoteRequest(model_name=model, version="3", to_stage=Stage.STAGE_PRODUCTION,

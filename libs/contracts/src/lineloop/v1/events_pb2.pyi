@@ -269,7 +269,7 @@ class TrainingRequested(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ModelTrained(_message.Message):
-    __slots__ = ("model_name", "run_id", "dataset", "dataset_version", "dataset_sha256", "code_version", "artifact_prefix", "weights", "onnx", "model_card", "classes", "input_size", "test_metrics", "params", "parent_version", "finished_at")
+    __slots__ = ("model_name", "run_id", "dataset", "dataset_version", "dataset_sha256", "code_version", "artifact_prefix", "weights", "onnx", "model_card", "classes", "input_size", "test_metrics", "params", "parent_version", "finished_at", "dataset_manifest")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,7 @@ class ModelTrained(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     run_id: str
     dataset: str
@@ -309,7 +310,8 @@ class ModelTrained(_message.Message):
     params: _containers.ScalarMap[str, str]
     parent_version: str
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, model_name: _Optional[str] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., code_version: _Optional[str] = ..., artifact_prefix: _Optional[str] = ..., weights: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., model_card: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., test_metrics: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., params: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    dataset_manifest: _common_pb2.ObjectRef
+    def __init__(self, model_name: _Optional[str] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., code_version: _Optional[str] = ..., artifact_prefix: _Optional[str] = ..., weights: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., model_card: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., test_metrics: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., params: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset_manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class GateCheck(_message.Message):
     __slots__ = ("name", "candidate", "baseline", "passed", "lower", "upper", "margin", "frames", "outcome", "more_frames_needed")
@@ -358,7 +360,7 @@ class GateDecision(_message.Message):
     def __init__(self, passed: _Optional[bool] = ..., reason: _Optional[str] = ..., baseline_version: _Optional[str] = ..., dataset_version: _Optional[str] = ..., candidate: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., baseline: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., checks: _Optional[_Iterable[_Union[GateCheck, _Mapping]]] = ..., outcome: _Optional[_Union[GateOutcome, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class ModelRegistered(_message.Message):
-    __slots__ = ("model_name", "version", "run_id", "dataset", "dataset_version", "parent_version", "stage", "gate", "onnx", "classes", "input_size", "registered_at")
+    __slots__ = ("model_name", "version", "run_id", "dataset", "dataset_version", "parent_version", "stage", "gate", "onnx", "classes", "input_size", "registered_at", "weights", "dataset_manifest")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +373,8 @@ class ModelRegistered(_message.Message):
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     run_id: str
@@ -383,7 +387,9 @@ class ModelRegistered(_message.Message):
     classes: _containers.RepeatedScalarFieldContainer[str]
     input_size: int
     registered_at: _timestamp_pb2.Timestamp
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., parent_version: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., gate: _Optional[_Union[GateDecision, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    weights: _common_pb2.ObjectRef
+    dataset_manifest: _common_pb2.ObjectRef
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., parent_version: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., gate: _Optional[_Union[GateDecision, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., weights: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., dataset_manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class VerificationReport(_message.Message):
     __slots__ = ("samples", "top1_agreement", "max_abs_error", "latency_p50_ms", "latency_p99_ms", "throughput_per_s", "batch_size", "host")

@@ -28,7 +28,7 @@ from lineloop.v1 import events_pb2 as lineloop_dot_v1_dot_events__pb2
 from lineloop.v1 import options_pb2 as lineloop_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/registry.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"\xd1\x01\n\x0fStageTransition\x12&\n\nfrom_stage\x18\x01 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12$\n\x08to_stage\x18\x02 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07metrics\x18\x06 \x01(\x0b\x32\x18.lineloop.v1.EvalMetrics\"\xe2\x03\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12!\n\x05stage\x18\x03 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x07 \x01(\t\x12\x16\n\x0eparent_version\x18\x08 \x01(\t\x12\'\n\x04gate\x18\t \x01(\x0b\x32\x19.lineloop.v1.GateDecision\x12-\n\x07history\x18\n \x03(\x0b\x32\x1c.lineloop.v1.StageTransition\x12*\n\x06\x62uilds\x18\x0b \x03(\x0b\x32\x1a.lineloop.v1.ModelCompiled\x12\x14\n\x0c\x63\x61nary_share\x18\x0c \x01(\x02\x12\x15\n\rframes_served\x18\r \x01(\x03\x12\x31\n\rregistered_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bhold_reason\x18\x0f \x01(\t\x12.\n\nheld_since\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12!\n\x05stage\x18\x02 \x01(\x0e\x32\x12.lineloop.v1.Stage\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.lineloop.v1.ModelVersion\"8\n\x11GetVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"z\n\x0ePromoteRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x08to_stage\x18\x03 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"D\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"e\n\x10SetCanaryRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x02\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t2\xc7\x04\n\x0fRegistryService\x12\x94\x01\n\x0cListVersions\x12 .lineloop.v1.ListVersionsRequest\x1a!.lineloop.v1.ListVersionsResponse\"?\xaa\xbb\x18;\n\x07gateway\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x88\x01\n\nGetVersion\x12\x1e.lineloop.v1.GetVersionRequest\x1a\x19.lineloop.v1.ModelVersion\"?\xaa\xbb\x18;\n\x07gateway\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12X\n\x07Promote\x12\x1b.lineloop.v1.PromoteRequest\x1a\x19.lineloop.v1.ModelVersion\"\x15\xaa\xbb\x18\x11\n\x0frelease-manager\x12Z\n\x08Rollback\x12\x1c.lineloop.v1.RollbackRequest\x1a\x19.lineloop.v1.ModelVersion\"\x15\xaa\xbb\x18\x11\n\x0frelease-manager\x12\\\n\tSetCanary\x12\x1d.lineloop.v1.SetCanaryRequest\x1a\x19.lineloop.v1.ModelVersion\"\x15\xaa\xbb\x18\x11\n\x0frelease-managerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alineloop/v1/registry.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"\xd1\x01\n\x0fStageTransition\x12&\n\nfrom_stage\x18\x01 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12$\n\x08to_stage\x18\x02 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x07metrics\x18\x06 \x01(\x0b\x32\x18.lineloop.v1.EvalMetrics\"\xb1\x04\n\x0cModelVersion\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12!\n\x05stage\x18\x03 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x07 \x01(\t\x12\x16\n\x0eparent_version\x18\x08 \x01(\t\x12\'\n\x04gate\x18\t \x01(\x0b\x32\x19.lineloop.v1.GateDecision\x12-\n\x07history\x18\n \x03(\x0b\x32\x1c.lineloop.v1.StageTransition\x12*\n\x06\x62uilds\x18\x0b \x03(\x0b\x32\x1a.lineloop.v1.ModelCompiled\x12\x14\n\x0c\x63\x61nary_share\x18\x0c \x01(\x02\x12\x15\n\rframes_served\x18\r \x01(\x03\x12\x31\n\rregistered_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bhold_reason\x18\x0f \x01(\t\x12.\n\nheld_since\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04onnx\x18\x11 \x01(\x0b\x32\x16.lineloop.v1.ObjectRef\x12\'\n\x07weights\x18\x12 \x01(\x0b\x32\x16.lineloop.v1.ObjectRef\"L\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12!\n\x05stage\x18\x02 \x01(\x0e\x32\x12.lineloop.v1.Stage\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.lineloop.v1.ModelVersion\"8\n\x11GetVersionRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"z\n\x0ePromoteRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x08to_stage\x18\x03 \x01(\x0e\x32\x12.lineloop.v1.Stage\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"D\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"e\n\x10SetCanaryRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05share\x18\x03 \x01(\x02\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t2\xc7\x04\n\x0fRegistryService\x12\x94\x01\n\x0cListVersions\x12 .lineloop.v1.ListVersionsRequest\x1a!.lineloop.v1.ListVersionsResponse\"?\xaa\xbb\x18;\n\x07gateway\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12\x88\x01\n\nGetVersion\x12\x1e.lineloop.v1.GetVersionRequest\x1a\x19.lineloop.v1.ModelVersion\"?\xaa\xbb\x18;\n\x07gateway\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07service\x12X\n\x07Promote\x12\x1b.lineloop.v1.PromoteRequest\x1a\x19.lineloop.v1.ModelVersion\"\x15\xaa\xbb\x18\x11\n\x0frelease-manager\x12Z\n\x08Rollback\x12\x1c.lineloop.v1.RollbackRequest\x1a\x19.lineloop.v1.ModelVersion\"\x15\xaa\xbb\x18\x11\n\x0frelease-manager\x12\\\n\tSetCanary\x12\x1d.lineloop.v1.SetCanaryRequest\x1a\x19.lineloop.v1.ModelVersion\"\x15\xaa\xbb\x18\x11\n\x0frelease-managerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,19 +48,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAGETRANSITION']._serialized_start=156
   _globals['_STAGETRANSITION']._serialized_end=365
   _globals['_MODELVERSION']._serialized_start=368
-  _globals['_MODELVERSION']._serialized_end=850
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=852
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=928
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=930
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=997
-  _globals['_GETVERSIONREQUEST']._serialized_start=999
-  _globals['_GETVERSIONREQUEST']._serialized_end=1055
-  _globals['_PROMOTEREQUEST']._serialized_start=1057
-  _globals['_PROMOTEREQUEST']._serialized_end=1179
-  _globals['_ROLLBACKREQUEST']._serialized_start=1181
-  _globals['_ROLLBACKREQUEST']._serialized_end=1249
-  _globals['_SETCANARYREQUEST']._serialized_start=1251
-  _globals['_SETCANARYREQUEST']._serialized_end=1352
-  _globals['_REGISTRYSERVICE']._serialized_start=1355
-  _globals['_REGISTRYSERVICE']._serialized_end=1938
+  _globals['_MODELVERSION']._serialized_end=929
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=931
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1007
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1009
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1076
+  _globals['_GETVERSIONREQUEST']._serialized_start=1078
+  _globals['_GETVERSIONREQUEST']._serialized_end=1134
+  _globals['_PROMOTEREQUEST']._serialized_start=1136
+  _globals['_PROMOTEREQUEST']._serialized_end=1258
+  _globals['_ROLLBACKREQUEST']._serialized_start=1260
+  _globals['_ROLLBACKREQUEST']._serialized_end=1328
+  _globals['_SETCANARYREQUEST']._serialized_start=1330
+  _globals['_SETCANARYREQUEST']._serialized_end=1431
+  _globals['_REGISTRYSERVICE']._serialized_start=1434
+  _globals['_REGISTRYSERVICE']._serialized_end=2017
 # @@protoc_insertion_point(module_scope)

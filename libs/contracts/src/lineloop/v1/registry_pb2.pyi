@@ -29,7 +29,7 @@ class StageTransition(_message.Message):
     def __init__(self, from_stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., to_stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("model_name", "version", "stage", "aliases", "run_id", "dataset", "dataset_version", "parent_version", "gate", "history", "builds", "canary_share", "frames_served", "registered_at", "hold_reason", "held_since")
+    __slots__ = ("model_name", "version", "stage", "aliases", "run_id", "dataset", "dataset_version", "parent_version", "gate", "history", "builds", "canary_share", "frames_served", "registered_at", "hold_reason", "held_since", "onnx", "weights")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class ModelVersion(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     HOLD_REASON_FIELD_NUMBER: _ClassVar[int]
     HELD_SINCE_FIELD_NUMBER: _ClassVar[int]
+    ONNX_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: str
     stage: _common_pb2.Stage
@@ -62,7 +64,9 @@ class ModelVersion(_message.Message):
     registered_at: _timestamp_pb2.Timestamp
     hold_reason: str
     held_since: _timestamp_pb2.Timestamp
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., aliases: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., parent_version: _Optional[str] = ..., gate: _Optional[_Union[_events_pb2.GateDecision, _Mapping]] = ..., history: _Optional[_Iterable[_Union[StageTransition, _Mapping]]] = ..., builds: _Optional[_Iterable[_Union[_events_pb2.ModelCompiled, _Mapping]]] = ..., canary_share: _Optional[float] = ..., frames_served: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hold_reason: _Optional[str] = ..., held_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    onnx: _common_pb2.ObjectRef
+    weights: _common_pb2.ObjectRef
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[str] = ..., stage: _Optional[_Union[_common_pb2.Stage, str]] = ..., aliases: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., parent_version: _Optional[str] = ..., gate: _Optional[_Union[_events_pb2.GateDecision, _Mapping]] = ..., history: _Optional[_Iterable[_Union[StageTransition, _Mapping]]] = ..., builds: _Optional[_Iterable[_Union[_events_pb2.ModelCompiled, _Mapping]]] = ..., canary_share: _Optional[float] = ..., frames_served: _Optional[int] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hold_reason: _Optional[str] = ..., held_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., weights: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
     __slots__ = ("model_name", "stage")

@@ -2,7 +2,8 @@
 
 A manifest is JSON lines, one labelled frame each, with at least `frame_id`,
 `key` (in the frames bucket), `sha256`, `label` and `split`. Unknown fields are
-kept in `extra`: labeling may add more.
+kept in `extra`: labeling may add more. Where a manifest is stored is labeling's
+business: readers take its `ObjectRef` from the event (see `lineloop.model.dataset`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from lineloop.storage.objects import ObjectStore, sha256_hex
 
 log = logging.getLogger(__name__)
 
-FRAMES_BUCKET = bucket("frames")
-DATASETS_BUCKET = bucket("datasets")
+FRAMES_BUCKET = bucket("frames")  # for manifest lines that name no bucket of their own
 SPLITS = ("train", "val", "test")
 _REQUIRED = ("frame_id", "key", "sha256", "label", "split")
 
@@ -43,10 +43,6 @@ class ManifestEntry:
     captured_at: str = ""
     bucket: str = FRAMES_BUCKET
     extra: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-def manifest_key(dataset: str, version: str) -> str:
-    return f"{dataset}/{version}/manifest.jsonl"
 
 
 def parse_manifest(data: bytes) -> list[ManifestEntry]:

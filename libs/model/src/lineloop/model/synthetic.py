@@ -1,7 +1,9 @@
 """Synthetic dataset versions (lineloop.vision's apple renderer), for tests, benchmarks, the demo.
 
 Writes what labeling would: frames in the frames bucket, a manifest in the datasets
-bucket, and the `DatasetVersioned` event that announces it (not published here).
+bucket, and the `DatasetVersioned` event that announces it (not published here). The
+manifest's key is this module's own, not labeling's layout: consumers must find it through
+the event's `manifest` reference, never by rebuilding a key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import random
 import uuid
 from dataclasses import dataclass
 
-from lineloop.model.manifest import DATASETS_BUCKET, FRAMES_BUCKET, manifest_key
+from lineloop.contracts.catalogue import bucket
+from lineloop.model.manifest import FRAMES_BUCKET
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1.events_pb2 import DatasetVersioned
@@ -36,12 +39,14 @@ def write_dataset(
     scramble_train_labels: bool = False,
     reuse_test_from: list[dict] | None = None,
     line_id: str = "",
+    datasets_bucket: str = "",
 ) -> SyntheticDataset:
     """Render frames into the frames bucket and a manifest into the datasets bucket.
 
     `scramble_train_labels` mislabels train/val frames (a dataset that trains a bad
     model); `reuse_test_from` keeps another version's test split, so two versions can
-    be compared on the same held-out frames.
+    be compared on the same held-out frames. `datasets_bucket` (default: the catalogue's)
+    stands in for a labeling service configured with another bucket.
     """
     renderer = AppleRenderer(size=size, seed=seed)
     rng = random.Random(seed)
@@ -67,7 +72,8 @@ def write_dataset(
     if reuse_test_from is not None:
         lines += [line for line in reuse_test_from if line["split"] == "test"]
     body = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
-    stored = store.put_bytes(DATASETS_BUCKET, manifest_key(dataset, version), body, "application/x-ndjson")
+    stored = store.put_bytes(datasets_bucket or bucket("datasets"), f"synthetic/{dataset}/{version}.jsonl", body,
+                             "application/x-ndjson")
     event = DatasetVersioned(
         dataset=dataset, version=version, classes=classes, line_id=line_id or dataset, created_by="synthetic",
         manifest=ObjectRef(bucket=stored.bucket, key=stored.key, sha256=stored.sha256, size_bytes=stored.size_bytes),

@@ -1,8 +1,8 @@
 """One build: source model -> target artifact -> verification -> signed manifest in S3.
 
 Blocking and CPU-heavy: the worker runs it in a thread, outside any transaction. Every build
-is verified against the torch model, loaded from the `weights.pt` training stores beside
-`model.onnx`. Layout
+is verified against the torch model, whose weights, like the ONNX file and the dataset
+manifest, are read where the `ModelRegistered` event's references say. Layout
 under `lineloop-builds/<model>/<version>/<target>/`: the artifact (`model.onnx` or
 `model.plan`), `verification.json` (also for rejected builds, so the numbers can be
 inspected), `manifest.json` and `manifest.sig` (only for builds that passed).
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import posixpath
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,7 +41,6 @@ from lineloop.v1.events_pb2 import (
 log = logging.getLogger(__name__)
 
 BUILDS_BUCKET = bucket("builds")
-WEIGHTS_FILE = "weights.pt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,11 +56,6 @@ def build_prefix(model_name: str, version: str, target: str) -> str:
     return f"{model_name}/{version}/{target}/"
 
 
-def weights_key(onnx_key: str) -> str:
-    """The torch weights' key: training writes `weights.pt` and `model.onnx` under one run prefix."""
-    return posixpath.join(posixpath.dirname(onnx_key), WEIGHTS_FILE)
-
-
 def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProfile, build_id: str) -> ModelCompiled:
     """Build, verify and publish one target of a registered model; never raises for a bad model."""
     result = ModelCompiled(
@@ -76,10 +69,13 @@ def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProf
             result.status, result.reason = BUILD_STATUS_UNAVAILABLE, can.reason
             return result
     try:
+        for ref, what in ((model.onnx, "ONNX file"), (model.weights, "weights"), (model.dataset_manifest, "dataset manifest")):
+            if not ref.bucket or not ref.key:
+                raise BuildError(f"the registered model carries no {what} reference")
         source = env.objects.get_bytes(model.onnx.bucket, model.onnx.key, model.onnx.sha256 or None)
-        weights_ref = {"bucket": model.onnx.bucket, "key": weights_key(model.onnx.key)}
-        weights = env.objects.get_bytes(weights_ref["bucket"], weights_ref["key"])
-        frames = DatasetFrames(env.objects, env.work_dir / "frames", model.dataset, model.dataset_version, model.input_size)
+        weights = env.objects.get_bytes(model.weights.bucket, model.weights.key, model.weights.sha256 or None)
+        frames = DatasetFrames(env.objects, env.work_dir / "frames", model.dataset_manifest, model.input_size,
+                               name=f"{model.dataset} {model.dataset_version}")
         held_out = frames.split("test", "val", limit=env.verification_frames)
         calibration = frames.split("train", limit=profile.calibration_frames) if profile.precision == "int8" else None
         reference = TorchRunner(load_checkpoint(weights))
@@ -112,7 +108,8 @@ def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProf
         runtime=profile.runtime, precision=profile.precision, profile=profile.as_dict(),
         source={
             "onnx": {"bucket": model.onnx.bucket, "key": model.onnx.key, "sha256": model.onnx.sha256},
-            "weights": {**weights_ref, "sha256": sha256_hex(weights)},  # the verification reference
+            # the verification reference
+            "weights": {"bucket": model.weights.bucket, "key": model.weights.key, "sha256": sha256_hex(weights)},
             "run_id": model.run_id, "dataset": model.dataset, "dataset_version": model.dataset_version,
         },
         classes=tuple(model.classes), input_size=model.input_size,

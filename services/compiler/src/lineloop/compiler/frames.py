@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lineloop.model.manifest import DATASETS_BUCKET, FrameCache, ManifestError, manifest_key, parse_manifest
+from lineloop.model.dataset import DatasetSplits, load_images
+from lineloop.model.manifest import FrameCache, ManifestError
 from lineloop.storage.objects import ObjectStore, ObjectStoreError
-from lineloop.vision import ImageRejected, decode_image, to_model_input
+from lineloop.v1.common_pb2 import ObjectRef
+from lineloop.vision import ImageRejected
 
 
 class FramesUnavailable(Exception):
@@ -18,23 +20,22 @@ class FramesUnavailable(Exception):
 class DatasetFrames:
     """Frames of one dataset version, fetched once into a local content-addressed cache."""
 
-    def __init__(self, objects: ObjectStore, cache_dir: Path, dataset: str, version: str, input_size: int) -> None:
-        self.objects = objects
+    def __init__(self, objects: ObjectStore, cache_dir: Path, manifest: ObjectRef, input_size: int, *,
+                 name: str = "") -> None:
+        """`manifest`: where the registered model's event says its dataset's manifest is."""
         self.cache = FrameCache(cache_dir, objects)
         self.input_size = input_size
         try:
-            self.entries = parse_manifest(objects.get_bytes(DATASETS_BUCKET, manifest_key(dataset, version)))
+            self.splits = DatasetSplits.read(objects, manifest)
         except (ObjectStoreError, ManifestError) as err:
-            raise FramesUnavailable(f"dataset {dataset} {version}: {err}") from err
+            raise FramesUnavailable(f"dataset {name}: {err}" if name else str(err)) from err
 
     def split(self, *names: str, limit: int) -> np.ndarray:
         """Up to `limit` frames [N,3,S,S] of the first named split that has any, in manifest order."""
-        for name in names:
-            chosen = [e for e in self.entries if e.split == name][:limit]
-            if chosen:
-                try:
-                    paths = self.cache.fetch_all(chosen, threads=4)
-                    return np.stack([to_model_input(decode_image(p.read_bytes()).image, self.input_size) for p in paths])
-                except (ObjectStoreError, ManifestError, ImageRejected) as err:
-                    raise FramesUnavailable(f"{name} split: {err}") from err
-        raise FramesUnavailable(f"the dataset has no frames in split {' or '.join(names)}")
+        chosen = self.splits.split(*names, limit=limit)
+        if not chosen:
+            raise FramesUnavailable(f"the dataset has no frames in split {' or '.join(names)}")
+        try:
+            return load_images(self.cache, chosen, self.input_size, threads=4)
+        except (ObjectStoreError, ManifestError, ImageRejected) as err:
+            raise FramesUnavailable(f"{chosen[0].split} split: {err}") from err

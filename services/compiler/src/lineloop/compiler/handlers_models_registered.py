@@ -38,12 +38,16 @@ def problems(msg: ModelRegistered) -> list[str]:
         found.append("model_name and version are required")
     if not msg.onnx.bucket or not msg.onnx.key:
         found.append("onnx artifact reference is missing")
+    if not msg.weights.bucket or not msg.weights.key:
+        found.append("weights reference is missing (builds are verified against them)")
     if msg.input_size <= 0:
         found.append(f"input_size {msg.input_size} is not positive")
     if not msg.classes:
         found.append("classes are missing")
     if not msg.dataset or not msg.dataset_version:
         found.append("dataset version is missing (calibration and verification frames come from it)")
+    if not msg.dataset_manifest.bucket or not msg.dataset_manifest.key:
+        found.append("dataset manifest reference is missing (calibration and verification frames come from it)")
     return found
 
 

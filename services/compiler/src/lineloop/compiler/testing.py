@@ -2,7 +2,9 @@
 
 The model is the real `lineloop.model` network, trained for a few epochs on synthetic apple
 frames; the dataset version is written to S3 in labeling's manifest format, so a build
-calibrates and verifies on real frames exactly as it does in production.
+calibrates and verifies on real frames exactly as it does in production. Keys here are this
+module's own, not labeling's or training's layout: the services under test must find every
+object through the references the events carry.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
-from lineloop.model.manifest import DATASETS_BUCKET, FRAMES_BUCKET, manifest_key
+from lineloop.model.manifest import FRAMES_BUCKET
 from lineloop.model.net import InspectionNet, ModelSpec, checkpoint_bytes
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1.common_pb2 import STAGE_CANDIDATE, ObjectRef
@@ -75,8 +77,12 @@ def train_demo_model(data: DemoData, width: int = 8, epochs: int = 15, seed: int
     return model.eval()
 
 
-def upload_dataset(objects: ObjectStore, data: DemoData, dataset: str, version: str) -> ObjectRef:
-    """Frames (content-addressed) and a manifest.jsonl for them; returns the manifest's reference."""
+def upload_dataset(objects: ObjectStore, data: DemoData, dataset: str, version: str, *,
+                   datasets_bucket: str = "") -> ObjectRef:
+    """Frames (content-addressed) and a manifest.jsonl for them; returns the manifest's reference.
+
+    `datasets_bucket` (default: the catalogue's) stands in for a labeling service configured with another.
+    """
     lines = []
     for index, (png, label, split) in enumerate(zip(data.png, data.labels, data.splits)):
         stored = objects.put_content_addressed(FRAMES_BUCKET, png, "png", "image/png")
@@ -85,22 +91,27 @@ def upload_dataset(objects: ObjectStore, data: DemoData, dataset: str, version: 
             "label": CLASSES[label], "split": split,
         }))
     body = ("\n".join(lines) + "\n").encode()
-    return objects.put_bytes(DATASETS_BUCKET, manifest_key(dataset, version), body, "application/x-ndjson").to_proto()
+    return objects.put_bytes(datasets_bucket or bucket("datasets"), f"testing/{dataset}/{version}.jsonl", body,
+                             "application/x-ndjson").to_proto()
 
 
 def register_event(objects: ObjectStore, model: InspectionNet, *, model_name: str, version: str, dataset: str,
-                   dataset_version: str, input_size: int, passed: bool = True,
+                   dataset_version: str, dataset_manifest: ObjectRef, input_size: int, passed: bool = True,
                    onnx_bytes: bytes | None = None) -> ModelRegistered:
-    """Store weights.pt and model.onnx where training puts them and describe the version as the registry would.
+    """Store the weights and the ONNX file and describe the version as the registry would.
 
-    `onnx_bytes` stands in for the model's own export: a broken export, in tests.
+    `dataset_manifest`: what `upload_dataset` returned. `onnx_bytes` stands in for the model's
+    own export: a broken export, in tests. The weights sit under another prefix than the ONNX
+    file, so a compiler that guessed one from the other would not find them.
     """
-    prefix = f"{model_name}/{version}/"
-    objects.put_bytes(bucket("models"), prefix + "weights.pt", checkpoint_bytes(model), "application/octet-stream")
+    prefix = f"testing/{model_name}/{version}/"
+    weights = objects.put_bytes(bucket("models"), prefix + "checkpoint/weights.pt", checkpoint_bytes(model),
+                                "application/octet-stream")
     stored = objects.put_bytes(bucket("models"), prefix + "model.onnx",
                                export_onnx(model) if onnx_bytes is None else onnx_bytes, "application/octet-stream")
     return ModelRegistered(
         model_name=model_name, version=version, run_id=f"run-{version}", dataset=dataset,
         dataset_version=dataset_version, stage=STAGE_CANDIDATE, gate=GateDecision(passed=passed, reason="test"),
-        onnx=stored.to_proto(), classes=list(CLASSES), input_size=input_size,
+        onnx=stored.to_proto(), weights=weights.to_proto(), dataset_manifest=dataset_manifest, classes=list(CLASSES),
+        input_size=input_size,
     )

@@ -18,15 +18,15 @@ import asyncio
 
 import numpy as np
 
-from lineloop.model.manifest import DATASETS_BUCKET, FrameCache, ManifestEntry, manifest_key, parse_manifest
+from lineloop.model.dataset import DatasetSplits, load_images
+from lineloop.model.manifest import FrameCache, ManifestEntry
 from lineloop.model.metrics import OK_CLASS, Evaluation
 from lineloop.model.onnx_eval import evaluate_onnx
-from lineloop.model.preprocess import frame_input
 from lineloop.registry.evidence import Bounds, complement, negated, paired_difference, proportion
 from lineloop.registry.settings import RegistrySettings
 from lineloop.runtime.cpu import available_cpus
 from lineloop.storage.objects import ObjectStore
-from lineloop.v1.common_pb2 import EvalMetrics
+from lineloop.v1.common_pb2 import EvalMetrics, ObjectRef
 from lineloop.v1.events_pb2 import GateCheck, GateDecision, GateOutcome
 
 
@@ -170,13 +170,12 @@ class Evaluator:
         self.cache = FrameCache(settings.frame_cache_dir, store)
         self.threads = settings.eval_threads or available_cpus()  # the container's CPU quota, not the node's cores
 
-    async def test_split(self, dataset: str, version: str, sha256: str) -> list[ManifestEntry]:
+    async def test_split(self, dataset: str, version: str, manifest: ObjectRef) -> list[ManifestEntry]:
+        """The human-labelled test frames of the manifest the training event named (its bucket, key, sha256)."""
         try:
-            data = await self.store.aio.get_bytes(DATASETS_BUCKET, manifest_key(dataset, version), expected_sha256=sha256 or None)
-            entries = parse_manifest(data)
+            test = (await DatasetSplits.aread(self.store, manifest)).split("test")
         except Exception as err:
             raise GateError(f"manifest of {dataset} {version} unusable: {err}") from err
-        test = [e for e in entries if e.split == "test" and e.label_source != "model"]
         if not test:
             raise GateError(f"{dataset} {version} has no human-labelled test frames to judge on")
         return test
@@ -191,8 +190,7 @@ class Evaluator:
 
     def _evaluate(self, model: bytes, classes: list[str], input_size: int, test: list[ManifestEntry]) -> Evaluation:
         try:
-            paths = self.cache.fetch_all(test)
-            images = np.stack([frame_input(p.read_bytes(), input_size) for p in paths])
+            images = load_images(self.cache, test, input_size)
             return evaluate_onnx(model, classes, images, [e.label for e in test], threads=self.threads)
         except Exception as err:
             raise GateError(f"evaluation failed: {err}") from err

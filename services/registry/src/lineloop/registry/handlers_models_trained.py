@@ -13,8 +13,9 @@ def make_handler(wake):
         missing = [f for f in ("model_name", "run_id", "dataset", "dataset_version") if not getattr(msg, f)]
         if missing:
             raise Reject("missing_field", f"models.trained.v1 lacks {', '.join(missing)}")
-        if not msg.onnx.bucket or not msg.onnx.key:
-            raise Reject("missing_artifact", f"run {msg.run_id} has no ONNX file reference")
+        for ref, what in ((msg.onnx, "ONNX file"), (msg.weights, "weights"), (msg.dataset_manifest, "dataset manifest")):
+            if not ref.bucket or not ref.key:
+                raise Reject("missing_artifact", f"run {msg.run_id} has no {what} reference")
         if len(set(msg.classes)) < 2 or len(set(msg.classes)) != len(msg.classes):
             raise Reject("invalid_classes", f"run {msg.run_id} classes {list(msg.classes)}: need 2+ distinct")
         if msg.input_size <= 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lineloop.registry import handlers_frames_ingested, handlers_models_compiled, handlers_models_trained, state
+from lineloop.registry import handlers_models_compiled, handlers_models_trained, state
 from lineloop.registry.api import RegistryApi
 from lineloop.registry.deployer import Deployer
 from lineloop.registry.deployment import TritonDeployer
@@ -10,7 +10,7 @@ from lineloop.registry.settings import RegistrySettings
 from lineloop.registry.stages import Stages
 from lineloop.registry.worker import RegistryWorker
 from lineloop.runtime import Service
-from lineloop.v1.events_pb2 import FrameIngested, ModelTrained
+from lineloop.v1.events_pb2 import ModelTrained
 from lineloop.v1.registry_pb2_grpc import add_RegistryServiceServicer_to_server
 
 
@@ -24,7 +24,6 @@ def build(settings: RegistrySettings | None = None, deployer: Deployer | None = 
     stages = Stages(service, settings, deployer or TritonDeployer(service, settings.deployment))
     worker = RegistryWorker(service, settings, stages)
     service.bus.handler(ModelTrained, group=settings.consumer_group)(handlers_models_trained.make_handler(worker.wake))
-    service.bus.handler(FrameIngested, group=settings.consumer_group)(handlers_frames_ingested.on_frame_ingested)
     service.add_grpc(add_RegistryServiceServicer_to_server, RegistryApi(service, stages))
     service.on_start(worker.start)
     service.on_stop(worker.stop)

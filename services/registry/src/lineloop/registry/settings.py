@@ -23,8 +23,8 @@ class RegistrySettings(ServiceSettings):
     metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
     consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # Policy: a passing candidate becomes the canary, the canary production after
-    # `canary_min_frames` served frames; with no production yet, a candidate that
-    # meets the floors becomes production directly.
+    # `canary_min_frames` served frames (the monitor's count); with no production yet, a
+    # candidate that meets the floors becomes production directly.
     auto_promote: bool = True
     canary_share: float = 0.1
     canary_min_frames: int = 200
@@ -32,7 +32,9 @@ class RegistrySettings(ServiceSettings):
     # on the labelled frames each version served: a canary that has served its frames is promoted
     # once it is shown not worse than production, archived once shown worse, and held until then,
     # with the reason in `lineloop models show`; a person may still promote or archive it by hand.
-    monitor_grpc: str = f"127.0.0.1:{service('monitor').grpc_port}"  # empty: frames served alone decide (no live check at all)
+    # The monitor owns canary evidence: frames served per version and live accuracy. Empty: no
+    # monitor, so no evidence; canaries are held (a person promotes them).
+    monitor_grpc: str = f"127.0.0.1:{service('monitor').grpc_port}"
     monitor_timeout_s: float = 5.0
     # The gate (services/registry/README.md, "How the gate decides"): every check is a one-sided confidence bound at
     # `gate_confidence`. Against production, the bound of candidate minus production (paired on

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from lineloop.registry import handlers_models_compiled
 from lineloop.storage.sql import utcnow
 from lineloop.v1.common_pb2 import EvalMetrics, ObjectRef, Stage
-from lineloop.v1.events_pb2 import GateDecision
+from lineloop.v1.events_pb2 import GateDecision, ModelTrained
 from lineloop.v1.registry_pb2 import ModelVersion, StageTransition
 
 SCHEMA_VERSION = 2  # 2: registry_canary_holds
@@ -136,13 +136,14 @@ def version_by_run(s: Session, model_name: str, run_id: str) -> dict | None:
 
 
 def newest_dataset(s: Session, model_name: str, dataset: str) -> dict:
-    """(dataset_version, dataset_sha256) of the newest version of `dataset` any version of the
-    model was trained on: the test split every gate of the model is judged on. Dataset
-    versions are zero-padded (v0001, v0002), so they sort as strings."""
-    row = s.execute(select(versions.c.dataset_version, versions.c.dataset_sha256).where(
+    """(dataset_version, manifest) of the newest version of `dataset` any version of the model
+    was trained on: the test split every gate of the model is judged on. `manifest` is the
+    ObjectRef the training event carried (empty for an event from before events carried it).
+    Dataset versions are zero-padded (v0001, v0002), so they sort as strings."""
+    row = s.execute(select(versions.c.dataset_version, versions.c.trained).where(
         versions.c.model_name == model_name, versions.c.dataset == dataset,
-    ).order_by(versions.c.dataset_version.desc()).limit(1)).mappings().first()
-    return dict(row)
+    ).order_by(versions.c.dataset_version.desc(), versions.c.number.desc()).limit(1)).mappings().first()
+    return {"dataset_version": row["dataset_version"], "manifest": trained_of(row).dataset_manifest}
 
 
 def get_version_row(s: Session, model_name: str, version_or_alias: str) -> dict | None:
@@ -250,6 +251,7 @@ def version_proto(s: Session, row: dict) -> ModelVersion:
         model_name=row["model_name"], version=row["version"], stage=STAGE_OF[row["stage"]], aliases=aliases(row, latest),
         run_id=row["run_id"], dataset=row["dataset"], dataset_version=row["dataset_version"],
         parent_version=row["parent_version"], canary_share=row["canary_share"], frames_served=row["frames_served"],
+        onnx=onnx_ref(row), weights=trained_of(row).weights,
         registered_at=_ts(row["registered_at"]),
     )
     if row["gate"]:
@@ -270,3 +272,8 @@ def version_proto(s: Session, row: dict) -> ModelVersion:
 
 def onnx_ref(row: dict) -> ObjectRef:
     return ObjectRef.FromString(row["onnx"])
+
+
+def trained_of(row) -> ModelTrained:
+    """The ModelTrained event a version was registered from: the locations training announced."""
+    return ModelTrained.FromString(row["trained"])

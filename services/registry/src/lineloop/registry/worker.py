@@ -6,9 +6,11 @@ The gate has three outcomes (gate.py): passed (a candidate, for the policy), fai
 lack labelled test frames, about how many more) on the version and in its history; the
 policy leaves it alone, a person may promote it.
 
-The canary policy fails closed: a canary that has served its frames is promoted only on
-evidence (the monitor answers and the gate's rule, on the live labels, shows it not worse
-than production) and archived if that evidence shows it worse. Without the evidence it is
+The canary policy fails closed, on evidence the monitor owns (`GetModelHealth`: the frames
+each version scored and its live accuracy; the registry does not count frames itself): a
+canary that has served `canary_min_frames` frames is promoted only when the gate's rule, on
+the live labels, shows it not worse than production, and archived if that evidence shows it
+worse. Without the evidence (no monitor configured or reachable, too few labels) it is
 held, with the reason on the version (`lineloop models show`) and counted in
 lineloop_registry_canary_holds_total; a person's Promote or SetCanary ends either hold, and
 the history says it overrode one.
@@ -42,7 +44,7 @@ from lineloop.registry.settings import RegistrySettings
 from lineloop.registry.stages import AUTO_ACTOR, RegistryError, Stages
 from lineloop.runtime import Service
 from lineloop.v1.events_pb2 import GateDecision, GateOutcome, ModelRegistered
-from lineloop.v1.monitor_pb2 import GetModelHealthRequest
+from lineloop.v1.monitor_pb2 import GetModelHealthRequest, ModelHealth
 from lineloop.v1.monitor_pb2_grpc import MonitorServiceStub
 from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
@@ -57,6 +59,7 @@ canary_holds = _meter.create_counter(
     "lineloop_registry_canary_holds_total",
     description="Canaries held by the policy for want of live evidence, by model and cause (counted when a hold starts or its cause changes)")
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+NO_ANSWER = ("no_monitor", "monitor_unreachable", "monitor_error")  # hold causes: the monitor gave no answer
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class RegistryWorker:
             judge = state.newest_dataset(s, model_name, row["dataset"])
         dataset_version = f"{row['dataset']}/{judge['dataset_version']}"
         try:
-            test = await self.evaluator.test_split(row["dataset"], judge["dataset_version"], judge["dataset_sha256"])
+            test = await self.evaluator.test_split(row["dataset"], judge["dataset_version"], judge["manifest"])
             onnx = state.onnx_ref(row)
             candidate = await self.evaluator.evaluate(onnx.bucket, onnx.key, onnx.sha256, row["classes"], row["input_size"], test)
             baseline = None
@@ -146,6 +149,7 @@ class RegistryWorker:
             decision = GateDecision(passed=False, outcome=FAILED, reason=f"gate could not run: {err}",
                                     dataset_version=dataset_version)
         outcome = outcome_of(decision)
+        trained = state.trained_of(row)
         stage = "rejected" if outcome == FAILED else "candidate"
         held = outcome == NOT_ENOUGH_EVIDENCE
         async with self.service.db.write() as s:
@@ -170,7 +174,9 @@ class RegistryWorker:
                 model_name=model_name, version=version, run_id=row["run_id"], dataset=row["dataset"],
                 dataset_version=row["dataset_version"], parent_version=row["parent_version"],
                 stage=state.STAGE_OF[stage], gate=decision, onnx=state.onnx_ref(row), classes=row["classes"],
-                input_size=row["input_size"], registered_at=registered_at))
+                input_size=row["input_size"], registered_at=registered_at,
+                # Passed on as training announced them: the compiler reads these, never rebuilds their keys.
+                weights=trained.weights, dataset_manifest=trained.dataset_manifest))
         self.service.bus.relay.wake()
         name = GateOutcome.Name(outcome).removeprefix("GATE_OUTCOME_").lower()
         gate_decisions.add(1, {"outcome": name})
@@ -186,8 +192,7 @@ class RegistryWorker:
                 state.versions.c.gate_state == "decided", state.versions.c.stage == "candidate",
                 state.versions.c.auto_policy_done == 0).order_by(state.versions.c.number)).mappings()]
             canaries = [dict(r) for r in s.execute(select(state.versions).where(
-                state.versions.c.stage == "staging",
-                state.versions.c.frames_served >= self.settings.canary_min_frames)).mappings()]
+                state.versions.c.stage == "staging").order_by(state.versions.c.number)).mappings()]
         for row in fresh:
             with self.service.db.session() as s:
                 has_prod = state.get_version_row(s, row["model_name"], "production") is not None
@@ -196,34 +201,59 @@ class RegistryWorker:
             else:
                 await self._auto(row, "production", "bootstrap: first version to meet the floors")
         for row in canaries:
-            served = f"canary served {row['frames_served']} frames (policy: {self.settings.canary_min_frames})"
-            live = await self._live_accuracy(row)
+            health = await self._health(row)
+            if isinstance(health, LiveVerdict):  # no answer: neither frames served nor live accuracy is known
+                await self._hold(row, health)
+                continue
+            served = await self._record_served(row, health)
+            if served < self.settings.canary_min_frames:
+                await self._unhold_answered(row)  # still serving its share; the monitor answers again
+                continue
+            what = f"canary served {served} frames (policy: {self.settings.canary_min_frames})"
+            live = self._live_accuracy(row, health)
             if live.hold:
                 await self._hold(row, live)
             elif live.worse:
-                await self._auto(row, "archived", f"{served}, but {live.text}")
+                await self._auto(row, "archived", f"{what}, but {live.text}")
             else:
-                await self._auto(row, "production", f"{served}; {live.text}")
+                await self._auto(row, "production", f"{what}; {live.text}")
 
-    async def _live_accuracy(self, canary: dict) -> LiveVerdict:
-        """The canary against production by the monitor's live accuracy per version."""
+    async def _health(self, canary: dict) -> ModelHealth | LiveVerdict:
+        """The monitor's per-version picture of the canary's line: the one owner of canary evidence
+        (frames each version scored and their live accuracy). A LiveVerdict with a hold when it has none."""
         if not self.settings.monitor_grpc:
-            return LiveVerdict("live accuracy not consulted (no monitor configured)")
-        with self.service.db.session() as s:
-            prod = state.get_version_row(s, canary["model_name"], "production")
-        if prod is None:
-            return LiveVerdict("no production version to compare with")
+            return LiveVerdict("no monitor configured (LINELOOP_REGISTRY_MONITOR_GRPC): frames served and live "
+                               "accuracy unknown", hold="no_monitor")
         try:
             async with aio_grpc_channel(self.settings.monitor_grpc) as channel:
-                health = await MonitorServiceStub(channel).GetModelHealth(
+                return await MonitorServiceStub(channel).GetModelHealth(
                     GetModelHealthRequest(line_id=canary["dataset"], model_name=canary["model_name"]),
                     timeout=self.settings.monitor_timeout_s)
         except grpc.aio.AioRpcError as err:
             details = (err.details() or "")[:200]
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return ModelHealth(line_id=canary["dataset"], model_name=canary["model_name"])  # no frames seen yet
             if err.code() in UNREACHABLE:
                 return LiveVerdict(f"monitor unreachable: {err.code().name} at {self.settings.monitor_grpc} ({details})",
                                    hold="monitor_unreachable")
             return LiveVerdict(f"monitor refused GetModelHealth: {err.code().name} ({details})", hold="monitor_error")
+
+    async def _record_served(self, canary: dict, health: ModelHealth) -> int:
+        """Frames the canary scored by the monitor's count, kept on the version for GetVersion to show."""
+        served = next((v.frames_scored for v in health.versions if v.model_version == canary["version"]), 0)
+        if served != canary["frames_served"]:
+            async with self.service.db.write() as s:
+                s.execute(update(state.versions).where(
+                    state.versions.c.model_name == canary["model_name"], state.versions.c.version == canary["version"],
+                    state.versions.c.stage == "staging").values(frames_served=served))
+        return served
+
+    def _live_accuracy(self, canary: dict, health: ModelHealth) -> LiveVerdict:
+        """The canary against production by the monitor's live accuracy per version."""
+        with self.service.db.session() as s:
+            prod = state.get_version_row(s, canary["model_name"], "production")
+        if prod is None:
+            return LiveVerdict("no production version to compare with")
         by_version = {v.model_version: v for v in health.versions}
         c, p = by_version.get(canary["version"]), by_version.get(prod["version"])
         # The gate's rule on live labels. The monitor reports each version's accuracy on its own
@@ -247,6 +277,14 @@ class RegistryWorker:
         verdict = (f"{compared} (difference {bounds.lower:+.3f} to {bounds.upper:+.3f} at {conf:.0%} confidence, "
                    f"margin {margin:.2f})")
         return LiveVerdict(verdict, worse=outcome == FAILED)
+
+    async def _unhold_answered(self, row: dict) -> None:
+        """End a hold for want of the monitor's answer once it answers (other holds wait for a verdict)."""
+        with self.service.db.session() as s:
+            held = state.get_hold(s, row["model_name"], row["version"])
+        if held is not None and held["cause"] in NO_ANSWER:
+            async with self.service.db.write() as s:
+                state.release_hold(s, row["model_name"], row["version"])
 
     async def _hold(self, row: dict, live: LiveVerdict) -> None:
         """Keep the canary where it is and say why; written only when the reason changes."""

@@ -33,7 +33,8 @@ from sqlalchemy import select, update
 
 from lineloop.contracts.catalogue import bucket
 from lineloop.model.export import export_onnx
-from lineloop.model.manifest import FrameCache, ManifestError, class_list, parse_manifest
+from lineloop.model.dataset import DatasetSplits
+from lineloop.model.manifest import FrameCache, ManifestError, class_list
 from lineloop.model.net import checkpoint_bytes
 from lineloop.runtime import Service
 from lineloop.storage.sql import utcnow
@@ -185,11 +186,8 @@ class RunWorker:
             ds = state.get_dataset(s, row["dataset"], row["dataset_version"])
         if ds is None:
             raise RunFailed(f"dataset {row['dataset']} {row['dataset_version']} is not known to training")
-        manifest_bytes = await self.service.objects.aio.get_bytes(
-            ds["manifest_bucket"], ds["manifest_key"], expected_sha256=ds["manifest_sha256"] or None)
-        entries = parse_manifest(manifest_bytes)
-        # Model-made labels may train but never judge: val/test keep human labels only.
-        entries = [e for e in entries if e.split == "train" or e.label_source != "model"]
+        dataset = await DatasetSplits.aread(self.service.objects, _manifest_ref(ds))  # model labels train only
+        entries = dataset.entries
         classes = class_list(entries, ds["classes"])
         try:
             params = TrainParams.from_strings({**self.settings.default_params, **(row["params"] or {})})
@@ -211,8 +209,9 @@ class RunWorker:
             raise Cancelled() from None  # a cancel or shutdown while fetching ends the run as one mid-training does
         timings["fetch_s"] = time.perf_counter() - t1
         index = {c: i for i, c in enumerate(classes)}
-        splits = {name: Split([p for p, e in zip(paths, entries) if e.split == name],
-                              [index[e.label] for e in entries if e.split == name]) for name in ("train", "val", "test")}
+        path_of = {e.sha256: p for e, p in zip(entries, paths)}
+        splits = {name: Split([path_of[e.sha256] for e in chosen], [index[e.label] for e in chosen])
+                  for name, chosen in ((n, dataset.split(n)) for n in ("train", "val", "test"))}
         for name, split in splits.items():
             if not split.paths:
                 raise RunFailed(f"dataset {row['dataset']} {row['dataset_version']} has no {name} frames")
@@ -260,12 +259,15 @@ class RunWorker:
                 return None, "", "scratch: no production version yet"
             log.warning("registry unreachable for warm start of %s: %s", model_name, err.details())
             return None, "", f"scratch: registry unavailable ({err.code().name})"
-        key = f"{model_name}/{prod.run_id}/weights.pt"
+        # Where the registry says production's weights are (as this service announced them), not a rebuilt key.
+        ref = prod.weights
+        if not ref.bucket or not ref.key:
+            return None, "", f"scratch: the registry names no weights for production version {prod.version}"
         try:
-            data = await self.service.objects.aio.get_bytes(MODELS_BUCKET, key)
+            data = await self.service.objects.aio.get_bytes(ref.bucket, ref.key, expected_sha256=ref.sha256 or None)
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:
-            return None, "", f"scratch: production weights {key} unreadable ({err})"
+            return None, "", f"scratch: production weights {ref.bucket}/{ref.key} unreadable ({err})"
         if list(ckpt["spec"]["classes"]) != classes:
             return None, prod.version, f"scratch: classes changed ({ckpt['spec']['classes']} -> {classes})"
         return ckpt, prod.version, f"warm start from production version {prod.version} ({prod.run_id})"
@@ -305,6 +307,7 @@ class RunWorker:
             model_name=model_name, run_id=run_id, dataset=row["dataset"], dataset_version=row["dataset_version"],
             dataset_sha256=ds["manifest_sha256"], code_version=self.code_version,
             artifact_prefix=f"{MODELS_BUCKET}/{prefix}", weights=_ref(weights), onnx=_ref(onnx), model_card=_ref(card_obj),
+            dataset_manifest=_manifest_ref(ds),
             classes=classes, input_size=result.model.spec.input_size, test_metrics=result.test.to_proto(),
             params=params.as_strings(), parent_version=parent_version, finished_at=finished,
         )
@@ -313,6 +316,11 @@ class RunWorker:
 
 def _ref(obj) -> ObjectRef:
     return ObjectRef(bucket=obj.bucket, key=obj.key, sha256=obj.sha256, size_bytes=obj.size_bytes)
+
+
+def _manifest_ref(ds: dict) -> ObjectRef:
+    """The manifest as DatasetVersioned announced it (training recorded the event's reference)."""
+    return ObjectRef(bucket=ds["manifest_bucket"], key=ds["manifest_key"], sha256=ds["manifest_sha256"])
 
 
 def _cancel_requested(s, run_id: str) -> bool:

@@ -68,7 +68,9 @@ class Loop:
         self._environ_before = dict(os.environ)
         os.environ.update(self.env)
         # die_with_parent: the servers die with the harness even if it is killed outright.
-        self.stack = EmbeddedStack(self.config, die_with_parent=True, ready_timeout=120.0)
+        # With its watchdog, as `lineloop up` runs it: a server that dies or a store that refuses
+        # writes is restarted by the stack itself, not by the harness.
+        self.stack = EmbeddedStack(self.config, die_with_parent=True, ready_timeout=120.0, watchdog=True)
         self.fleet = ServiceFleet(self.config, ready_timeout=180.0, die_with_parent=True)
 
     @property

@@ -8,11 +8,16 @@ data, logs, pidfiles.
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
+import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 
+import urllib3
 from minio import Minio
 
 from lineloop.stack import probes, servers
@@ -20,6 +25,13 @@ from lineloop.stack.config import BUCKETS, HOST, TANSU_BUCKET, StackConfig
 from lineloop.stack.process import ManagedProcess, port_holders, state_lock, wait_until
 
 Report = Callable[[str], None]
+
+# The watchdog (`heal`): the object store is restarted after this many write probes in a row
+# failed while its process runs, and nothing is restarted on a disk with less free space than this.
+S3_REFUSALS_TO_RESTART = 3
+MIN_FREE_BYTES = 64 << 20
+WRITE_PROBE_KEY = "lineloop-stack/write-probe"  # in Tansu's bucket, outside the `clusters/` it reads
+WATCHDOG = "watchdog"
 
 
 class StackError(RuntimeError):
@@ -42,11 +54,17 @@ class ServerStatus:
 class EmbeddedStack:
     """Start, stop and look at one stack. `up` and `down` are idempotent."""
 
-    def __init__(self, config: StackConfig, die_with_parent: bool = False, ready_timeout: float = 60.0) -> None:
+    def __init__(self, config: StackConfig, die_with_parent: bool = False, ready_timeout: float = 60.0,
+                 watchdog: bool = False) -> None:
         self.config = config
         self.die_with_parent = die_with_parent
         self.ready_timeout = ready_timeout
+        # `up` also starts a watchdog process (`lineloop.stack.watchdog`, `heal` every few seconds):
+        # what a restart policy and a liveness probe do for these servers in compose and Kubernetes.
+        self.watchdog = watchdog
         self.startup_seconds: dict[str, float] = {}
+        self.write_probe_timeout_s = 5.0
+        self._s3_refusals = 0
 
     # Attributes tests and tools read, named as the README's environment.
     @property
@@ -111,7 +129,69 @@ class EmbeddedStack:
         """
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         with state_lock(self.config.run_dir):
-            return self._up(report)
+            timings = self._up(report)
+            if self.watchdog:
+                self._start_watchdog(report)
+            return timings
+
+    def _watchdog_process(self) -> ManagedProcess:
+        return ManagedProcess(WATCHDOG, self.config.run_dir, self.config.logs_dir / f"{WATCHDOG}.log")
+
+    def _start_watchdog(self, report: Report) -> None:
+        process = self._watchdog_process()
+        if process.running() is None:
+            process.start([sys.executable, "-m", "lineloop.stack.watchdog"], {**os.environ, **self.config.env()},
+                          cwd=self.config.state_dir, die_with_parent=self.die_with_parent)
+            report(f"{WATCHDOG}: started (log {process.log_file})")
+
+    def heal(self, report: Report = lambda line: None) -> list[str]:
+        """One watchdog pass: restart a server that is not running, and the object store when it
+        runs but has refused `S3_REFUSALS_TO_RESTART` write probes in a row (SeaweedFS's filer
+        store keeps a failed write's error, e.g. after a full disk, until it is restarted). Not on
+        a full disk: a restart there fails again and drops what is in flight. Returns the names
+        restarted. Holds the state lock, so it never runs while `up` or `down` does."""
+        restarted = []
+        with state_lock(self.config.run_dir):
+            for spec in self.specs():
+                process = self._process(spec)
+                if process.running() is None:
+                    why = "not running"
+                elif spec.name == "s3" and not self._s3_writes():
+                    self._s3_refusals += 1
+                    if self._s3_refusals < S3_REFUSALS_TO_RESTART:
+                        continue
+                    why = f"running but refused {self._s3_refusals} writes in a row"
+                else:
+                    if spec.name == "s3":
+                        self._s3_refusals = 0
+                    continue
+                free = shutil.disk_usage(self.config.state_dir).free
+                if free < MIN_FREE_BYTES:
+                    report(f"{spec.name}: {why}; not restarted: {free >> 20} MiB free in {self.config.state_dir}")
+                    continue
+                report(f"{spec.name}: {why}: restarting")
+                process.stop(spec.stop_timeout)
+                spec.cleanup()
+                started: dict = {}
+                self._launch(spec, started, report)
+                self._await(spec, started, report)
+                if spec.name == "s3":
+                    self._s3_refusals = 0
+                restarted.append(spec.name)
+        return restarted
+
+    def _s3_writes(self) -> bool:
+        client = Minio(
+            f"{HOST}:{self.config.s3_port}", access_key=self.config.s3_access_key,
+            secret_key=self.config.s3_secret_key, region=self.config.s3_region, secure=False,
+            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=self.write_probe_timeout_s),
+                                            retries=False),
+        )
+        try:
+            client.put_object(TANSU_BUCKET, WRITE_PROBE_KEY, io.BytesIO(b"ok"), 2)
+            return True
+        except Exception:
+            return False
 
     def _up(self, report: Report) -> dict[str, float]:
         s3_spec, triton_spec, kafka_spec = self.specs()
@@ -179,6 +259,8 @@ class EmbeddedStack:
 
     def _down(self, report: Report) -> list[str]:
         s3_spec, triton_spec, kafka_spec = self.specs()
+        if self._watchdog_process().stop():  # first: it would start again what is stopped below
+            report(f"{WATCHDOG}: stopped")
 
         def stop(spec: servers.ServerSpec) -> str | None:
             if self._process(spec).stop(spec.stop_timeout):

@@ -25,7 +25,7 @@ errors = Console(stderr=True)
 
 
 def _stack() -> EmbeddedStack:
-    return EmbeddedStack(StackConfig.from_env())
+    return EmbeddedStack(StackConfig.from_env(), watchdog=True)
 
 
 # Opt-in for now: LINELOOP_STACK_AUTH=required makes `lineloop up` (and `lineloop demo`) issue

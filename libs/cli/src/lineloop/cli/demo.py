@@ -144,7 +144,7 @@ class Demo:
             monitor.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=self.line)), first.version))
         show_health(health)
 
-        step("6/7", "The lens gets dirty: the monitor reports drift and asks for retraining")
+        step("6/7", "The lens gets dirty: the monitor reports drift; labeling puts the drifted frames first")
         self.simulate(300, drift="dirty-lens")
         report = self.wait("drift on the line", lambda: _drifting(
             monitor.GetDriftReport(monitor_pb2.GetDriftReportRequest(line_id=self.line))))
@@ -156,8 +156,7 @@ class Demo:
                   "--error-rate", "0.02", "--seed", str(self.seed + 1), token_file=self.tokens.get("annotator"))
         drifted = self.wait("a dataset version with the drifted frames", lambda: _newest(
             labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions, known_datasets))
-        # The monitor's retraining request (step 6) may already have trained on the old dataset;
-        # the loop's answer to the drift is the model trained on the drifted frames.
+        # The loop's answer to the drift is the model trained on the dataset with the drifted frames.
         second = self.follow_to_production(training, registry, compiler, known_versions, feed_canary=True,
                                            dataset_version=drifted.version)
         show_versions(registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions)

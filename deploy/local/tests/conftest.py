@@ -10,10 +10,24 @@ import psutil
 import pytest
 
 from lineloop.stack.config import StackConfig, free_ports
+from lineloop.stack.embedded import EmbeddedStack
 from lineloop.stack.process import marked_processes
 from lineloop.stack.services import SERVICE_PORTS
 
 LINELOOP = str(Path(sys.executable).parent / "lineloop")
+
+
+@pytest.fixture
+def own_stack(tmp_path, request):
+    """A stack of its own (killing or restarting the session stack's servers would disturb other
+    tests); `@pytest.mark.parametrize("own_stack", [{"watchdog": True}], indirect=True)` for options."""
+    embedded = EmbeddedStack(StackConfig.on_free_ports(tmp_path / "stack"), die_with_parent=True,
+                             **getattr(request, "param", {}))
+    try:
+        embedded.up()
+        yield embedded
+    finally:
+        embedded.down()
 
 
 def stack_env(config: StackConfig, service_ports: list[int]) -> dict[str, str]:

@@ -3,23 +3,10 @@
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from lineloop.stack.config import StackConfig
-from lineloop.stack.embedded import EmbeddedStack
 
 TOPIC = "restart.checked.v1"
 GROUP = "restart-test"
 PARTITION = TopicPartition(TOPIC, 0)
-
-
-@pytest.fixture
-def own_stack(tmp_path):
-    """A stack of its own: restarting the session stack's broker would disturb other tests."""
-    embedded = EmbeddedStack(StackConfig.on_free_ports(tmp_path / "stack"), die_with_parent=True)
-    try:
-        embedded.up()
-        yield embedded
-    finally:
-        embedded.down()
 
 
 def consumer(bootstrap: str, group: str) -> AIOKafkaConsumer:

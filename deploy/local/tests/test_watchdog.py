@@ -6,30 +6,20 @@ import signal
 
 import pytest
 
-from lineloop.stack.config import StackConfig
 from lineloop.stack.embedded import S3_REFUSALS_TO_RESTART, WATCHDOG, EmbeddedStack
 from lineloop.stack.process import ManagedProcess
-
-
-@pytest.fixture
-def own_stack(tmp_path):
-    """A stack of its own: killing the session stack's servers would disturb other tests."""
-    embedded = EmbeddedStack(StackConfig.on_free_ports(tmp_path / "stack"), die_with_parent=True, watchdog=True)
-    embedded.write_probe_timeout_s = 1.0
-    try:
-        embedded.up()
-        yield embedded
-    finally:
-        embedded.down()
 
 
 def pid_of(stack: EmbeddedStack, name: str) -> int:
     return next(s.pid for s in stack.status() if s.name == name)
 
 
+@pytest.mark.parametrize("own_stack", [{"watchdog": True}], indirect=True)
 def test_a_dead_server_and_a_store_refusing_writes_are_restarted(own_stack):
+    own_stack.write_probe_timeout_s = 1.0
     watchdog = ManagedProcess(WATCHDOG, own_stack.config.run_dir, own_stack.config.logs_dir / f"{WATCHDOG}.log")
     assert watchdog.running() is not None  # `up` started it
+    watchdog.stop()  # the passes below are this test's own, not raced by the process's
     assert own_stack.heal() == []  # all well: nothing restarted
 
     # kill -9 of Triton: restarted at the next pass.
@@ -55,5 +45,7 @@ def test_a_dead_server_and_a_store_refusing_writes_are_restarted(own_stack):
                for line in reported), reported
     assert pid_of(own_stack, "s3") != store and own_stack.heal() == []  # writes again
 
+    own_stack.up()  # starts the watchdog again (every server runs)
+    assert watchdog.running() is not None
     own_stack.down()
     assert watchdog.running() is None  # `down` stopped it first

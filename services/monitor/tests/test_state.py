@@ -20,7 +20,7 @@ from lineloop.bus import outbox
 from lineloop.contracts.topics import event_type
 from lineloop.monitor import state
 from lineloop.monitor.dashboard import CONFIDENCE_BINS, snapshot
-from lineloop.monitor.handlers_frames_rejected import on_frame_rejected
+from lineloop.monitor.handlers_frames_rejected import make_handler as make_rejected_handler
 from lineloop.monitor.handlers_frames_ingested import make_handler
 from lineloop.monitor.handlers_labels_created import on_label_created
 from lineloop.monitor.handlers_models_promoted import on_model_promoted
@@ -108,7 +108,13 @@ def test_two_replicas_number_count_and_report_drift_once(postgres_url):
     assert sorted(seqs) == list(range(1, len(msgs) + 1))  # unique and contiguous
     assert seen == len(msgs)
     assert reports == ["sharpness"]
-    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1}
+    # One drift report; alerts raised once each: the line's drift, and each camera's against its own reference.
+    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1, event_type(events_pb2.Alert).topic: 3}
+    with db.session() as s:
+        raised = s.execute(select(state.alerts.c.kind, state.alerts.c.camera_id).where(state.alerts.c.line_id == line)).all()
+    db.dispose()
+    assert sorted(raised) == [(events_pb2.ALERT_KIND_LINE_DRIFT, ""), (events_pb2.ALERT_KIND_CAMERA_DRIFT, "cam-0"),
+                              (events_pb2.ALERT_KIND_CAMERA_DRIFT, "cam-1")]
 
 
 async def test_old_frames_no_window_needs_are_pruned(database_url):
@@ -131,7 +137,9 @@ async def test_old_frames_no_window_needs_are_pruned(database_url):
         s.execute(state.labels.update().where(state.labels.c.frame_id == f"{line}-never").values(labelled_at=long_ago))
 
     settings = SETTINGS.model_copy(update={"retention_s": 7 * 24 * 3600.0})
-    assert await Pruner(db, settings).prune_once() == (250 - 60, 1)
+    # Two cameras, alternating: each one's reference window (its first 60 frames) is line seq
+    # 1..120, and its current window (its newest 30) is line seq 241..300.
+    assert await Pruner(db, settings).prune_once() == (250 - 120 - 10, 1)
     assert await Pruner(db, settings).prune_once() == (0, 0)  # what is left is needed or recent
 
     with db.session() as s:
@@ -139,9 +147,10 @@ async def test_old_frames_no_window_needs_are_pruned(database_url):
         labelled = set(s.execute(select(state.labels.c.frame_id)).scalars())
         line_row = state.get_line(s, line)
     db.dispose()
-    # The reference window (seq 1..60) and everything recent (seq 251..300) stay.
-    assert seqs == set(range(1, 61)) | set(range(251, 301))
-    assert labelled == {f"{line}-10", f"{line}-280"}
+    # The line's and the cameras' reference windows (seq 1..120), the cameras' current windows and
+    # everything recent (seq 241..300) stay.
+    assert seqs == set(range(1, 121)) | set(range(241, 301))
+    assert labelled == {f"{line}-10", f"{line}-100", f"{line}-280"}
     assert line_row.frames_seen == 300  # the count does not shrink with the rows
 
 
@@ -242,7 +251,7 @@ async def test_the_dashboard_reads_what_the_handlers_wrote(database_url):
         await handle(db, on_label_created, events_pb2.LabelCreated(
             frame_id=f"{line}-{i}", line_id=line, label_class="rot" if i % 8 == 4 else "ok",
             source=events_pb2.LABEL_SOURCE_HUMAN))
-    await handle(db, on_frame_rejected, events_pb2.FrameRejected(
+    await handle(db, make_rejected_handler(SETTINGS), events_pb2.FrameRejected(
         frame_id="x", line_id=line, camera_id="cam-0", reason=events_pb2.REJECT_REASON_IMAGE_TOO_LARGE))
 
     data = snapshot(db, SETTINGS)

@@ -117,6 +117,79 @@ def test_two_replicas_number_count_and_report_drift_once(postgres_url):
                               (events_pb2.ALERT_KIND_CAMERA_DRIFT, "cam-1")]
 
 
+@pytest.mark.postgres
+def test_two_replicas_handling_one_cameras_frames_number_them_once_and_alert_once(postgres_url):
+    """Both replicas get frames of both cameras (a rebalance, a rekeyed topic): the camera rows'
+    locks keep each camera's arrival numbers unique and contiguous and its alert raised once."""
+    db = fresh_db(postgres_url)
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(15)
+    msgs = [frame(line, i, rng, sharpness=900.0) for i in range(130)]
+    msgs += [frame(line, i, rng, sharpness=150.0 if i % 2 else 900.0) for i in range(130, 240)]  # cam-1 dirty
+    start, errors = threading.Barrier(2), []
+    shares = ([m for i, m in enumerate(msgs) if i % 4 < 2], [m for i, m in enumerate(msgs) if i % 4 >= 2])
+    threads = [threading.Thread(target=replica, args=(postgres_url, share, start, errors)) for share in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+    with db.session() as s:
+        numbers = s.execute(select(state.frames.c.camera_id, state.frames.c.camera_seq)
+                            .where(state.frames.c.line_id == line)).all()
+        camera_alerts = s.execute(select(state.alerts.c.camera_id).where(
+            state.alerts.c.line_id == line, state.alerts.c.kind == events_pb2.ALERT_KIND_CAMERA_DRIFT)).scalars().all()
+    db.dispose()
+    for camera in ("cam-0", "cam-1"):
+        assert sorted(n for c, n in numbers if c == camera) == list(range(1, 121))
+    assert camera_alerts == ["cam-1"]
+
+
+async def test_a_camera_whose_frames_are_mostly_refused_raises_and_clears(database_url):
+    db = fresh_db(database_url)
+    settings = SETTINGS.model_copy(update={"camera_refused_frames": 10})
+    ingested, rejected = make_handler(settings), make_rejected_handler(settings)
+    line, rng = f"line-{uuid.uuid4().hex[:8]}", np.random.default_rng(16)
+
+    def refused(i: int, camera: str = "cam-0", line_id: str = line) -> events_pb2.FrameRejected:
+        return events_pb2.FrameRejected(frame_id=f"{line_id}-r{i}", line_id=line_id, camera_id=camera,
+                                        reason=events_pb2.REJECT_REASON_UNDECODABLE_IMAGE)
+
+    def camera_refused_alerts() -> list:
+        with db.session() as s:
+            return s.execute(select(state.alerts.c.camera_id, state.alerts.c.cleared_at.is_not(None)).where(
+                state.alerts.c.line_id == line, state.alerts.c.kind == events_pb2.ALERT_KIND_CAMERA_REFUSED)).all()
+
+    await handle(db, ingested, frame(line, 0, rng, sharpness=900.0))  # cam-0; the line is known
+    for i in range(5):  # 5 of 6: not yet a window of 10
+        await handle(db, rejected, refused(i))
+    assert camera_refused_alerts() == []
+    for i in range(5, 9):  # 9 of the newest 10 refused
+        await handle(db, rejected, refused(i))
+    assert camera_refused_alerts() == [("cam-0", False)]
+    def passed(i: int) -> events_pb2.FrameIngested:
+        msg = frame(line, i, rng, sharpness=900.0)
+        msg.camera_id = "cam-0"
+        return msg
+
+    for i in range(1, 8):  # cam-0's frames pass again: 3 of the newest 10 refused, above the clear level
+        await handle(db, ingested, passed(i))
+    assert camera_refused_alerts() == [("cam-0", False)]
+    for i in range(8, 11):  # none of the newest 10 refused
+        await handle(db, ingested, passed(i))
+    assert camera_refused_alerts() == [("cam-0", True)]
+    await handle(db, rejected, refused(0, line_id="no-such-line"))  # unknown line: no camera row
+
+    with db.session() as s:
+        cameras = s.execute(select(state.cameras.c.line_id, state.cameras.c.camera_id)).all()
+        emitted = s.execute(select(outbox.outbox.c.topic, func.count()).group_by(outbox.outbox.c.topic)).all()
+    db.dispose()
+    assert cameras == [(line, "cam-0")]
+    assert dict(emitted)[event_type(events_pb2.Alert).topic] == 2  # raised, cleared
+
+
 async def test_old_frames_no_window_needs_are_pruned(database_url):
     db = fresh_db(database_url)
     handler = make_handler(SETTINGS)

@@ -4,6 +4,8 @@ Small windows (settings) keep each test to seconds."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 
 import grpc
@@ -180,6 +182,13 @@ async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor):
     line = f"line-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(13)
     outage = "Triton at 127.0.0.1:8001 UNAVAILABLE"
+    # `lineloop health watch` prints the same raise and clear.
+    env = {**os.environ, "LINELOOP_MONITOR_GRPC": f"127.0.0.1:{monitor.grpc_port}", "COLUMNS": "300"}
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lineloop.cli.main", "health", "watch", "--line", line, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert b"watching alerts" in await asyncio.wait_for(cli.stdout.readline(), 60)
     producer = Bus(stack.kafka_bootstrap, source="test/ingest")
     await producer.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{monitor.grpc_port}") as channel:
@@ -199,7 +208,17 @@ async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor):
         finally:
             await producer.stop()
 
+    printed = []
+    try:
+        while not any("CLEARED" in text for text in printed):
+            printed.append((await asyncio.wait_for(cli.stdout.readline(), 30)).decode())
+    finally:
+        cli.terminate()
+        await cli.wait()
     outages = [a for a in seen if a.kind == events_pb2.ALERT_KIND_SCORING_OUTAGE]
     assert [a.state for a in outages] == [RAISED, CLEARED] and outages[0].alert_id == outages[1].alert_id
+    printed = [" ".join(text.split()) for text in printed if "scoring outage" in text]
+    assert len(printed) == 2 and f"RAISED scoring outage on line {line}: unscored_share" in printed[0]
+    assert f"CLEARED scoring outage on line {line}" in printed[1] and outages[0].alert_id in printed[1]
     assert outages[0].feature == "unscored_share" and outages[0].score > 0.2 and outage in outages[0].detail
     assert outages[1].score < 0.1 and outages[0].camera_id == ""

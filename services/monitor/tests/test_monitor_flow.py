@@ -185,6 +185,9 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
     assert proc.returncode == 0, err.decode()
     text = " ".join(out.decode().split())
     assert "SCORING OUTAGE" in text and "40% of the newest 100 frames unscored" in text
+    # The alert as raised: at the first evaluation above the threshold (the share then, not now).
+    assert "1 active alert(s): " in text and f"RAISED scoring outage on line {line}: unscored_share 0." in text
+    assert "> 0.200" in text
     assert "40 frames ingested without a prediction in all: not in prediction statistics, not re-scored" in text
     assert outage in text
 

@@ -29,10 +29,15 @@ class CameraWatch:
         self._settings = settings
         self._task: asyncio.Task | None = None
         self._reported: set[tuple[int, str, str]] = set()  # gauge keys this process has set to 1
+        self._started_at = None
 
     async def check_once(self) -> int:
         """Raise the alert of every camera silent for camera_silent_s; returns how many were raised."""
         silent_s = self._settings.camera_silent_s
+        if self._started_at is None or (utcnow() - self._started_at).total_seconds() < silent_s:
+            # Just started (a restart, a new replica): the backlog of frames is not read yet, and
+            # every camera would look silent for as long as the monitor itself was away.
+            return 0
         with self._db.session() as s:
             candidates = state.silent_camera_keys(s, quiet_since=utcnow() - timedelta(seconds=silent_s),
                                                   silent_kind=SILENT)
@@ -76,6 +81,7 @@ class CameraWatch:
             await asyncio.sleep(self._settings.alert_check_every_s)
 
     async def start(self) -> None:
+        self._started_at = utcnow()
         self._task = asyncio.create_task(self._loop(), name="monitor-camera-watch")
 
     async def stop(self) -> None:

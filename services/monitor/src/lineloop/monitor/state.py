@@ -153,7 +153,9 @@ alerts = Table(
     Column("cleared_event", Text, nullable=True),
 )
 ACTIVE_ALERT_INDEX = "monitor_alerts_active"
-Index(ACTIVE_ALERT_INDEX, alerts.c.kind, alerts.c.line_id, alerts.c.camera_id, unique=True,
+# Line and camera first: it is also the index every frame's lookup of its camera's active alerts
+# (active_alerts_of: line, camera, not cleared) reads.
+Index(ACTIVE_ALERT_INDEX, alerts.c.line_id, alerts.c.camera_id, alerts.c.kind, unique=True,
       postgresql_where=alerts.c.cleared_at.is_(None), sqlite_where=alerts.c.cleared_at.is_(None))
 
 drift_reports = Table(

@@ -324,10 +324,14 @@ async def test_the_dashboard_reads_what_the_handlers_wrote(database_url):
         await handle(db, on_label_created, events_pb2.LabelCreated(
             frame_id=f"{line}-{i}", line_id=line, label_class="rot" if i % 8 == 4 else "ok",
             source=events_pb2.LABEL_SOURCE_HUMAN))
-    await handle(db, make_rejected_handler(SETTINGS), events_pb2.FrameRejected(
+    # Judged on its newest frame alone, cam-0 is mostly refused: an active camera alert.
+    refused_on_one = SETTINGS.model_copy(update={"camera_refused_frames": 1, "camera_refused_clear_share": 0.0})
+    await handle(db, make_rejected_handler(refused_on_one), events_pb2.FrameRejected(
         frame_id="x", line_id=line, camera_id="cam-0", reason=events_pb2.REJECT_REASON_IMAGE_TOO_LARGE))
 
     data = snapshot(db, SETTINGS)
+    [camera_alert] = [a for a in data["alerts"] if a["line_id"] == line and a.get("camera_id")]
+    assert (camera_alert["camera_id"], camera_alert["kind"], camera_alert["score"]) == ("cam-0", "camera refused", 1.0)
     [mine] = [entry for entry in data["lines"] if entry["line_id"] == line]
     assert mine["frames_seen"] == 120 and mine["frames_rejected"] == 1 and mine["state"] == "ok"
     versions = {(v["model_version"], v["role"]): v for v in data["versions"] if v["line_id"] == line}

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[3]
 DESIGN_TOPICS = {
     "frames.captured.v1", "frames.ingested.v1", "frames.rejected.v1", "labels.created.v1",
     "datasets.versioned.v1", "training.requested.v1", "models.trained.v1", "models.registered.v1",
-    "models.compiled.v1", "models.promoted.v1", "edge.rollouts.v1", "drift.detected.v1",
+    "models.compiled.v1", "models.promoted.v1", "edge.rollouts.v1", "drift.detected.v1", "alerts.changed.v1",
 }
 SERVICES = {"IngestService", "LabelingService", "TrainingService", "RegistryService", "CompilerService", "MonitorService"}
 

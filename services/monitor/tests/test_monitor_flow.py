@@ -69,13 +69,15 @@ async def test_a_dirty_lens_is_reported_once_and_no_run_is_requested_on_the_old_
     finally:
         await producer.stop()
 
-    assert alert.line_id == line and alert.feature == "sharpness"
-    assert alert.kind == events_pb2.DRIFT_KIND_INPUT and alert.score > alert.threshold
+    assert alert.line_id == line and alert.feature == "sharpness" and alert.camera_id == ""
+    assert alert.kind == events_pb2.ALERT_KIND_LINE_DRIFT and alert.state == events_pb2.ALERT_STATE_RAISED
+    assert alert.score > alert.threshold > alert.clear_below
     drift, requests = await asyncio.gather(
         collect(stack, events_pb2.DriftDetected, lambda m: m.line_id == line),
         collect(stack, events_pb2.TrainingRequested, lambda m: m.dataset == line, timeout=8),
     )
     assert [d.drift_id for d in drift] == [alert.drift_id]  # the cooldown keeps it to one report
+    assert drift[0].kind == events_pb2.DRIFT_KIND_INPUT and drift[0].feature == "sharpness"
     assert requests == []
 
     report = await stub.GetDriftReport(monitor_pb2.GetDriftReportRequest(line_id=line))
@@ -183,6 +185,9 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
     assert proc.returncode == 0, err.decode()
     text = " ".join(out.decode().split())
     assert "SCORING OUTAGE" in text and "40% of the newest 100 frames unscored" in text
+    # The alert as raised: at the first evaluation above the threshold (the share then, not now).
+    assert "1 active alert(s): " in text and f"RAISED scoring outage on line {line}: unscored_share 0." in text
+    assert "> 0.200" in text
     assert "40 frames ingested without a prediction in all: not in prediction statistics, not re-scored" in text
     assert outage in text
 

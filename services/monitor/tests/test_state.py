@@ -20,7 +20,7 @@ from lineloop.bus import outbox
 from lineloop.contracts.topics import event_type
 from lineloop.monitor import state
 from lineloop.monitor.dashboard import CONFIDENCE_BINS, snapshot
-from lineloop.monitor.handlers_frames_rejected import on_frame_rejected
+from lineloop.monitor.handlers_frames_rejected import make_handler as make_rejected_handler
 from lineloop.monitor.handlers_frames_ingested import make_handler
 from lineloop.monitor.handlers_labels_created import on_label_created
 from lineloop.monitor.handlers_models_promoted import on_model_promoted
@@ -108,7 +108,86 @@ def test_two_replicas_number_count_and_report_drift_once(postgres_url):
     assert sorted(seqs) == list(range(1, len(msgs) + 1))  # unique and contiguous
     assert seen == len(msgs)
     assert reports == ["sharpness"]
-    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1}
+    # One drift report; alerts raised once each: the line's drift, and each camera's against its own reference.
+    assert emitted == {event_type(events_pb2.DriftDetected).topic: 1, event_type(events_pb2.Alert).topic: 3}
+    with db.session() as s:
+        raised = s.execute(select(state.alerts.c.kind, state.alerts.c.camera_id).where(state.alerts.c.line_id == line)).all()
+    db.dispose()
+    assert sorted(raised) == [(events_pb2.ALERT_KIND_LINE_DRIFT, ""), (events_pb2.ALERT_KIND_CAMERA_DRIFT, "cam-0"),
+                              (events_pb2.ALERT_KIND_CAMERA_DRIFT, "cam-1")]
+
+
+@pytest.mark.postgres
+def test_two_replicas_handling_one_cameras_frames_number_them_once_and_alert_once(postgres_url):
+    """Both replicas get frames of both cameras (a rebalance, a rekeyed topic): the camera rows'
+    locks keep each camera's arrival numbers unique and contiguous and its alert raised once."""
+    db = fresh_db(postgres_url)
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(15)
+    msgs = [frame(line, i, rng, sharpness=900.0) for i in range(130)]
+    msgs += [frame(line, i, rng, sharpness=150.0 if i % 2 else 900.0) for i in range(130, 240)]  # cam-1 dirty
+    start, errors = threading.Barrier(2), []
+    shares = ([m for i, m in enumerate(msgs) if i % 4 < 2], [m for i, m in enumerate(msgs) if i % 4 >= 2])
+    threads = [threading.Thread(target=replica, args=(postgres_url, share, start, errors)) for share in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+    with db.session() as s:
+        numbers = s.execute(select(state.frames.c.camera_id, state.frames.c.camera_seq)
+                            .where(state.frames.c.line_id == line)).all()
+        camera_alerts = s.execute(select(state.alerts.c.camera_id).where(
+            state.alerts.c.line_id == line, state.alerts.c.kind == events_pb2.ALERT_KIND_CAMERA_DRIFT)).scalars().all()
+    db.dispose()
+    for camera in ("cam-0", "cam-1"):
+        assert sorted(n for c, n in numbers if c == camera) == list(range(1, 121))
+    assert camera_alerts == ["cam-1"]
+
+
+async def test_a_camera_whose_frames_are_mostly_refused_raises_and_clears(database_url):
+    db = fresh_db(database_url)
+    settings = SETTINGS.model_copy(update={"camera_refused_frames": 10})
+    ingested, rejected = make_handler(settings), make_rejected_handler(settings)
+    line, rng = f"line-{uuid.uuid4().hex[:8]}", np.random.default_rng(16)
+
+    def refused(i: int, camera: str = "cam-0", line_id: str = line) -> events_pb2.FrameRejected:
+        return events_pb2.FrameRejected(frame_id=f"{line_id}-r{i}", line_id=line_id, camera_id=camera,
+                                        reason=events_pb2.REJECT_REASON_UNDECODABLE_IMAGE)
+
+    def camera_refused_alerts() -> list:
+        with db.session() as s:
+            return s.execute(select(state.alerts.c.camera_id, state.alerts.c.cleared_at.is_not(None)).where(
+                state.alerts.c.line_id == line, state.alerts.c.kind == events_pb2.ALERT_KIND_CAMERA_REFUSED)).all()
+
+    await handle(db, ingested, frame(line, 0, rng, sharpness=900.0))  # cam-0; the line is known
+    for i in range(5):  # 5 of 6: not yet a window of 10
+        await handle(db, rejected, refused(i))
+    assert camera_refused_alerts() == []
+    for i in range(5, 9):  # 9 of the newest 10 refused
+        await handle(db, rejected, refused(i))
+    assert camera_refused_alerts() == [("cam-0", False)]
+    def passed(i: int) -> events_pb2.FrameIngested:
+        msg = frame(line, i, rng, sharpness=900.0)
+        msg.camera_id = "cam-0"
+        return msg
+
+    for i in range(1, 8):  # cam-0's frames pass again: 3 of the newest 10 refused, above the clear level
+        await handle(db, ingested, passed(i))
+    assert camera_refused_alerts() == [("cam-0", False)]
+    for i in range(8, 11):  # none of the newest 10 refused
+        await handle(db, ingested, passed(i))
+    assert camera_refused_alerts() == [("cam-0", True)]
+    await handle(db, rejected, refused(0, line_id="no-such-line"))  # unknown line: no camera row
+
+    with db.session() as s:
+        cameras = s.execute(select(state.cameras.c.line_id, state.cameras.c.camera_id)).all()
+        emitted = s.execute(select(outbox.outbox.c.topic, func.count()).group_by(outbox.outbox.c.topic)).all()
+    db.dispose()
+    assert cameras == [(line, "cam-0")]
+    assert dict(emitted)[event_type(events_pb2.Alert).topic] == 2  # raised, cleared
 
 
 async def test_old_frames_no_window_needs_are_pruned(database_url):
@@ -131,7 +210,9 @@ async def test_old_frames_no_window_needs_are_pruned(database_url):
         s.execute(state.labels.update().where(state.labels.c.frame_id == f"{line}-never").values(labelled_at=long_ago))
 
     settings = SETTINGS.model_copy(update={"retention_s": 7 * 24 * 3600.0})
-    assert await Pruner(db, settings).prune_once() == (250 - 60, 1)
+    # Two cameras, alternating: each one's reference window (its first 60 frames) is line seq
+    # 1..120, and its current window (its newest 30) is line seq 241..300.
+    assert await Pruner(db, settings).prune_once() == (250 - 120 - 10, 1)
     assert await Pruner(db, settings).prune_once() == (0, 0)  # what is left is needed or recent
 
     with db.session() as s:
@@ -139,9 +220,10 @@ async def test_old_frames_no_window_needs_are_pruned(database_url):
         labelled = set(s.execute(select(state.labels.c.frame_id)).scalars())
         line_row = state.get_line(s, line)
     db.dispose()
-    # The reference window (seq 1..60) and everything recent (seq 251..300) stay.
-    assert seqs == set(range(1, 61)) | set(range(251, 301))
-    assert labelled == {f"{line}-10", f"{line}-280"}
+    # The line's and the cameras' reference windows (seq 1..120), the cameras' current windows and
+    # everything recent (seq 241..300) stay.
+    assert seqs == set(range(1, 121)) | set(range(241, 301))
+    assert labelled == {f"{line}-10", f"{line}-100", f"{line}-280"}
     assert line_row.frames_seen == 300  # the count does not shrink with the rows
 
 
@@ -242,10 +324,14 @@ async def test_the_dashboard_reads_what_the_handlers_wrote(database_url):
         await handle(db, on_label_created, events_pb2.LabelCreated(
             frame_id=f"{line}-{i}", line_id=line, label_class="rot" if i % 8 == 4 else "ok",
             source=events_pb2.LABEL_SOURCE_HUMAN))
-    await handle(db, on_frame_rejected, events_pb2.FrameRejected(
+    # Judged on its newest frame alone, cam-0 is mostly refused: an active camera alert.
+    refused_on_one = SETTINGS.model_copy(update={"camera_refused_frames": 1, "camera_refused_clear_share": 0.0})
+    await handle(db, make_rejected_handler(refused_on_one), events_pb2.FrameRejected(
         frame_id="x", line_id=line, camera_id="cam-0", reason=events_pb2.REJECT_REASON_IMAGE_TOO_LARGE))
 
     data = snapshot(db, SETTINGS)
+    [camera_alert] = [a for a in data["alerts"] if a["line_id"] == line and a.get("camera_id")]
+    assert (camera_alert["camera_id"], camera_alert["kind"], camera_alert["score"]) == ("cam-0", "camera refused", 1.0)
     [mine] = [entry for entry in data["lines"] if entry["line_id"] == line]
     assert mine["frames_seen"] == 120 and mine["frames_rejected"] == 1 and mine["state"] == "ok"
     versions = {(v["model_version"], v["role"]): v for v in data["versions"] if v["line_id"] == line}

@@ -1,4 +1,4 @@
-"""`lineloop health show|drift|watch`: what the monitor knows about a line."""
+"""`lineloop health show|drift|watch`: what the monitor knows about a line, and its alerts."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _stub(target: str) -> tuple[monitor_pb2_grpc.MonitorServiceStub, grpc.Channe
 
 @app.command()
 def show(line: str = LINE, target: str | None = TARGET, as_json: bool = JSON) -> None:
-    """Frames, rejections, scoring, live accuracy and class mix per model version."""
+    """Active alerts, frames, rejections, scoring, live accuracy and class mix per model version."""
     target = grpc_target("monitor", target)
     stub, channel = _stub(target)
     with channel, rpc_errors("monitor", target):
@@ -35,6 +35,12 @@ def show(line: str = LINE, target: str | None = TARGET, as_json: bool = JSON) ->
         return
     state = "[red]DRIFTING[/red]" if health.drift_active else "[green]stable[/green]"
     console.print(f"line [bold]{health.line_id}[/bold] · model {health.model_name} · {state}")
+    if health.active_alerts:
+        console.print(f"[red]{len(health.active_alerts)} active alert(s)[/red]:")
+        for alert in health.active_alerts:
+            console.print("  " + describe_alert(alert))
+    else:
+        console.print("no active alerts")
     console.print(f"frames ingested {health.frames_ingested} · rejected {health.frames_rejected} "
                   + " ".join(f"{k}={v}" for k, v in sorted(health.reject_reasons.items())))
     console.print(_scoring(health.scoring))
@@ -69,14 +75,14 @@ def drift(line: str = LINE, target: str | None = TARGET, as_json: bool = JSON) -
 
 @app.command()
 def watch(line: str = typer.Option("", "--line", help="Only this line."), target: str | None = TARGET) -> None:
-    """Print drift alerts as they happen (Ctrl-C to stop)."""
+    """Print alerts as they are raised and cleared (Ctrl-C to stop)."""
     target = grpc_target("monitor", target)
     stub, channel = _stub(target)
-    console.print(f"watching drift alerts{' for ' + line if line else ''} at {target} ...")
+    console.print(f"watching alerts{' for ' + line if line else ''} at {target} ...")
     with channel, rpc_errors("monitor", target):
         try:
-            for event in stub.WatchAlerts(monitor_pb2.WatchAlertsRequest(line_id=line)):
-                console.print(_describe(event))
+            for alert in stub.WatchAlerts(monitor_pb2.WatchAlertsRequest(line_id=line)):
+                console.print(describe_alert(alert), soft_wrap=True)
         except KeyboardInterrupt:
             pass
 
@@ -100,3 +106,17 @@ def _describe(event: events_pb2.DriftDetected) -> str:
     when = event.detected_at.ToDatetime().isoformat(timespec="seconds")
     return (f"{when} [red]{kind} drift[/red] on {event.line_id} ({event.model_name} v{event.model_version}): "
             f"{event.feature} {event.score:.3f} > {event.threshold:.3f}")
+
+
+def describe_alert(alert: events_pb2.Alert) -> str:
+    """One line: when, raised or cleared, what, where, the score against its levels, why."""
+    kind = events_pb2.AlertKind.Name(alert.kind).removeprefix("ALERT_KIND_").lower().replace("_", " ")
+    when = alert.changed_at.ToDatetime().isoformat(timespec="seconds")
+    where = f"line {alert.line_id}" + (f" camera {alert.camera_id}" if alert.camera_id else "")
+    if alert.state == events_pb2.ALERT_STATE_CLEARED:
+        head = f"[green]CLEARED[/green] {kind} on {where} (raised {alert.raised_at.ToDatetime().isoformat(timespec='seconds')})"
+        levels = f"{alert.feature} {alert.score:.3f} < {alert.clear_below:.3f}"
+    else:
+        head = f"[red]RAISED[/red] {kind} on {where}"
+        levels = f"{alert.feature} {alert.score:.3f} > {alert.threshold:.3f}"
+    return f"{when} {head}: {levels} · {escape(alert.detail)} [dim](alert {alert.alert_id})[/dim]"

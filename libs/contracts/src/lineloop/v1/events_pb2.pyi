@@ -54,6 +54,21 @@ class DriftKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRIFT_KIND_INPUT: _ClassVar[DriftKind]
     DRIFT_KIND_PREDICTION: _ClassVar[DriftKind]
     DRIFT_KIND_ACCURACY: _ClassVar[DriftKind]
+
+class AlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_KIND_UNSPECIFIED: _ClassVar[AlertKind]
+    ALERT_KIND_LINE_DRIFT: _ClassVar[AlertKind]
+    ALERT_KIND_CAMERA_DRIFT: _ClassVar[AlertKind]
+    ALERT_KIND_SCORING_OUTAGE: _ClassVar[AlertKind]
+    ALERT_KIND_CAMERA_SILENT: _ClassVar[AlertKind]
+    ALERT_KIND_CAMERA_REFUSED: _ClassVar[AlertKind]
+
+class AlertState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALERT_STATE_UNSPECIFIED: _ClassVar[AlertState]
+    ALERT_STATE_RAISED: _ClassVar[AlertState]
+    ALERT_STATE_CLEARED: _ClassVar[AlertState]
 REJECT_REASON_UNSPECIFIED: RejectReason
 REJECT_REASON_UNDECODABLE_IMAGE: RejectReason
 REJECT_REASON_UNSUPPORTED_FORMAT: RejectReason
@@ -82,6 +97,15 @@ DRIFT_KIND_UNSPECIFIED: DriftKind
 DRIFT_KIND_INPUT: DriftKind
 DRIFT_KIND_PREDICTION: DriftKind
 DRIFT_KIND_ACCURACY: DriftKind
+ALERT_KIND_UNSPECIFIED: AlertKind
+ALERT_KIND_LINE_DRIFT: AlertKind
+ALERT_KIND_CAMERA_DRIFT: AlertKind
+ALERT_KIND_SCORING_OUTAGE: AlertKind
+ALERT_KIND_CAMERA_SILENT: AlertKind
+ALERT_KIND_CAMERA_REFUSED: AlertKind
+ALERT_STATE_UNSPECIFIED: AlertState
+ALERT_STATE_RAISED: AlertState
+ALERT_STATE_CLEARED: AlertState
 
 class FrameCaptured(_message.Message):
     __slots__ = ("frame_id", "line_id", "camera_id", "gateway_id", "captured_at", "image_ref", "inline_image", "content_type", "edge_prediction", "attributes")
@@ -546,3 +570,37 @@ class DriftDetected(_message.Message):
     detail: str
     detected_at: _timestamp_pb2.Timestamp
     def __init__(self, drift_id: _Optional[str] = ..., line_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., kind: _Optional[_Union[DriftKind, str]] = ..., feature: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., reference: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., current: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., detail: _Optional[str] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("alert_id", "kind", "state", "line_id", "camera_id", "model_name", "model_version", "feature", "score", "threshold", "clear_below", "detail", "raised_at", "changed_at", "drift_id")
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_BELOW_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RAISED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_ID_FIELD_NUMBER: _ClassVar[int]
+    alert_id: str
+    kind: AlertKind
+    state: AlertState
+    line_id: str
+    camera_id: str
+    model_name: str
+    model_version: str
+    feature: str
+    score: float
+    threshold: float
+    clear_below: float
+    detail: str
+    raised_at: _timestamp_pb2.Timestamp
+    changed_at: _timestamp_pb2.Timestamp
+    drift_id: str
+    def __init__(self, alert_id: _Optional[str] = ..., kind: _Optional[_Union[AlertKind, str]] = ..., state: _Optional[_Union[AlertState, str]] = ..., line_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., feature: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., clear_below: _Optional[float] = ..., detail: _Optional[str] = ..., raised_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., drift_id: _Optional[str] = ...) -> None: ...

@@ -44,7 +44,7 @@ class VersionHealth(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., frames_scored: _Optional[int] = ..., frames_labelled: _Optional[int] = ..., live_accuracy: _Optional[float] = ..., class_mix: _Optional[_Mapping[str, float]] = ..., mean_confidence: _Optional[float] = ...) -> None: ...
 
 class ModelHealth(_message.Message):
-    __slots__ = ("line_id", "model_name", "versions", "frames_ingested", "frames_rejected", "reject_reasons", "drift_active", "window", "scoring")
+    __slots__ = ("line_id", "model_name", "versions", "frames_ingested", "frames_rejected", "reject_reasons", "drift_active", "window", "scoring", "active_alerts")
     class RejectReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class ModelHealth(_message.Message):
     DRIFT_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ALERTS_FIELD_NUMBER: _ClassVar[int]
     line_id: str
     model_name: str
     versions: _containers.RepeatedCompositeFieldContainer[VersionHealth]
@@ -70,7 +71,8 @@ class ModelHealth(_message.Message):
     drift_active: bool
     window: _common_pb2.TimeWindow
     scoring: ScoringHealth
-    def __init__(self, line_id: _Optional[str] = ..., model_name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionHealth, _Mapping]]] = ..., frames_ingested: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., drift_active: _Optional[bool] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., scoring: _Optional[_Union[ScoringHealth, _Mapping]] = ...) -> None: ...
+    active_alerts: _containers.RepeatedCompositeFieldContainer[_events_pb2.Alert]
+    def __init__(self, line_id: _Optional[str] = ..., model_name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionHealth, _Mapping]]] = ..., frames_ingested: _Optional[int] = ..., frames_rejected: _Optional[int] = ..., reject_reasons: _Optional[_Mapping[str, int]] = ..., drift_active: _Optional[bool] = ..., window: _Optional[_Union[_common_pb2.TimeWindow, _Mapping]] = ..., scoring: _Optional[_Union[ScoringHealth, _Mapping]] = ..., active_alerts: _Optional[_Iterable[_Union[_events_pb2.Alert, _Mapping]]] = ...) -> None: ...
 
 class ScoringHealth(_message.Message):
     __slots__ = ("outage", "unscored_share", "threshold", "window_frames", "outage_since", "frames_unscored", "last_missing_reason")

@@ -48,7 +48,7 @@ class MonitorServiceStub:
         self.WatchAlerts = channel.unary_stream(
                 '/lineloop.v1.MonitorService/WatchAlerts',
                 request_serializer=lineloop_dot_v1_dot_monitor__pb2.WatchAlertsRequest.SerializeToString,
-                response_deserializer=lineloop_dot_v1_dot_events__pb2.DriftDetected.FromString,
+                response_deserializer=lineloop_dot_v1_dot_events__pb2.Alert.FromString,
                 _registered_method=True)
 
 
@@ -68,7 +68,8 @@ class MonitorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchAlerts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Alerts as they are raised and cleared (of every replica: read from the monitor's database).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -89,7 +90,7 @@ def add_MonitorServiceServicer_to_server(servicer, server):
             'WatchAlerts': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAlerts,
                     request_deserializer=lineloop_dot_v1_dot_monitor__pb2.WatchAlertsRequest.FromString,
-                    response_serializer=lineloop_dot_v1_dot_events__pb2.DriftDetected.SerializeToString,
+                    response_serializer=lineloop_dot_v1_dot_events__pb2.Alert.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,7 +173,7 @@ class MonitorService:
             target,
             '/lineloop.v1.MonitorService/WatchAlerts',
             lineloop_dot_v1_dot_monitor__pb2.WatchAlertsRequest.SerializeToString,
-            lineloop_dot_v1_dot_events__pb2.DriftDetected.FromString,
+            lineloop_dot_v1_dot_events__pb2.Alert.FromString,
             options,
             channel_credentials,
             insecure,

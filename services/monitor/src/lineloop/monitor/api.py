@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 import grpc
 from google.protobuf import json_format
@@ -17,6 +18,9 @@ from lineloop.storage.sql import Database, as_utc, utcnow
 from lineloop.v1 import events_pb2, monitor_pb2, monitor_pb2_grpc
 
 ALERT_POLL_S = 1.0
+# Replicas commit in their own time: a transition stamped a little before the newest one seen may
+# become visible later. Each poll looks back this far and skips what it already sent.
+ALERT_LOOKBACK_S = 10.0
 
 
 class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
@@ -30,6 +34,7 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
             rows = state.scored_frames_with_labels(s, line.line_id)
             rejected = state.rejection_counts(s, line.line_id)
             share, window_frames = current_unscored_share(s, line, self._settings)
+            active = state.active_alerts(s, line.line_id)
         health = monitor_pb2.ModelHealth(
             # frames_seen, not rows: old frames are pruned (retention_s), the count is not.
             line_id=line.line_id, model_name=request.model_name or line.model_name, frames_ingested=line.frames_seen,
@@ -41,6 +46,8 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
                 frames_unscored=line.frames_unscored, last_missing_reason=line.last_missing_reason or "",
             ),
         )
+        for row in active:
+            health.active_alerts.append(json_format.Parse(row.raised_event, events_pb2.Alert()))
         if line.scoring_outage_since is not None:
             health.scoring.outage_since.FromDatetime(as_utc(line.scoring_outage_since))
         by_version: dict[str, list] = {}
@@ -83,14 +90,22 @@ class MonitorApi(monitor_pb2_grpc.MonitorServiceServicer):
         return report
 
     async def WatchAlerts(self, request, context):
-        """Streams drift reports as they are recorded (by any replica: read from the database)."""
-        since = utcnow()
+        """Streams alerts as they are raised and cleared (by any replica: read from the database)."""
+        started = newest = utcnow()
+        sent: dict[tuple[str, int], object] = {}  # (alert_id, state) -> its time, within the lookback
         while not context.cancelled():
+            look_from = max(started, newest - timedelta(seconds=ALERT_LOOKBACK_S))
             with self._db.session() as s:
-                rows = state.drift_events_since(s, since, request.line_id)
-            for raw, detected_at in rows:
-                since = max(since, as_utc(detected_at))
-                yield json_format.Parse(raw, events_pb2.DriftDetected())
+                rows = state.alert_events_since(s, look_from, request.line_id)
+            for at, raw in rows:
+                alert = json_format.Parse(raw, events_pb2.Alert())
+                key = (alert.alert_id, alert.state)
+                if key in sent:
+                    continue
+                sent[key] = at
+                newest = max(newest, at)
+                yield alert
+            sent = {k: at for k, at in sent.items() if at > look_from}
             await asyncio.sleep(ALERT_POLL_S)
 
     async def _line(self, s, line_id: str, context):

@@ -22,9 +22,11 @@ from datetime import datetime, timedelta
 from importlib import resources
 
 from aiohttp import web
+from google.protobuf import json_format
 
 from lineloop.contracts.access import allowed_roles
 from lineloop.monitor import state
+from lineloop.monitor.alerts import CAMERA_KINDS, kind_name
 from lineloop.monitor.settings import MonitorSettings
 from lineloop.runtime.auth import TokenVerifier, Unauthenticated
 from lineloop.storage.sql import Database, as_utc, utcnow
@@ -85,6 +87,7 @@ def snapshot(db: Database, settings: MonitorSettings) -> dict:
         throughput = state.frames_per_bucket(s, since, settings.dashboard_bucket_s)
         refusals = state.all_rejection_counts(s)
         alerts = state.drift_reports_recent(s, RECENT_ALERTS)
+        camera_alerts = state.active_alerts(s, kinds=CAMERA_KINDS)
         changes = state.model_changes_recent(s, TIMELINE_CHANGES)
 
     score_series: dict[str, dict[str, dict[str, list]]] = defaultdict(dict)
@@ -147,7 +150,12 @@ def snapshot(db: Database, settings: MonitorSettings) -> dict:
         } for a in alerts] + [{
             "line_id": line.line_id, "detected_at": _iso(line.scoring_outage_since), "kind": "scoring outage",
             "feature": "unscored_share", "score": None, "threshold": settings.max_unscored_share,
-        } for line in lines if line.scoring_outage_since is not None],
+        } for line in lines if line.scoring_outage_since is not None] + [{
+            # Active alerts of single cameras (drift against its own reference, silent, refused).
+            "line_id": a.line_id, "camera_id": a.camera_id, "detected_at": _iso(a.raised_at),
+            "kind": kind_name(a.kind).replace("_", " "), "feature": event.feature, "score": event.score,
+            "threshold": event.threshold,
+        } for a in camera_alerts for event in [json_format.Parse(a.raised_event, events_pb2.Alert())]],
         "model_changes": [{
             "model_name": c.model_name, "version": c.version, "stage": c.stage, "previous_stage": c.previous_stage,
             "kind": _change_kind(c.stage, c.reason), "at": _iso(c.changed_at), "actor": c.actor, "reason": c.reason,

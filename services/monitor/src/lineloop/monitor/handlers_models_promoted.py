@@ -4,7 +4,7 @@ stage change (canaries, rollbacks, archiving) goes on the dashboard's model-vers
 from __future__ import annotations
 
 from lineloop.bus import EventContext
-from lineloop.monitor import state
+from lineloop.monitor import alerts, state
 from lineloop.storage.sql import utcnow
 from lineloop.v1 import common_pb2, events_pb2
 
@@ -30,3 +30,9 @@ async def on_model_promoted(msg: events_pb2.ModelPromoted, ctx: EventContext) ->
         # Frames scored by the new model (after drift, under the new conditions)
         # become what "normal" looks like; the drift episode is over.
         state.restart_reference(ctx.session, line_id, msg.model_name)
+        # Its drift alerts (the line's and its cameras') were against the old reference: their
+        # condition has ended. Line row locked first by restart_reference, alert rows after.
+        now = utcnow()
+        for row in state.active_alerts(ctx.session, line_id, kinds=alerts.DRIFT_KINDS):
+            alerts.clear_alert(ctx.session, ctx.emit, row, now=now, score=0.0,
+                               detail=f"{msg.model_name} v{msg.version} promoted to production: a new reference starts")

@@ -1,5 +1,6 @@
 """Deleting what the monitor no longer needs: frames (and their labels) older than retention_s
-that no window needs, labels whose frame never came, drift scores (the dashboard's history).
+that no window needs, labels whose frame never came, drift scores (the dashboard's history),
+alerts cleared before retention_s.
 Drift reports, rejection counts, the model-version timeline and the line counters are kept
 (small: one row per episode, reason, stage change, line).
 
@@ -48,9 +49,11 @@ class Pruner:
         async with self._db.write() as session:
             labels = state.prune_orphan_labels(session, older_than=older_than)
             scores = state.prune_scores(session, older_than=older_than)
+            cleared = state.prune_alerts(session, older_than=older_than)
         rows_pruned.add(frames, {"table": state.frames.name})
         rows_pruned.add(labels, {"table": state.labels.name})
         rows_pruned.add(scores, {"table": state.score_history.name})
+        rows_pruned.add(cleared, {"table": state.alerts.name})
         if frames or labels:
             log.info("pruned %d frames and %d labels older than %s", frames, labels, older_than.isoformat())
         return frames, labels

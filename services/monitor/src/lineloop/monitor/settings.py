@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
@@ -46,10 +46,37 @@ class MonitorSettings(ServiceSettings):
     # prediction statistics; above this share of the current window the line is in a scoring
     # outage (an alert of its own, not drift). Such frames are not scored later.
     max_unscored_share: float = 0.2
+    # Alerts (docs/monitor.md#alerts): raised once, cleared once. A drift alert (of the line, or of
+    # one camera against that camera's own reference windows, of the same sizes) clears when every
+    # statistic has stayed below this fraction of its threshold for a whole current window.
+    drift_clear_fraction: float = Field(default=0.5, gt=0, le=1)
+    # A scoring outage clears when the current window's unscored share is below this.
+    unscored_clear_share: float = Field(default=0.1, ge=0, lt=1)
+    # A camera that has sent frames (accepted or refused) and then none for this long is silent.
+    camera_silent_s: float = Field(default=120.0, gt=0)
+    # Of a camera's newest camera_refused_frames frames: above this share refused raises the
+    # camera-refused alert, below camera_refused_clear_share clears it.
+    camera_refused_frames: int = Field(default=50, ge=1, le=1024)
+    camera_refused_share: float = Field(default=0.5, gt=0, lt=1)
+    camera_refused_clear_share: float = Field(default=0.2, ge=0, lt=1)
+    # How often each replica looks for silent cameras and refreshes the active-alert gauges.
+    alert_check_every_s: float = Field(default=5.0, gt=0)
+
     # Frames (and their labels) older than this are deleted once no window needs them; a human
     # label arriving later than this after its frame no longer counts toward live accuracy.
     retention_s: float = 7 * 24 * 3600.0
     prune_every_s: float = 600.0
+
+    @model_validator(mode="after")
+    def _clear_levels_below_raise_levels(self):
+        # Hysteresis needs a gap: a clear level at or above its raise level would flap.
+        if self.unscored_clear_share >= self.max_unscored_share:
+            raise ValueError(f"unscored_clear_share ({self.unscored_clear_share}) must be below max_unscored_share "
+                             f"({self.max_unscored_share})")
+        if self.camera_refused_clear_share >= self.camera_refused_share:
+            raise ValueError(f"camera_refused_clear_share ({self.camera_refused_clear_share}) must be below "
+                             f"camera_refused_share ({self.camera_refused_share})")
+        return self
 
     @field_validator("http_port", mode="before")
     @classmethod

@@ -9,6 +9,14 @@ sequence numbers are unique and contiguous, no count is lost and a drift episode
 once (the second replica sees the first one's `drift_until`). The unique index on
 (line_id, seq) holds the database to it. On SQLite (one process, the embedded stack) FOR UPDATE
 is not rendered: `Database.write()` already runs the process's writers one at a time.
+
+Cameras (per-camera windows and alerts) follow the same rule one level down: a camera's row is
+locked (`open_camera`, SELECT ... FOR UPDATE) before its arrival number, outcome history or alerts
+change, so two replicas handling frames of one camera (a rekeyed topic, a rebalance) or the
+silence check racing a frame are serialised on it. Locks are always taken line, then camera, then
+alert rows (the silence check and rejections take camera, then alerts): no cycle, no deadlock. The
+partial unique index on active alerts (one per kind, line and camera) holds the database to
+"raised once" even if a code path forgot the lock.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     delete,
     event,
     func,
@@ -44,10 +53,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateColumn
 
+from lineloop.storage.sql import as_utc
+
 # v2: line counters for unscored frames and the scoring-outage state, labelled_at, the
 # (line_id, seq) index. v1 databases are upgraded in place by `_upgrade` below.
 # v3: the drift-score history and the model-version timeline (new tables, for the dashboard).
-SCHEMA_VERSION = 3
+# v4: per-camera arrival numbers and windows (monitor_cameras, camera_seq), alerts (monitor_alerts).
+SCHEMA_VERSION = 4
 metadata = MetaData()
 
 QUALITY = (
@@ -71,10 +83,15 @@ frames = Table(
     Column("model_name", String(128), nullable=False),
     Column("model_version", String(64), nullable=False),
     Column("canary", Boolean, nullable=False),
+    # Per-camera arrival number, for the camera's own windows; NULL on frames recorded before v4.
+    Column("camera_seq", Integer, nullable=True),
 )
 LINE_SEQ_INDEX = "monitor_frames_line_seq"
 # Windows are seq ranges of one line; unique: one arrival number per frame (see the module doc).
 line_seq = Index(LINE_SEQ_INDEX, frames.c.line_id, frames.c.seq, unique=True)
+# A camera's windows are camera_seq ranges of one (line, camera): the index they are read by.
+camera_seq_index = Index("monitor_frames_camera_seq", frames.c.line_id, frames.c.camera_id, frames.c.camera_seq,
+                         unique=True)
 
 # A frame ingest published without a prediction (Triton down, no model deployed).
 scored = frames.c.predicted_class != ""
@@ -106,6 +123,40 @@ lines = Table(
     Column("scoring_outage_since", DateTime(timezone=True), nullable=True),  # NULL: no outage
     Column("last_missing_reason", Text, nullable=True),
 )
+
+# One row per camera seen on a line (an accepted or refused frame): its own windows, when it last
+# sent, and what became of its newest frames (for the camera-refused alert).
+cameras = Table(
+    "monitor_cameras", metadata,
+    Column("line_id", String(128), primary_key=True),
+    Column("camera_id", String(128), primary_key=True),
+    Column("frames_seen", Integer, nullable=False),          # accepted frames: the newest camera_seq
+    Column("reference_from_seq", Integer, nullable=False),   # the camera's reference window starts here
+    Column("last_frame_at", DateTime(timezone=True), nullable=False),  # newest frame, accepted or refused
+    # One letter per newest frame, oldest first: "a" accepted, "r" refused (camera_refused_frames long).
+    Column("recent_outcomes", String(1024), nullable=False, server_default=""),
+)
+
+# Every alert, raised and (later) cleared: WatchAlerts reads both transitions from here.
+alerts = Table(
+    "monitor_alerts", metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("kind", Integer, nullable=False),                 # events_pb2.AlertKind
+    Column("line_id", String(128), nullable=False),
+    Column("camera_id", String(128), nullable=False),        # "" for the whole line
+    Column("raised_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("cleared_at", DateTime(timezone=True), nullable=True, index=True),  # NULL: active
+    # Drift alerts: the first arrival number of the evaluations that have stayed below the clear
+    # level without a break (NULL: the last one did not); cleared a whole window after it.
+    Column("calm_from_seq", Integer, nullable=True),
+    Column("raised_event", Text, nullable=False),            # the Alert events, protobuf JSON
+    Column("cleared_event", Text, nullable=True),
+)
+ACTIVE_ALERT_INDEX = "monitor_alerts_active"
+# Line and camera first: it is also the index every frame's lookup of its camera's active alerts
+# (active_alerts_of: line, camera, not cleared) reads.
+Index(ACTIVE_ALERT_INDEX, alerts.c.line_id, alerts.c.camera_id, alerts.c.kind, unique=True,
+      postgresql_where=alerts.c.cleared_at.is_(None), sqlite_where=alerts.c.cleared_at.is_(None))
 
 drift_reports = Table(
     "monitor_drift", metadata,
@@ -173,6 +224,8 @@ def _upgrade(target: MetaData, connection: Connection, **_) -> None:
             connection.execute(update(lines).values(frames_seen=select(func.coalesce(func.max(frames.c.seq), 0))
                                                     .where(frames.c.line_id == lines.c.line_id).scalar_subquery()))
         line_seq.create(connection)
+    if not any(ix["name"] == camera_seq_index.name for ix in inspector.get_indexes(frames.name)):
+        camera_seq_index.create(connection)  # v3 frames have camera_seq NULL: no conflict
 
 
 def _insert(session: Session, table: Table):
@@ -226,6 +279,57 @@ def restart_reference(session: Session, line_id: str, model_name: str) -> None:
     session.execute(update(lines).where(lines.c.line_id == line_id).values(
         reference_from_seq=lines.c.frames_seen + 1, drift_until=None, model_name=model_name,
     ))
+    # Its cameras' too; called with the line's row locked, so no frame of the line moves them meanwhile.
+    session.execute(update(cameras).where(cameras.c.line_id == line_id).values(
+        reference_from_seq=cameras.c.frames_seen + 1,
+    ))
+
+
+# ---- cameras ---------------------------------------------------------------------------------
+
+def open_camera(session: Session, line_id: str, camera_id: str, at: datetime) -> Row:
+    """The camera's row, created if new, locked until the transaction ends (see the module doc)."""
+    camera = _lock_camera(session, line_id, camera_id)
+    if camera is None:
+        session.execute(_insert(session, cameras).values(
+            line_id=line_id, camera_id=camera_id, frames_seen=0, reference_from_seq=1, last_frame_at=at,
+            recent_outcomes="",
+        ).on_conflict_do_nothing(index_elements=["line_id", "camera_id"]))
+        camera = _lock_camera(session, line_id, camera_id)
+    return camera
+
+
+def _lock_camera(session: Session, line_id: str, camera_id: str) -> Row | None:
+    return session.execute(select(cameras).where(cameras.c.line_id == line_id, cameras.c.camera_id == camera_id)
+                           .with_for_update()).first()
+
+
+def get_camera(session: Session, line_id: str, camera_id: str) -> Row | None:
+    return session.execute(select(cameras).where(cameras.c.line_id == line_id, cameras.c.camera_id == camera_id)).first()
+
+
+def count_camera_frame(session: Session, camera: Row, *, at: datetime, accepted: bool, keep: int) -> str:
+    """The locked camera's newest frame: accepted (numbered frames_seen + 1) or refused. Returns
+    the updated outcome history (the newest `keep` frames)."""
+    outcomes = (camera.recent_outcomes + ("a" if accepted else "r"))[-keep:]
+    values: dict = {"recent_outcomes": outcomes, "last_frame_at": max(as_utc(camera.last_frame_at), at)}
+    if accepted:
+        values["frames_seen"] = camera.frames_seen + 1
+    session.execute(update(cameras).where(cameras.c.line_id == camera.line_id, cameras.c.camera_id == camera.camera_id)
+                    .values(**values))
+    return outcomes
+
+
+def silent_camera_keys(session: Session, *, quiet_since: datetime, silent_kind: int) -> Sequence[Row]:
+    """(line_id, camera_id) of cameras with no frame since `quiet_since` and no active silence alert."""
+    active = select(alerts.c.alert_id).where(
+        alerts.c.kind == silent_kind, alerts.c.line_id == cameras.c.line_id, alerts.c.camera_id == cameras.c.camera_id,
+        alerts.c.cleared_at.is_(None),
+    ).exists()
+    return session.execute(
+        select(cameras.c.line_id, cameras.c.camera_id).where(cameras.c.last_frame_at < quiet_since, ~active)
+        .order_by(cameras.c.line_id, cameras.c.camera_id)
+    ).all()
 
 
 # ---- frames ----------------------------------------------------------------------------------
@@ -238,13 +342,16 @@ def add_frame(session: Session, values: Mapping) -> None:
     session.execute(frames.insert().values(**values))
 
 
-def window_rows(session: Session, line_id: str, first_seq: int, last_seq: int) -> Sequence[Row]:
-    """The line's frames first_seq..last_seq in arrival order: time, statistics, scored or not."""
-    return session.execute(
-        select(frames.c.ingested_at, scored.label("scored"), *(frames.c[f] for f in FEATURES))
-        .where(frames.c.line_id == line_id, frames.c.seq >= first_seq, frames.c.seq <= last_seq)
-        .order_by(frames.c.seq)
-    ).all()
+def window_rows(session: Session, line_id: str, first_seq: int, last_seq: int, camera_id: str | None = None
+                ) -> Sequence[Row]:
+    """The line's frames first_seq..last_seq in arrival order: time, statistics, scored or not.
+    With `camera_id`: that camera's frames, numbered by its own arrival numbers (camera_seq)."""
+    number = frames.c.seq if camera_id is None else frames.c.camera_seq
+    query = select(frames.c.ingested_at, scored.label("scored"), *(frames.c[f] for f in FEATURES)).where(
+        frames.c.line_id == line_id, number >= first_seq, number <= last_seq)
+    if camera_id is not None:
+        query = query.where(frames.c.camera_id == camera_id)
+    return session.execute(query.order_by(number)).all()
 
 
 def unscored_among(session: Session, line_id: str, first_seq: int, last_seq: int) -> tuple[int, int]:
@@ -294,11 +401,18 @@ def prune(session: Session, *, older_than: datetime, reference_frames: int, curr
     victims = session.execute(
         select(frames.c.frame_id)
         .join(lines, lines.c.line_id == frames.c.line_id)
+        .outerjoin(cameras, (cameras.c.line_id == frames.c.line_id) & (cameras.c.camera_id == frames.c.camera_id))
         .where(
             frames.c.ingested_at < older_than,
             frames.c.seq <= lines.c.frames_seen - current_frames,
             or_(frames.c.seq < lines.c.reference_from_seq,
                 frames.c.seq >= lines.c.reference_from_seq + reference_frames),
+            # Nor its camera's windows (a quiet camera's current window may be far behind the line's).
+            or_(frames.c.camera_seq.is_(None), cameras.c.line_id.is_(None), and_(
+                frames.c.camera_seq <= cameras.c.frames_seen - current_frames,
+                or_(frames.c.camera_seq < cameras.c.reference_from_seq,
+                    frames.c.camera_seq >= cameras.c.reference_from_seq + reference_frames),
+            )),
         )
         .limit(batch)
         .with_for_update(of=frames, skip_locked=True)
@@ -377,6 +491,56 @@ def record_scores(session: Session, line_id: str, at: datetime, scores: Mapping[
 
 def prune_scores(session: Session, *, older_than: datetime) -> int:
     return session.execute(delete(score_history).where(score_history.c.evaluated_at < older_than)).rowcount
+
+
+# ---- alerts ----------------------------------------------------------------------------------
+
+def active_alerts_of(session: Session, line_id: str, camera_id: str | None = None) -> dict[int, Row]:
+    """Active alerts by kind: of the line itself (camera_id ""), or of one camera."""
+    return {r.kind: r for r in session.execute(select(alerts).where(
+        alerts.c.line_id == line_id, alerts.c.camera_id == ("" if camera_id is None else camera_id),
+        alerts.c.cleared_at.is_(None),
+    )).all()}
+
+
+def raise_alert(session: Session, *, alert_id: str, kind: int, line_id: str, camera_id: str, at: datetime,
+                event_json: str) -> None:
+    session.execute(alerts.insert().values(alert_id=alert_id, kind=kind, line_id=line_id, camera_id=camera_id,
+                                           raised_at=at, raised_event=event_json))
+
+
+def set_alert_calm(session: Session, alert_id: str, calm_from_seq: int | None) -> None:
+    session.execute(update(alerts).where(alerts.c.alert_id == alert_id).values(calm_from_seq=calm_from_seq))
+
+
+def clear_alert(session: Session, alert_id: str, *, at: datetime, event_json: str) -> bool:
+    """Clear an active alert; False if it was cleared already (by another replica)."""
+    return session.execute(update(alerts).where(alerts.c.alert_id == alert_id, alerts.c.cleared_at.is_(None))
+                           .values(cleared_at=at, cleared_event=event_json)).rowcount == 1
+
+
+def active_alerts(session: Session, line_id: str = "", kinds: Sequence[int] = ()) -> Sequence[Row]:
+    """Active alerts, oldest first; of one line (and its cameras) and of these kinds if given."""
+    query = select(alerts).where(alerts.c.cleared_at.is_(None)).order_by(alerts.c.raised_at)
+    if line_id:
+        query = query.where(alerts.c.line_id == line_id)
+    if kinds:
+        query = query.where(alerts.c.kind.in_(kinds))
+    return session.execute(query).all()
+
+
+def alert_events_since(session: Session, since: datetime, line_id: str = "") -> list[tuple[datetime, str]]:
+    """(changed_at, Alert JSON) of every raise and clear recorded after `since`, oldest first."""
+    raised = select(alerts.c.raised_at, alerts.c.raised_event).where(alerts.c.raised_at > since)
+    cleared = select(alerts.c.cleared_at, alerts.c.cleared_event).where(alerts.c.cleared_at > since)
+    if line_id:
+        raised, cleared = raised.where(alerts.c.line_id == line_id), cleared.where(alerts.c.line_id == line_id)
+    rows = [(as_utc(at), raw) for at, raw in [*session.execute(raised).all(), *session.execute(cleared).all()]]
+    return sorted(rows, key=lambda r: r[0])
+
+
+def prune_alerts(session: Session, *, older_than: datetime) -> int:
+    return session.execute(delete(alerts).where(alerts.c.cleared_at < older_than)).rowcount
 
 
 # ---- model versions --------------------------------------------------------------------------

@@ -40,8 +40,8 @@ class Judgement:
         return self.worst_score > self.thresholds[self.worst_feature]
 
 
-def _window(session: Session, line_id: str, first_seq: int, last_seq: int) -> Window | None:
-    rows = state.window_rows(session, line_id, first_seq, last_seq)
+def _window(session: Session, line_id: str, first_seq: int, last_seq: int, camera_id: str | None) -> Window | None:
+    rows = state.window_rows(session, line_id, first_seq, last_seq, camera_id)
     if not rows:
         return None
     values = {f: [getattr(r, f) for r in rows] for f in state.QUALITY}
@@ -50,13 +50,18 @@ def _window(session: Session, line_id: str, first_seq: int, last_seq: int) -> Wi
 
 
 def judge(session: Session, line: Row, settings: MonitorSettings) -> Judgement | None:
-    """Scores of the line's newest window against its reference; None until both are full."""
+    """Scores of the line's newest window against its reference; None until both are full.
+
+    `line` is a line's row, or a camera's (state.cameras: the same counters, of that camera's own
+    arrival numbers): a camera is judged against its own reference, live accuracy is the line's.
+    """
+    camera_id = getattr(line, "camera_id", None)
     ref_first = line.reference_from_seq
     ref_last = ref_first + settings.reference_frames - 1
     if line.frames_seen < ref_last + settings.current_frames:
         return None
-    reference = _window(session, line.line_id, ref_first, ref_last)
-    current = _window(session, line.line_id, line.frames_seen - settings.current_frames + 1, line.frames_seen)
+    reference = _window(session, line.line_id, ref_first, ref_last, camera_id)
+    current = _window(session, line.line_id, line.frames_seen - settings.current_frames + 1, line.frames_seen, camera_id)
     if reference is None or current is None or reference.size < settings.reference_frames:
         return None
     judged = [f for f in state.FEATURES if reference.values[f] and current.values[f]]
@@ -67,5 +72,7 @@ def judge(session: Session, line: Row, settings: MonitorSettings) -> Judgement |
         for f in judged
     }
     worst = max(judged, key=lambda f: scores[f] / thresholds[f])
+    if camera_id is not None:
+        return Judgement(reference, current, scores, thresholds, worst, scores[worst], None, 0)
     pairs = state.labelled_predictions(session, line.line_id, ref_last, settings.current_frames)
     return Judgement(reference, current, scores, thresholds, worst, scores[worst], drift.live_accuracy(pairs), len(pairs))

@@ -69,7 +69,7 @@ function render(data) {
 
   fillTable("lines", data.lines.map((l) => [l.line_id, l.model_name, badge(l.state), l.frames_seen, l.frames_unscored, l.frames_rejected]));
   fillTable("cameras", data.cameras.map((c) => [c.line_id, c.camera_id, badge(c.state), c.frames, c.unscored, time(c.last_at)]));
-  fillTable("alerts", data.alerts.map((a) => [time(a.detected_at), a.line_id, a.kind, a.feature,
+  fillTable("alerts", data.alerts.map((a) => [time(a.detected_at), a.camera_id ? `${a.line_id} / ${a.camera_id}` : a.line_id, a.kind, a.feature,
     a.score === null ? `> ${pct(a.threshold)} unscored` : `${a.score.toFixed(3)} / ${a.threshold.toFixed(3)}`]));
   fillTable("versions", data.versions.map((v) => [v.line_id, `v${v.model_version}`, v.role, v.frames, v.labelled,
     v.accuracy === null ? "no labels" : `${pct(v.accuracy)} [${pct(v.accuracy_low)}, ${pct(v.accuracy_high)}]`]));

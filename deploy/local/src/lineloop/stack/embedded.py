@@ -30,7 +30,12 @@ Report = Callable[[str], None]
 # failed while its process runs, and nothing is restarted on a disk with less free space than this.
 S3_REFUSALS_TO_RESTART = 3
 MIN_FREE_BYTES = 64 << 20
-WRITE_PROBE_KEY = "lineloop-stack/write-probe"  # in Tansu's bucket, outside the `clusters/` it reads
+# Write probes go to Tansu's bucket, outside the `clusters/` it reads, in this many folders: the
+# filer store (leveldb2) keeps each folder's entries in one of 8 databases by a hash of the folder,
+# and a full disk wedges them one by one, so one probe key can pass while Tansu's folders fail.
+# 64 folders reach all 8 with a chance of 1 - 8 * (7/8)^64 > 0.9998.
+WRITE_PROBE_PREFIX = "lineloop-stack/write-probe"
+WRITE_PROBE_FOLDERS = 64
 WATCHDOG = "watchdog"
 
 
@@ -156,7 +161,7 @@ class EmbeddedStack:
                 process = self._process(spec)
                 if process.running() is None:
                     why = "not running"
-                elif spec.name == "s3" and not self._s3_writes():
+                elif spec.name == "s3" and not self.store_writes():
                     self._s3_refusals += 1
                     if self._s3_refusals < S3_REFUSALS_TO_RESTART:
                         continue
@@ -180,7 +185,8 @@ class EmbeddedStack:
                 restarted.append(spec.name)
         return restarted
 
-    def _s3_writes(self) -> bool:
+    def store_writes(self) -> bool:
+        """Whether the object store takes a write in every one of its metadata databases."""
         client = Minio(
             f"{HOST}:{self.config.s3_port}", access_key=self.config.s3_access_key,
             secret_key=self.config.s3_secret_key, region=self.config.s3_region, secure=False,
@@ -188,7 +194,8 @@ class EmbeddedStack:
                                             retries=False),
         )
         try:
-            client.put_object(TANSU_BUCKET, WRITE_PROBE_KEY, io.BytesIO(b"ok"), 2)
+            for folder in range(WRITE_PROBE_FOLDERS):
+                client.put_object(TANSU_BUCKET, f"{WRITE_PROBE_PREFIX}/{folder}/probe", io.BytesIO(b"ok"), 2)
             return True
         except Exception:
             return False

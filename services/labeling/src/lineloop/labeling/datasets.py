@@ -9,7 +9,6 @@ enter the test split.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -25,6 +24,7 @@ from lineloop.labeling import state
 from lineloop.labeling.labels import LabelRejected, utcnow
 from lineloop.labeling.queue import as_utc
 from lineloop.labeling.settings import LabelingSettings
+from lineloop.runtime.periodic import Periodic
 from lineloop.storage.objects import ObjectStore, sha256_hex
 from lineloop.storage.sql import Database
 from lineloop.v1.common_pb2 import ObjectRef
@@ -108,7 +108,7 @@ class Datasets:
         self.db = db
         self.bus = bus
         self.objects = objects
-        self._task: asyncio.Task | None = None
+        self._policy = Periodic("dataset-cut-policy", self.apply_policy, self.cfg.policy_interval_s)
         # Per dataset, the label watermark at which a cut found nothing to change (e.g. a frame
         # relabelled to the same class): the policy counts new labels from there, not from the head.
         self._unchanged_at: dict[str, int] = {}
@@ -221,24 +221,8 @@ class Datasets:
                 cut.append(version)
         return cut
 
-    async def _policy_loop(self) -> None:
-        while True:
-            try:
-                await self.apply_policy()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dataset cut policy failed; retrying")
-            await asyncio.sleep(self.cfg.policy_interval_s)
-
     async def start_policy(self) -> None:
-        self._task = asyncio.create_task(self._policy_loop(), name="dataset-cut-policy")
+        await self._policy.start()
 
     async def stop_policy(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._policy.stop()

@@ -8,13 +8,13 @@ active alert, whichever replica raised or cleared it (Prometheus rules take max 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
 from lineloop.bus import Bus
 from lineloop.monitor import alerts, state
 from lineloop.monitor.settings import MonitorSettings
+from lineloop.runtime.periodic import Periodic
 from lineloop.storage.sql import Database, as_utc, utcnow
 from lineloop.v1 import events_pb2
 
@@ -27,7 +27,7 @@ class CameraWatch:
         self._db = db
         self._bus = bus
         self._settings = settings
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic("monitor-camera-watch", self._pass, settings.alert_check_every_s)
         self._reported: set[tuple[int, str, str]] = set()  # gauge keys this process has set to 1
         self._started_at = None
 
@@ -69,26 +69,13 @@ class CameraWatch:
                                      {"kind": alerts.kind_name(kind), "line": line_id, "camera": camera_id})
         self._reported = active
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-                self.refresh_gauges()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("camera check failed; next try in %.0f s", self._settings.alert_check_every_s)
-            await asyncio.sleep(self._settings.alert_check_every_s)
+    async def _pass(self) -> None:
+        await self.check_once()
+        self.refresh_gauges()
 
     async def start(self) -> None:
         self._started_at = utcnow()
-        self._task = asyncio.create_task(self._loop(), name="monitor-camera-watch")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._periodic.stop()

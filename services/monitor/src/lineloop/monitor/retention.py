@@ -17,6 +17,7 @@ from opentelemetry import metrics as otel_metrics
 
 from lineloop.monitor import state
 from lineloop.monitor.settings import MonitorSettings
+from lineloop.runtime.periodic import Periodic
 from lineloop.storage.sql import Database, utcnow
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Pruner:
     def __init__(self, db: Database, settings: MonitorSettings) -> None:
         self._db = db
         self._settings = settings
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic("monitor-prune", self.prune_once, settings.prune_every_s)
 
     async def prune_once(self) -> tuple[int, int]:
         """(frames, orphan labels) deleted."""
@@ -58,24 +59,8 @@ class Pruner:
             log.info("pruned %d frames and %d labels older than %s", frames, labels, older_than.isoformat())
         return frames, labels
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.prune_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("pruning failed; next try in %.0f s", self._settings.prune_every_s)
-            await asyncio.sleep(self._settings.prune_every_s)
-
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="monitor-prune")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._periodic.stop()

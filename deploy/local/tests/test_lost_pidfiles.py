@@ -37,7 +37,7 @@ def test_down_stops_servers_whose_pidfiles_are_gone(cli_env):
     assert up.returncode == 0, up.stdout + up.stderr
     pids = {s["name"]: s["pid"] for s in json.loads(run(env, "stack", "status", "--json").stdout)["servers"]}
 
-    assert _remove_pidfiles(config) == ["kafka.pid", "s3.pid", "triton.pid"]
+    assert _remove_pidfiles(config) == ["kafka.pid", "s3.pid", "triton.pid", "watchdog.pid"]
     status = json.loads(run(env, "stack", "status", "--json").stdout)
     assert {s["name"]: s["pid"] for s in status["servers"] if s["running"]} == pids
     again = run(env, "stack", "up")

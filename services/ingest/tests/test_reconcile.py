@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 from lineloop.ingest import reconcile, state
 from lineloop.ingest.testing import (
@@ -42,6 +43,8 @@ def _settings(stack, database_url, bucket, **overrides):
     return ingest_settings(stack, database_url, frames_bucket=bucket, upload_buckets=[bucket], **overrides)
 
 
+# PostgreSQL only (the production database): the same queries run on SQLite in the tests below.
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_old_orphans(stack, database_url, tmp_path):
     bucket = uid("recon")
     settings = _settings(stack, database_url, bucket)

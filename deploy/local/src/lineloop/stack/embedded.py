@@ -112,13 +112,14 @@ class EmbeddedStack:
     def env(self) -> dict[str, str]:
         return self.config.env()
 
-    def s3_client(self) -> Minio:
+    def s3_client(self, http_client: urllib3.PoolManager | None = None) -> Minio:
         return Minio(
             f"{HOST}:{self.config.s3_port}",
             access_key=self.config.s3_access_key,
             secret_key=self.config.s3_secret_key,
             region=self.config.s3_region,
             secure=False,
+            http_client=http_client,
         )
 
     def specs(self) -> list[servers.ServerSpec]:
@@ -187,12 +188,8 @@ class EmbeddedStack:
 
     def store_writes(self) -> bool:
         """Whether the object store takes a write in every one of its metadata databases."""
-        client = Minio(
-            f"{HOST}:{self.config.s3_port}", access_key=self.config.s3_access_key,
-            secret_key=self.config.s3_secret_key, region=self.config.s3_region, secure=False,
-            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=self.write_probe_timeout_s),
-                                            retries=False),
-        )
+        client = self.s3_client(urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=2.0, read=self.write_probe_timeout_s), retries=False))
         try:
             for folder in range(WRITE_PROBE_FOLDERS):
                 client.put_object(TANSU_BUCKET, f"{WRITE_PROBE_PREFIX}/{folder}/probe", io.BytesIO(b"ok"), 2)

@@ -12,7 +12,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from lineloop.bus import Bus
 from lineloop.bus.topics import TopicSpec, topic_configs
-from lineloop.contracts.topics import MAX_DLQ_RECORD_BYTES, MAX_INLINE_IMAGE_BYTES, MAX_RECORD_BYTES
+from lineloop.contracts.topics import MAX_DLQ_RECORD_BYTES, MAX_INLINE_IMAGE_BYTES, MAX_RECORD_BYTES, TOPIC_RETENTION_MS
 from lineloop.runtime import Service, ServiceSettings, StackSettings
 
 
@@ -50,8 +50,11 @@ async def test_topics_are_created_with_the_configured_replication_and_limits(sta
     names = [f"topics-test-{uuid.uuid4().hex[:8]}", f"topics-test-{uuid.uuid4().hex[:8]}.dlq"]
     asked, described = await _created(stack, monkeypatch, service.bus, names)
     event, dlq = names
-    want = {event: {"min.insync.replicas": str(insync), "max.message.bytes": str(MAX_RECORD_BYTES)},
-            dlq: {"min.insync.replicas": str(insync), "max.message.bytes": str(MAX_DLQ_RECORD_BYTES)}}
+    retention = str(TOPIC_RETENTION_MS)
+    want = {event: {"min.insync.replicas": str(insync), "max.message.bytes": str(MAX_RECORD_BYTES),
+                    "retention.ms": retention},
+            dlq: {"min.insync.replicas": str(insync), "max.message.bytes": str(MAX_DLQ_RECORD_BYTES),
+                  "retention.ms": retention}}
     assert asked == {n: (3, replicas, want[n]) for n in names}
     assert described == want
     # Idempotent: a second start creates nothing and changes nothing.

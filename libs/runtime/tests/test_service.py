@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import sys
 import urllib.request
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import select
+
+from lineloop.bus import outbox
+from lineloop.contracts.topics import INBOX_RETENTION_S
 
 from lineloop.runtime import Service, ServiceSettings, StackSettings, abort, error_info, service_config
+from lineloop.storage.sql import utcnow
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
 
 
@@ -79,3 +85,31 @@ async def test_service_serves_health_reflection_metrics_and_error_details(stack,
     # stopped: the port no longer answers
     code, _ = await healthcheck(port)
     assert code == 1
+
+
+async def test_inbox_rows_past_the_topics_retention_are_forgotten_by_replicas_side_by_side(database_url, tmp_path):
+    """The inbox would grow with every event forever. Rows older than the topics' retention (the
+    record can no longer be delivered again) go; younger ones stay, or a redelivery would apply
+    twice. Two replicas pruning at once on PostgreSQL both finish (SKIP LOCKED) and together
+    delete each row once."""
+    settings = DemoSettings(database_url=database_url, stack=StackSettings(state_dir=tmp_path))
+    replicas = [Service("demo", settings), Service("demo", settings)]
+    db = replicas[0].db
+    outbox.migrate(db)
+    old = utcnow() - timedelta(seconds=INBOX_RETENTION_S + 60)
+    young = utcnow() - timedelta(seconds=INBOX_RETENTION_S - 3600)
+    with db.transaction() as s:
+        s.execute(outbox.inbox.insert(), [
+            dict(consumer=f"g{i % 2}", ce_id=f"old-{i}", topic="t", applied_at=old) for i in range(7000)
+        ] + [dict(consumer="g0", ce_id="young", topic="t", applied_at=young)])
+        s.execute(outbox.dead_lettered.insert(), [
+            dict(consumer="g0", ce_id=f"refused-{when}", topic="t", partition=0, offset=n, reason="schema",
+                 dead_lettered_at=at) for n, (when, at) in enumerate((("old", old), ("young", young)))
+        ])
+    deleted = await asyncio.gather(*(r.forget_finished_events() for r in replicas))
+    assert sum(deleted) == 7001  # each row once, across both replicas (batches of 5,000)
+    with db.session() as s:
+        assert [r.ce_id for r in s.execute(select(outbox.inbox.c.ce_id))] == ["young"]
+        assert [r.ce_id for r in s.execute(select(outbox.dead_lettered.c.ce_id))] == ["refused-young"]
+    for r in replicas:
+        r.db.dispose()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -37,6 +38,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -212,6 +214,26 @@ def uncount_delivery(s: Session, consumer: str, partition: int, offset: int) -> 
                deliveries.c.offset == offset, deliveries.c.deliveries > 0)
         .values(deliveries=deliveries.c.deliveries - 1)
     )
+
+
+def forget_finished(s: Session, *, older_than: datetime, batch: int = 5000) -> int:
+    """Delete up to `batch` inbox and dead-letter rows recorded before `older_than`; how many.
+
+    Call with `older_than` at least the topics' retention ago (`INBOX_RETENTION_S`): past it the
+    record is gone from its topic and cannot be delivered again. N replicas on PostgreSQL prune
+    side by side: each claims its rows with SKIP LOCKED, so none waits on (or deadlocks with)
+    another; a row another replica already deleted is simply not found.
+    """
+    deleted = 0
+    for table, recorded_at in ((inbox, inbox.c.applied_at), (dead_lettered, dead_lettered.c.dead_lettered_at)):
+        keys = s.execute(
+            select(table.c.consumer, table.c.ce_id).where(recorded_at < older_than)
+            .limit(batch).with_for_update(skip_locked=True)
+        ).all()
+        if keys:
+            s.execute(delete(table).where(tuple_(table.c.consumer, table.c.ce_id).in_([tuple(k) for k in keys])))
+            deleted += len(keys)
+    return deleted
 
 
 def pending(db: Database) -> int:

@@ -5,7 +5,8 @@ Producers send with acks=all, which waits for the in-sync replicas only: with on
 `min.insync.replicas` are deployment settings (`LINELOOP_TOPIC_REPLICATION_FACTOR`,
 `LINELOOP_TOPIC_MIN_INSYNC_REPLICAS`: 3/2 on a three-broker cluster, 1/1 on the embedded single
 broker), applied when a topic is created. `max.message.bytes` is the record limit derived from the
-inline image limit (`MAX_RECORD_BYTES`), a little more on a DLQ (`MAX_DLQ_RECORD_BYTES`).
+inline image limit (`MAX_RECORD_BYTES`), a little more on a DLQ (`MAX_DLQ_RECORD_BYTES`);
+`retention.ms` is `TOPIC_RETENTION_MS`, which the consumers' inboxes outlive.
 
 Topics that already exist are left as they are (changing replication needs a reassignment, and
 AlterConfigs would reset every other setting an operator made); where they differ from the
@@ -21,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from lineloop.contracts.topics import BY_TOPIC, MAX_DLQ_RECORD_BYTES, MAX_RECORD_BYTES
+from lineloop.contracts.topics import BY_TOPIC, MAX_DLQ_RECORD_BYTES, MAX_RECORD_BYTES, TOPIC_RETENTION_MS
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class TopicSpec:
 
     def configs(self, name: str) -> dict[str, str]:
         limit = MAX_DLQ_RECORD_BYTES if name.endswith(".dlq") else MAX_RECORD_BYTES
-        return {"min.insync.replicas": str(self.min_insync_replicas), "max.message.bytes": str(limit)}
+        return {"min.insync.replicas": str(self.min_insync_replicas), "max.message.bytes": str(limit),
+                "retention.ms": str(TOPIC_RETENTION_MS)}
 
     def new_topic(self, name: str) -> NewTopic:
         return NewTopic(name, self.partitions, self.replication_factor, topic_configs=self.configs(name))

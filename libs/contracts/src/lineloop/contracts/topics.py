@@ -12,6 +12,12 @@ from google.protobuf.message import Message
 
 from lineloop.v1 import events_pb2, options_pb2
 
+# How long a record stays on its topic (`retention.ms`, Kafka's default made explicit). While it is
+# there a consumer may read it again (a group whose offsets were lost or reset), so each consumer's
+# inbox remembers an applied event at least this long (`INBOX_RETENTION_S`) and only then forgets it.
+TOPIC_RETENTION_MS = 7 * 24 * 3600 * 1000
+INBOX_RETENTION_S = TOPIC_RETENTION_MS / 1000 + 24 * 3600
+
 # The largest image a frame may carry inline (FrameCaptured.inline_image, raw bytes): the README
 # states it, ingest refuses a larger one, and the record limit below is derived from it.
 MAX_INLINE_IMAGE_BYTES = 1024 * 1024

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import time
+from datetime import timedelta
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,17 +24,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import MetaData
 
-from lineloop.bus import Bus
+from lineloop.bus import Bus, outbox
+from lineloop.contracts.topics import INBOX_RETENTION_S
 from lineloop.runtime import auth
+from lineloop.runtime.periodic import Periodic
 from lineloop.runtime.settings import BUCKETS, SecuritySettings, ServiceSettings
 from lineloop.storage.objects import ObjectStore
-from lineloop.storage.sql import Database
+from lineloop.storage.sql import Database, utcnow
 from lineloop.telemetry import Telemetry, grpc_server_interceptors, setup_telemetry
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
 GRPC_GRACE_S = 5.0
+# How often each replica deletes inbox rows older than the topics' retention (they would grow forever).
+INBOX_PRUNE_EVERY_S = 3600.0
 
 
 class Service:
@@ -65,6 +70,7 @@ class Service:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._telemetry: Telemetry | None = None
+        self._inbox_pruner = Periodic(f"{name}-inbox-prune", self.forget_finished_events, INBOX_PRUNE_EVERY_S)
 
     # ---- wiring -------------------------------------------------------------
 
@@ -111,6 +117,7 @@ class Service:
         await self._server.start()
 
         await self._until_ready("kafka", self.bus.start)
+        await self._inbox_pruner.start()
         for hook in self._start_hooks:
             await hook()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -124,6 +131,7 @@ class Service:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(GRPC_GRACE_S)
+        await self._inbox_pruner.stop()
         # Before the hooks: a handler retrying against a closed executor would dead-letter a good event.
         await self.bus.stop()
         for hook in reversed(self._stop_hooks):
@@ -135,6 +143,20 @@ class Service:
             self._telemetry.shutdown()
         self.db.dispose()
         log.info("%s stopped", self.name)
+
+    async def forget_finished_events(self) -> int:
+        """Inbox and dead-letter rows past the topics' retention, deleted in batches; how many."""
+        older_than = utcnow() - timedelta(seconds=INBOX_RETENTION_S)
+        total = 0
+        while True:
+            async with self.db.write() as s:
+                deleted = outbox.forget_finished(s, older_than=older_than)
+            total += deleted
+            if deleted == 0:
+                break
+        if total:
+            log.info("forgot %d inbox rows older than %s (past the topics' retention)", total, older_than)
+        return total
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Service]:

@@ -568,29 +568,54 @@ class Checker:
 
 async def read_topic(bootstrap: str, topic: str) -> list[tuple[str, str]]:
     """(frame_id, sha256 of the event bytes) of every record now in `topic`."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from lineloop.v1.events_pb2 import FrameIngested
+    # The event without ingested_at: a replay of the same outbox row is byte-identical; a
+    # second, different ingest differs in its content or time.
+    return [(FrameIngested.FromString(value).frame_id, hashlib.sha256(value).hexdigest())
+            for _, value in await read_records(bootstrap, [topic])]
+
+
+async def count_dlq(bootstrap: str) -> dict[str, int]:
+    """Records in every `<topic>.dlq`."""
+    from aiokafka import AIOKafkaConsumer
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        topics = [t for t in await consumer.topics() if t.endswith(".dlq")]
+    finally:
+        await consumer.stop()
+    counts = dict.fromkeys(topics, 0)
+    for topic, _ in await read_records(bootstrap, topics):
+        counts[topic] += 1
+    return counts
+
+
+async def read_records(bootstrap: str, topics: list[str]) -> list[tuple[str, bytes]]:
+    """(topic, value) of every record now in `topics`, read from the beginning.
+
+    Tansu reports a partition's end as the first offset of its last batch + 1, so reading up to
+    the reported end missed the tail (the final check once counted 11 frames lost that every row
+    had seen, and a DLQ count could come out short): this reads past it, until a fetch finds nothing
+    more.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     out = []
     try:
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))]
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in (consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))]
+        if not partitions:
+            return out
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        # Tansu reports a partition's end as the first offset of its last batch + 1, so reading
-        # up to the reported end missed the tail (the final check once counted 11 frames lost that
-        # every row had seen): read past it, until a fetch finds nothing more.
         ends = await consumer.end_offsets(partitions)
         while True:
             batch = await consumer.getmany(timeout_ms=2000, max_records=5000)
-            if not batch and all([await _position(consumer, tp) >= ends[tp] for tp in partitions]):
+            if not batch and all([await consumer.position(tp) >= ends[tp] for tp in partitions]):
                 break
             for tp, records in batch.items():
-                for record in records:
-                    msg = FrameIngested.FromString(record.value)
-                    # The event without ingested_at: a replay of the same outbox row is
-                    # byte-identical; a second, different ingest differs in its content or time.
-                    out.append((msg.frame_id, hashlib.sha256(record.value).hexdigest()))
+                out.extend((tp.topic, record.value) for record in records)
     finally:
         await consumer.stop()
     return out
@@ -599,30 +624,6 @@ async def read_topic(bootstrap: str, topic: str) -> list[tuple[str, str]]:
 async def _partitions(consumer, topic: str) -> set[int]:
     await consumer._client.force_metadata_update()
     return consumer.partitions_for_topic(topic) or set()
-
-
-async def _position(consumer, tp) -> int:
-    return await consumer.position(tp)
-
-
-async def count_dlq(bootstrap: str) -> dict[str, int]:
-    """Records in every `<topic>.dlq` (end minus beginning offsets)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        topics = [t for t in await consumer.topics() if t.endswith(".dlq")]
-        counts = {}
-        for topic in topics:
-            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-            if not parts:
-                continue
-            ends = await consumer.end_offsets(parts)
-            begins = await consumer.beginning_offsets(parts)
-            counts[topic] = sum(ends[p] - begins[p] for p in parts)
-        return counts
-    finally:
-        await consumer.stop()
 
 
 # ---- a slow dependency ------------------------------------------------------------------

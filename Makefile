@@ -74,8 +74,12 @@ bench: $(STAMP)
 # Faults injected into a running loop (docs/chaos.md), then the fuzzers at full size.
 # Both always run; the target fails if either does.
 chaos: $(STAMP)
-	@rc=0; $(BIN)/python tests/chaos/run_chaos.py || rc=1; \
-	$(BIN)/python tests/fuzz/run_fuzz.py --cases 1000 || rc=1; exit $$rc
+	@rc=0; start=$$(date +%s); \
+	$(BIN)/python tests/chaos/run_chaos.py || rc=1; \
+	$(BIN)/python tests/chaos/run_chaos.py --postgres || rc=1; \
+	$(BIN)/python tests/chaos/run_burst.py --rate 4 --burst-frames 600 --delay-s 2 || rc=1; \
+	$(BIN)/python tests/fuzz/run_fuzz.py --cases 1000 || rc=1; \
+	echo "make chaos: rc $$rc in $$(( ($$(date +%s) - start) / 60 )) min"; exit $$rc
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -50,6 +50,9 @@ FULL_FAULTS = (
     + [f"sigterm:{s}" for s in ("ingest", "monitor", "labeling")]
     + ["sigstop:ingest", "sigstop:monitor", "diskfull"]
 )
+# `--postgres`: every service on PostgreSQL with a second replica (`--replicas`): one of the two
+# killed in turn, then PostgreSQL itself.
+POSTGRES_FAULTS = ["none"] + [f"kill9:{s}-r2" for s in SERVICES] + ["kill9:postgres"]
 
 
 @dataclasses.dataclass
@@ -215,7 +218,8 @@ def state_directory(size_mb: int | None) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--faults", default=",".join(FULL_FAULTS), help="comma-separated; default: the full set")
+    p.add_argument("--faults", default=None,
+                   help="comma-separated; default: the full set (with --postgres: the replica set)")
     p.add_argument("--frames-per-fault", type=int, default=400)
     p.add_argument("--rate", type=float, default=8.0, help="frames/s the gateway sends")
     p.add_argument("--pause", type=float, default=10.0, help="seconds a killed process stays down")
@@ -224,13 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmpfs-mb", type=int, default=1024, help="state directory tmpfs size (diskfull); 0: no tmpfs")
     p.add_argument("--postgres", action="store_true",
                    help="services on PostgreSQL, with a second replica of --replicas (kill9:ingest-r2, kill9:postgres)")
-    p.add_argument("--replicas", default="ingest,monitor,labeling")
+    p.add_argument("--replicas", default=",".join(SERVICES))
     p.add_argument("--keep", type=Path, default=None, help="copy the state directory's logs here at the end")
     p.add_argument("--table", type=Path, default=None, help="also write the table (and JSON rows) here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    faults = [f for f in args.faults.split(",") if f]
+    faults = [f for f in (args.faults or ",".join(POSTGRES_FAULTS if args.postgres else FULL_FAULTS)).split(",") if f]
     needs_tmpfs = "diskfull" in faults and args.tmpfs_mb > 0
     started = time.monotonic()
     rows: list[Row] = []

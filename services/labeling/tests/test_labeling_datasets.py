@@ -8,13 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lineloop.bus import Bus, outbox
+from lineloop.bus.bus import EventContext
+from lineloop.bus.cloudevents import Envelope
 from lineloop.contracts.catalogue import bucket
-from lineloop.labeling import labels, state
+from lineloop.labeling import handlers_models_registered, labels, queue, state
 from lineloop.labeling.datasets import CutBusy, Datasets
 from lineloop.labeling.settings import LabelingSettings
+from lineloop.labeling.splits import split_of
 from lineloop.model.dataset import DatasetSplits
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
-from lineloop.v1.events_pb2 import DatasetVersioned
+from lineloop.v1.events_pb2 import DatasetVersioned, GateCheck, GateDecision, GateOutcome, ModelRegistered
 
 
 def events(db) -> list[DatasetVersioned]:
@@ -114,3 +117,76 @@ async def test_a_version_in_another_datasets_bucket_is_read_through_the_events_r
     assert sorted(e.frame_id for e in splits.entries) == sorted(m.frame_id for m in frames)
     with pytest.raises(ObjectNotFound):  # nothing where a consumer rebuilding the catalogue's location would look
         objects.get_bytes(bucket("datasets"), version.manifest.key)
+
+
+def registered(line: str, version: str, outcome: int, lacking: dict[str, int], at: datetime) -> ModelRegistered:
+    """models.registered.v1 as the registry's gate publishes it; `lacking`: {class: more frames needed}."""
+    msg = ModelRegistered(model_name="apples", version=version, dataset=line, gate=GateDecision(outcome=outcome, checks=[
+        GateCheck(name=f"recall:{cls}" if cls else "accuracy", outcome=GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE,
+                  more_frames_needed=n, lacking_class=cls) for cls, n in lacking.items()]))
+    msg.registered_at.FromDatetime(at)
+    return msg
+
+
+async def consume(db, msg: ModelRegistered) -> None:
+    """The real models.registered.v1 handler in a real transaction, as the bus runs it."""
+    env = Envelope(uuid.uuid4().hex, "test", "lineloop.v1.ModelRegistered", None, "application/x-protobuf", {})
+    async with db.write() as s:
+        await handlers_models_registered.on_model_registered(
+            msg, EventContext(env, "models.registered.v1", 0, 0, "lineloop/labeling", session=s))
+
+
+async def test_a_held_candidates_missing_test_frames_are_asked_for_then_cut(stack, labeling_db, ingest_into, helpers):
+    """The gate held v2: too few labelled test frames of rot. Labeling puts rot-looking frames of
+    the test split first (a more uncertain frame of the train split waits), cuts a version once
+    that many are labelled, once; a decided newer candidate settles the request, an older
+    decision delivered late does not."""
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    cfg = LabelingSettings(database_url="sqlite://", cut_min_labels=1000, auto_accept_threshold=1.1,
+                           weight_class_balance=0.0, weight_camera_diversity=0.0)
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    policy = Datasets(cfg, labeling_db, Bus(stack.kafka_bootstrap, source="lineloop/labeling", db=labeling_db), objects)
+
+    def frames_in(split: str, n: int, scores: dict[str, float]):
+        found = []
+        while len(found) < n:
+            msg = helpers.frame_event(line, "cam-1", scores)
+            if split_of(msg.image.sha256, cfg.split_val, cfg.split_test) == split:
+                found.append(msg)
+        return found
+
+    rot_test = frames_in("test", 3, {"ok": 0.2, "rot": 0.8})
+    [unsure_train] = frames_in("train", 1, {"ok": 0.5, "rot": 0.5})
+    [ok_test] = frames_in("test", 1, {"ok": 0.8, "rot": 0.2})
+    for msg in [*rot_test, unsure_train, ok_test]:
+        await ingest_into(cfg, msg)
+    await label(labeling_db, [ok_test.frame_id], "ok")
+    [v1] = await (Datasets(cfg.model_copy(update={"cut_min_labels": 1}), labeling_db, policy.bus, objects)
+                  .apply_policy())
+
+    asked = datetime.now(UTC)
+    await consume(labeling_db, registered(line, "2", GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE, {"rot": 2}, asked))
+    async with labeling_db.write() as s:
+        leased = queue.next_tasks(s, cfg, "alice", line, 4, datetime.now(UTC))
+        assert [w["wanted"] for w in state.wanted_evidence(s, line)] == [{"rot": 2}]
+    assert {r.row.frame_id for r, _, _ in leased[:3]} == {m.frame_id for m in rot_test}
+    assert all("evidence:rot" in r.why for r, _, _ in leased[:3]) and leased[3][0].row.frame_id == unsure_train.frame_id
+    assert "evidence" not in leased[3][0].why
+
+    await label(labeling_db, [unsure_train.frame_id, rot_test[0].frame_id], "rot")
+    assert await policy.apply_policy() == []                      # 1 of the 2 rot test frames
+    await label(labeling_db, [rot_test[1].frame_id], "rot")
+    [v2] = await policy.apply_policy()
+    assert (v2.parent_version, v2.reason) == (v1.version, "evidence: the test frames apples v2's gate lacked are "
+                                                          "labelled (rot 2/2)")
+    await label(labeling_db, [rot_test[2].frame_id], "rot")
+    assert await policy.apply_policy() == []                      # answered by v2: one request, one cut
+
+    # A late, older decision does not replace the newer request; the newer candidate's pass settles it.
+    await consume(labeling_db, registered(line, "1", GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE, {"ok": 9},
+                                          asked - timedelta(minutes=1)))
+    with labeling_db.session() as s:
+        assert [(w["model_version"], w["wanted"]) for w in state.wanted_evidence(s, line)] == [("2", {"rot": 2})]
+    await consume(labeling_db, registered(line, "3", GateOutcome.GATE_OUTCOME_PASSED, {}, asked + timedelta(minutes=1)))
+    with labeling_db.session() as s:
+        assert state.wanted_evidence(s, line) == []

@@ -14,6 +14,7 @@ from lineloop.bus import outbox
 from lineloop.labeling import datasets, labels, queue, state
 from lineloop.labeling.labels import LabelRejected
 from lineloop.labeling.settings import LabelingSettings
+from lineloop.labeling.splits import split_of
 from lineloop.storage.sql import Database
 from lineloop.v1.events_pb2 import LabelSource
 
@@ -222,7 +223,7 @@ def test_split_shares_follow_the_settings():
     import hashlib
 
     shas = [hashlib.sha256(f"frame-{i}".encode()).hexdigest() for i in range(4000)]
-    splits = [datasets.split_of(sha, 0.1, 0.2) for sha in shas]
+    splits = [split_of(sha, 0.1, 0.2) for sha in shas]
     share = {name: splits.count(name) / len(splits) for name in ("train", "val", "test")}
     assert share["train"] == pytest.approx(0.7, abs=0.03)
     assert share["val"] == pytest.approx(0.1, abs=0.02)
@@ -247,7 +248,7 @@ async def test_manifest_is_reproducible_and_test_split_is_human_only(labeling_db
     rows = [json.loads(line) for line in first.data.splitlines()]
     test_rows = [r for r in rows if r["split"] == "test"]
     assert test_rows and all(r["label_source"] == "human" for r in test_rows)
-    model_in_test = [m for m in msgs[20:] if datasets.split_of(m.image.sha256, c.split_val, c.split_test) == "test"]
+    model_in_test = [m for m in msgs[20:] if split_of(m.image.sha256, c.split_val, c.split_test) == "test"]
     assert model_in_test, "the sample should put some model-labelled frames in the test split"
     assert not {m.frame_id for m in model_in_test} & {r["frame_id"] for r in rows}
     assert sum(first.split_counts.values()) == len(rows) == 60 - len(model_in_test)

@@ -338,7 +338,7 @@ class ModelTrained(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., code_version: _Optional[str] = ..., artifact_prefix: _Optional[str] = ..., weights: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., onnx: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., model_card: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_size: _Optional[int] = ..., test_metrics: _Optional[_Union[_common_pb2.EvalMetrics, _Mapping]] = ..., params: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[str] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset_manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class GateCheck(_message.Message):
-    __slots__ = ("name", "candidate", "baseline", "passed", "lower", "upper", "margin", "frames", "outcome", "more_frames_needed")
+    __slots__ = ("name", "candidate", "baseline", "passed", "lower", "upper", "margin", "frames", "outcome", "more_frames_needed", "lacking_class")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +349,7 @@ class GateCheck(_message.Message):
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MORE_FRAMES_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    LACKING_CLASS_FIELD_NUMBER: _ClassVar[int]
     name: str
     candidate: float
     baseline: float
@@ -359,7 +360,8 @@ class GateCheck(_message.Message):
     frames: int
     outcome: GateOutcome
     more_frames_needed: int
-    def __init__(self, name: _Optional[str] = ..., candidate: _Optional[float] = ..., baseline: _Optional[float] = ..., passed: _Optional[bool] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., margin: _Optional[float] = ..., frames: _Optional[int] = ..., outcome: _Optional[_Union[GateOutcome, str]] = ..., more_frames_needed: _Optional[int] = ...) -> None: ...
+    lacking_class: str
+    def __init__(self, name: _Optional[str] = ..., candidate: _Optional[float] = ..., baseline: _Optional[float] = ..., passed: _Optional[bool] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., margin: _Optional[float] = ..., frames: _Optional[int] = ..., outcome: _Optional[_Union[GateOutcome, str]] = ..., more_frames_needed: _Optional[int] = ..., lacking_class: _Optional[str] = ...) -> None: ...
 
 class GateDecision(_message.Message):
     __slots__ = ("passed", "reason", "baseline_version", "dataset_version", "candidate", "baseline", "checks", "outcome", "confidence")

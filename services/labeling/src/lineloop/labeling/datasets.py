@@ -24,6 +24,7 @@ from lineloop.labeling import state
 from lineloop.labeling.labels import LabelRejected, utcnow
 from lineloop.labeling.queue import as_utc
 from lineloop.labeling.settings import LabelingSettings
+from lineloop.labeling.splits import split_of
 from lineloop.runtime.periodic import Periodic
 from lineloop.storage.objects import ObjectStore, sha256_hex
 from lineloop.storage.sql import Database
@@ -41,16 +42,6 @@ SOURCE_NAMES = {
     LabelSource.LABEL_SOURCE_IMPORT: "import",
 }
 POLICY_ACTOR = "labeling-policy"
-
-
-def split_of(sha256: str, val: float, test: float) -> str:
-    """train / val / test from the first 64 bits of the frame's sha256."""
-    x = int(sha256[:16], 16) / 2**64
-    if x < test:
-        return "test"
-    if x < test + val:
-        return "val"
-    return "train"
 
 
 def version_name(number: int) -> str:
@@ -210,16 +201,40 @@ class Datasets:
                     head is None or now - as_utc(head.created_at) >= timedelta(seconds=self.cfg.cut_schedule_s)
                 ):
                     plans.append((line, 1, f"schedule: every {self.cfg.cut_schedule_s:g}s, {new} new human labels"))
-        for line, threshold, reason in plans:
+            planned = {line for line, _, _ in plans}
+            wanted = state.wanted_evidence(s)
+            plans += [(request["dataset"], 1, reason) for request in wanted
+                      if request["dataset"] not in planned and (reason := self._evidence_arrived(s, request))]
+        for dataset, threshold, reason in plans:
+            line = next((r["line_id"] for r in wanted if r["dataset"] == dataset), dataset)
             try:
                 version, new_version = await self.cut(
-                    line, line, requested_by=POLICY_ACTOR, reason=reason, min_new_labels=threshold
+                    dataset, line, requested_by=POLICY_ACTOR, reason=reason, min_new_labels=threshold
                 )
             except CutBusy:
                 continue  # another replica is on it
             if new_version and version is not None:
                 cut.append(version)
         return cut
+
+    def _evidence_arrived(self, s, request: dict) -> str:
+        """Why to cut now if the test frames a held candidate lacked have all been labelled since it
+        asked, else "". Only test-split labels count: the gate judges on nothing else. A version cut
+        since it asked (by this rule or another) answers it: the candidate trained on that version
+        is gated on it and its decision replaces the request, so one request makes one cut."""
+        head = state.head(s, request["dataset"])
+        if head is not None and as_utc(head.created_at) >= as_utc(request["asked_at"]):
+            return ""
+        labelled: dict[str, int] = {}
+        for label_class, sha256 in state.human_labels_since(s, request["line_id"], request["label_watermark"]):
+            if split_of(sha256, self.cfg.split_val, self.cfg.split_test) == "test":
+                labelled[label_class] = labelled.get(label_class, 0) + 1
+        got = {cls: sum(labelled.values()) if cls == "" else labelled.get(cls, 0) for cls in request["wanted"]}
+        if any(got[cls] < needed for cls, needed in request["wanted"].items()):
+            return ""
+        return (f"evidence: the test frames {request['model_name']} v{request['model_version']}'s gate lacked are "
+                "labelled (" + ", ".join(f"{cls or 'any class'} {got[cls]}/{needed}"
+                                         for cls, needed in sorted(request["wanted"].items())) + ")")
 
     async def start_policy(self) -> None:
         await self._policy.start()

@@ -4,8 +4,9 @@ A frame's stored `base_score` is the uncertainty of its prediction (margin or
 entropy), or a uniform draw from its id when there is no prediction. At each
 NextTasks call the best candidates are re-ranked with what changes over time:
 class balance of the human labels so far, camera diversity, and a boost for
-frames in the scope of an active drift, and a boost for frames a canary scored (the
-registry holds a canary until there are labels to judge it by).
+frames in the scope of an active drift, a boost for frames a canary scored (the
+registry holds a canary until there are labels to judge it by), and a boost for frames
+the gate asked for: test-split frames of a class a held candidate lacked evidence on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from lineloop.labeling import state
 from lineloop.labeling.settings import LabelingSettings
+from lineloop.labeling.splits import split_of
 from lineloop.v1.common_pb2 import Prediction, PredictionStatus
 
 
@@ -79,8 +81,12 @@ def in_drift_scope(row, drift) -> bool:
     )
 
 
-def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg: LabelingSettings) -> list[Ranked]:
-    """Order candidates by value to the model, highest first; `why` says what contributed."""
+def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg: LabelingSettings,
+         wanted: dict[str, frozenset[str]] | None = None) -> list[Ranked]:
+    """Order candidates by value to the model, highest first; `why` says what contributed.
+
+    `wanted`: per line, the classes the gate lacked test frames of ("" = any class).
+    """
     top_class = max(by_class.values(), default=0)
     top_camera = max(by_camera.values(), default=0)
     ranked = []
@@ -103,9 +109,19 @@ def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg:
         if row.prediction and Prediction.FromString(row.prediction).canary:
             priority += cfg.canary_boost
             parts.append("canary")
+        if wanted_by_gate(row, (wanted or {}).get(row.line_id, frozenset()), cfg):
+            priority += cfg.evidence_boost
+            parts.append(f"evidence:{row.predicted_class or 'any'}")
         ranked.append(Ranked(row, priority, " ".join(parts)))
     ranked.sort(key=lambda r: (-r.priority, r.row.frame_id))
     return ranked
+
+
+def wanted_by_gate(row, wanted: frozenset[str], cfg: LabelingSettings) -> bool:
+    """A frame whose label would be the evidence a held candidate waits for: its image puts it in
+    the test split (the only split the gate judges on) and its predicted class is one asked for."""
+    return bool(wanted) and ("" in wanted or row.predicted_class in wanted) and (
+        split_of(row.sha256, cfg.split_val, cfg.split_test) == "test")
 
 
 def spread_cameras(ranked: list[Ranked], cfg: LabelingSettings) -> list[Ranked]:
@@ -140,8 +156,17 @@ def next_tasks(
     for drift in drifts:
         for r in state.drift_candidates(s, drift, now, cfg.queue_candidates):
             rows.setdefault(r.frame_id, r)
+    wanted: dict[str, frozenset[str]] = {}
+    for request in state.wanted_evidence(s, line_id):
+        wanted[request["line_id"]] = wanted.get(request["line_id"], frozenset()) | set(request["wanted"])
+    # About one frame in 1/split_test is in the test split: read that many more to find them.
+    scan = int(cfg.queue_candidates / max(cfg.split_test, 0.01))
+    for line, classes in wanted.items():
+        for r in state.evidence_candidates(s, line, sorted(classes), now, scan):
+            if wanted_by_gate(r, classes, cfg):
+                rows.setdefault(r.frame_id, r)
     by_class, by_camera = state.human_label_counts(s, line_id)
-    ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg)
+    ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg, wanted)
     # Only the head of the ranking can end up in this batch; spreading it is enough.
     ranked = spread_cameras(ranked[: max_tasks * 4], cfg) + ranked[max_tasks * 4:]
     expires = now + timedelta(seconds=cfg.lease_s)

@@ -32,6 +32,8 @@ class LabelingSettings(ServiceSettings):
     # Frames a canary scored: the registry holds a canary until its live labels show it not
     # worse than production (or worse), so its frames are the scarcest evidence.
     canary_boost: float = 1.0
+    # Test-split frames of a class the gate lacked evidence on: a held candidate waits for them.
+    evidence_boost: float = 1.0
     # Candidates re-ranked per NextTasks call (the best by stored uncertainty, plus drift-scoped ones).
     queue_candidates: int = 500
     lease_s: float = 600.0

@@ -1,4 +1,5 @@
-"""Labeling state: frames in the review queue, leases, label history, drifts, dataset versions.
+"""Labeling state: frames in the review queue, leases, label history, drifts, dataset versions,
+the test evidence the registry's gate asked for.
 
 Works on SQLite and PostgreSQL. Leases and dataset-cut claims are conditional
 UPDATEs (`... WHERE nobody holds it`), so several replicas on one PostgreSQL
@@ -7,6 +8,7 @@ database never hand out the same frame or cut the same version twice.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -28,13 +30,14 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lineloop.v1.events_pb2 import DatasetVersioned, LabelCreated, LabelSource
 
 SCHEMA_COMPONENT = "labeling"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2 added labeling_evidence_wanted (a table only)
 HUMAN_SOURCES = (LabelSource.LABEL_SOURCE_HUMAN, LabelSource.LABEL_SOURCE_IMPORT)
 
 metadata = MetaData()
@@ -117,6 +120,23 @@ dataset_versions = Table(
     Column("label_watermark", BigInteger, nullable=False),  # highest labels.seq the cut saw
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("event", LargeBinary, nullable=False),           # the DatasetVersioned as published
+)
+
+# One row per dataset: the labelled test frames the registry's gate lacked to decide its newest
+# held candidate (ModelRegistered with outcome NOT_ENOUGH_EVIDENCE), per class ("" = any class).
+# The queue puts such frames first and the cut policy cuts once they are labelled. Written by the
+# models.registered.v1 handler; a newer decision on the dataset replaces or clears it.
+evidence_wanted = Table(
+    "labeling_evidence_wanted",
+    metadata,
+    Column("dataset", String(128), primary_key=True),
+    Column("line_id", String(128), nullable=False, index=True),
+    Column("model_name", String(128), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),  # of the decision: newer wins
+    Column("wanted", Text, nullable=False),                # JSON {class: test frames still needed}
+    Column("label_watermark", BigInteger, nullable=False),  # labels.seq when it was asked: count from here
+    Column("asked_at", DateTime(timezone=True), nullable=False),  # a version cut since then answers it
 )
 
 # One row per dataset: which replica is cutting it right now (a lease, like a task's).
@@ -343,3 +363,58 @@ def still_claimed(s: Session, dataset: str, token: str, now: datetime) -> bool:
         .where(dataset_claims.c.dataset == dataset, dataset_claims.c.token == token, dataset_claims.c.until > now)
         .with_for_update()
     ).first() is not None
+
+
+# ---- evidence the gate asked for -----------------------------------------------
+
+def want_evidence(s: Session, dataset: str, line_id: str, model_name: str, model_version: str,
+                  registered_at: datetime, wanted: dict[str, int], asked_at: datetime) -> bool:
+    """Record what the newest held candidate of `dataset` lacks; False when a newer decision is recorded.
+
+    N replicas: events of different models reach different replicas; the upsert keeps the
+    newest decision whatever order they commit in (the conditional DO UPDATE).
+    """
+    insert = (sqlite.insert if s.get_bind().dialect.name == "sqlite" else postgresql.insert)(evidence_wanted)
+    values = dict(line_id=line_id, model_name=model_name, model_version=model_version, registered_at=registered_at,
+                  wanted=json.dumps(wanted, sort_keys=True), label_watermark=max_label_seq(s), asked_at=asked_at)
+    result = s.execute(insert.values(dataset=dataset, **values).on_conflict_do_update(
+        index_elements=[evidence_wanted.c.dataset], set_=values,
+        where=evidence_wanted.c.registered_at <= insert.excluded.registered_at,
+    ))
+    return result.rowcount > 0
+
+
+def evidence_settled(s: Session, dataset: str, registered_at: datetime) -> None:
+    """A decision (passed or failed) at `registered_at`: an older request for evidence is moot."""
+    s.execute(evidence_wanted.delete().where(evidence_wanted.c.dataset == dataset,
+                                             evidence_wanted.c.registered_at <= registered_at))
+
+
+def wanted_evidence(s: Session, line_id: str = "") -> list[dict]:
+    """Open requests for evidence (of one line, or all), as dicts; `wanted` decoded to {class: frames}."""
+    query = select(evidence_wanted).order_by(evidence_wanted.c.dataset)
+    if line_id:
+        query = query.where(evidence_wanted.c.line_id == line_id)
+    return [{**row._asdict(), "wanted": json.loads(row.wanted)} for row in s.execute(query)]
+
+
+def evidence_candidates(s: Session, line_id: str, classes: list[str], now: datetime, limit: int):
+    """Unleased queued frames predicted as one of `classes` ("" among them: any frame), best stored
+    score first. The caller keeps those whose image puts them in the test split."""
+    query = select(frames).where(frames.c.in_queue, _free(now), frames.c.line_id == line_id)
+    if "" not in classes:
+        query = query.where(frames.c.predicted_class.in_(classes))
+    return s.execute(query.order_by(frames.c.base_score.desc(), frames.c.frame_id).limit(limit)).all()
+
+
+def human_labels_since(s: Session, line_id: str, after_seq: int) -> list:
+    """(label_class, frame sha256) of the human labels on `line_id` after `after_seq`, one per frame
+    (its latest): what counts towards the evidence asked for."""
+    latest = (select(labels.c.frame_id, func.max(labels.c.seq).label("seq"))
+              .where(labels.c.seq > after_seq, labels.c.line_id == line_id, labels.c.source.in_(HUMAN_SOURCES))
+              .group_by(labels.c.frame_id).subquery())
+    return s.execute(
+        select(labels.c.label_class, frames.c.sha256)
+        .join(latest, labels.c.seq == latest.c.seq)
+        .join(frames, frames.c.frame_id == labels.c.frame_id)
+    ).all()

@@ -61,7 +61,18 @@ def _check(name: str, candidate: float, baseline: float, bounds: Bounds, thresho
            higher_is_better: bool) -> GateCheck:
     verdict, more = judge(bounds, threshold, higher_is_better=higher_is_better)
     return GateCheck(name=name, candidate=candidate, baseline=baseline, passed=verdict == PASSED, lower=bounds.lower,
-                     upper=bounds.upper, margin=margin, frames=bounds.frames, outcome=verdict, more_frames_needed=more)
+                     upper=bounds.upper, margin=margin, frames=bounds.frames, outcome=verdict, more_frames_needed=more,
+                     lacking_class=_class_judged(name) if verdict == NOT_ENOUGH_EVIDENCE else "")
+
+
+def _class_judged(check_name: str) -> str:
+    """The class whose frames a check rests on: a defect's recall on its frames, the ok false-positive
+    rate on ok frames; "" for accuracy (every frame)."""
+    if check_name.startswith("recall:"):
+        return check_name.removeprefix("recall:")
+    if check_name.endswith("ok_false_positive_rate"):
+        return OK_CLASS
+    return ""
 
 
 def _correct(evaluation: Evaluation) -> np.ndarray:
@@ -145,21 +156,12 @@ def decide(
 
 def _lacking(check: GateCheck) -> str:
     """The frames a check needs more of: a class's, or any class's."""
-    if check.name.startswith("recall:"):
-        return f"class {check.name.removeprefix('recall:')}"
-    if check.name.endswith("ok_false_positive_rate"):
-        return f"class {OK_CLASS}"
-    return "all classes"
+    return f"class {check.lacking_class}" if check.lacking_class else "all classes"
 
 
 def lacking_classes(decision: GateDecision) -> list[str]:
     """The classes whose labelled test frames are too few for a decision ("*": any class, for accuracy)."""
-    found = []
-    for c in decision.checks:
-        if c.outcome == NOT_ENOUGH_EVIDENCE:
-            what = _lacking(c)
-            found.append(what.removeprefix("class ") if what.startswith("class ") else "*")
-    return sorted(set(found))
+    return sorted({c.lacking_class or "*" for c in decision.checks if c.outcome == NOT_ENOUGH_EVIDENCE})
 
 
 class Evaluator:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lineloop.contracts.catalogue import CATALOGUE, load, markdown_table
+from lineloop.contracts.catalogue import CATALOGUE, event_table, load, markdown_table
 from lineloop.contracts.topics import EVENTS
 from lineloop.runtime import ServiceSettings
 
@@ -250,6 +250,14 @@ def test_service_readmes_list_what_the_service_consumes_and_produces(repo):
 def test_docs_service_table_is_generated_from_the_catalogue(repo):
     assert markdown_table() in (repo / "docs/services.md").read_text(), (
         "docs/services.md's table is stale: paste `python -m lineloop.contracts.catalogue`"
+    )
+
+
+def test_docs_event_table_is_generated_from_the_catalogue_and_the_proto_options(repo):
+    table = event_table()
+    assert table.count("\n| `") == len(EVENTS), "the event table lacks a row per event topic"
+    assert table in (repo / "docs/architecture.md").read_text(), (
+        "docs/architecture.md's event table is stale: paste `python -m lineloop.contracts.catalogue --events`"
     )
 
 

@@ -8,7 +8,8 @@ the CLI and the deployment files take them from here or are tested against it.
     CATALOGUE.service("ingest").grpc_port   # 50051
     bucket("frames")                         # "lineloop-frames"
 
-    python -m lineloop.contracts.catalogue   # the Markdown table of docs/services.md
+    python -m lineloop.contracts.catalogue           # the Markdown table of docs/services.md
+    python -m lineloop.contracts.catalogue --events  # the event table of docs/architecture.md
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lineloop.contracts.topics import BY_TOPIC
+from lineloop.contracts.topics import BY_TOPIC, EVENTS
 
 Port = Annotated[int, Field(gt=0, lt=65536)]
 
@@ -108,6 +109,9 @@ class Catalogue(BaseModel):
     def consumers_of(self, topic: str) -> list[str]:
         return [entry.name for entry in self.services.values() if topic in entry.consumes]
 
+    def producers_of(self, topic: str) -> list[str]:
+        return [entry.name for entry in self.services.values() if topic in entry.produces]
+
 
 def load(text: str | None = None) -> Catalogue:
     """The catalogue in `text` (TOML), by default the packaged services.toml."""
@@ -151,5 +155,17 @@ def markdown_table(catalogue: Catalogue = CATALOGUE) -> str:
     return "\n".join(rows) + "\n"
 
 
+def event_table(catalogue: Catalogue = CATALOGUE) -> str:
+    """docs/architecture.md's event table (a test keeps the two equal): one row per event topic, in
+    events.proto's order; message and key from the proto options, producers and consumers from the
+    catalogue ("—" where only something outside the six services produces or consumes it)."""
+    rows = ["| topic | message | key | producers | consumers |", "|---|---|---|---|---|"]
+    for et in EVENTS.values():
+        producers = ", ".join(catalogue.producers_of(et.topic)) or "—"
+        consumers = ", ".join(catalogue.consumers_of(et.topic)) or "—"
+        rows.append(f"| `{et.topic}` | `{et.message.__name__}` | `{et.key_field}` | {producers} | {consumers} |")
+    return "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown_table())
+    sys.stdout.write(event_table() if sys.argv[1:] == ["--events"] else markdown_table())

@@ -297,8 +297,8 @@ def test_compose_publishes_no_host_port_twice(compose):
 
 @pytest.mark.parametrize("service", [name for name, entry in CATALOGUE.services.items() if entry.http_port])
 def test_a_served_http_port_is_published_where_the_others_are(service, compose, repo):
-    """The catalogue reserves the monitor's dashboard port; once its settings serve it, compose
-    and the k8s base must expose it too."""
+    """A port the service's settings serve (the monitor's dashboard) is exposed by compose and the
+    k8s base too."""
     entry = CATALOGUE.service(service)
     if "http_port" not in _settings_class(service).model_fields:
         # Reserved, not served yet: nothing may expose it meanwhile.

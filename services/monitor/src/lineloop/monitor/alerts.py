@@ -26,7 +26,7 @@ from lineloop.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 active_alerts = otel_metrics.get_meter(__name__).create_gauge(
-    "lineloop.monitor.active_alerts",
+    "lineloop.monitor.active_alerts", unit="{alert}",
     description="1 while an alert is raised, 0 once cleared. Attributes: kind, line, camera (empty: the whole line).",
 )
 

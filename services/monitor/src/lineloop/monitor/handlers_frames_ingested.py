@@ -26,14 +26,14 @@ from lineloop.v1 import common_pb2, events_pb2
 
 log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter(__name__)
-drift_score = _meter.create_gauge("lineloop.monitor.drift_score", description="PSI of a quality statistic, current vs reference window. Attributes: line, feature.")
-live_accuracy = _meter.create_gauge("lineloop.monitor.live_accuracy", description="Share of human-labelled frames the serving model got right. Attributes: line.")
+drift_score = _meter.create_gauge("lineloop.monitor.drift_score", unit="{psi}", description="PSI of a quality statistic, current vs reference window. Attributes: line, feature.")
+live_accuracy = _meter.create_gauge("lineloop.monitor.live_accuracy", unit="{fraction}", description="Share of human-labelled frames the serving model got right. Attributes: line.")
 frames_unscored = _meter.create_counter(
     "lineloop.monitor.frames_unscored", unit="{frame}",
     description="Frames ingested without a prediction: kept out of prediction statistics, never scored later. Attributes: line.",
 )
-unscored_share = _meter.create_gauge("lineloop.monitor.unscored_share", description="Share of the current window's frames ingested without a prediction. Attributes: line.")
-scoring_outage = _meter.create_gauge("lineloop.monitor.scoring_outage", description="1 while the line's unscored share is above max_unscored_share. Attributes: line.")
+unscored_share = _meter.create_gauge("lineloop.monitor.unscored_share", unit="{fraction}", description="Share of the current window's frames ingested without a prediction. Attributes: line.")
+scoring_outage = _meter.create_gauge("lineloop.monitor.scoring_outage", unit="{outage}", description="1 while the line's unscored share is above max_unscored_share. Attributes: line.")
 
 
 def make_handler(settings: MonitorSettings):

@@ -50,13 +50,13 @@ from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
 log = logging.getLogger(__name__)
 _meter = otel_metrics.get_meter("lineloop.registry")
-gate_decisions = _meter.create_counter("lineloop_registry_gate_decisions_total",
+gate_decisions = _meter.create_counter("lineloop.registry.gate_decisions", unit="{decision}",
                                        description="Gate outcomes: passed, failed, not_enough_evidence")
 gate_holds = _meter.create_counter(
-    "lineloop_registry_gate_holds_total",
+    "lineloop.registry.gate_holds", unit="{candidate}",
     description="Candidates held by the gate for want of labelled test frames (not enough evidence), by model")
 canary_holds = _meter.create_counter(
-    "lineloop_registry_canary_holds_total",
+    "lineloop.registry.canary_holds", unit="{hold}",
     description="Canaries held by the policy for want of live evidence, by model and cause (counted when a hold starts or its cause changes)")
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 NO_ANSWER = ("no_monitor", "monitor_unreachable", "monitor_error")  # hold causes: the monitor gave no answer

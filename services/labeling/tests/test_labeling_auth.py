@@ -53,13 +53,27 @@ async def test_labels_and_imports_record_the_authenticated_caller(stack, tmp_pat
                     await stub.CutDataset(pb.CutDatasetRequest(dataset=line, line_id=line))
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             other = next(m for m in frames if m.frame_id != task.frame_id)
-            export = json.dumps([{"data": {"frame_id": other.frame_id}, "annotations": [{
-                "id": 1, "completed_by": 7, "result": [{"type": "choices", "value": {"choices": ["scab"]}}]}]}]).encode()
+
+            def export(annotation_id: int, cls: str) -> bytes:
+                return json.dumps([{"data": {"frame_id": other.frame_id}, "annotations": [{
+                    "id": annotation_id, "completed_by": 7,
+                    "result": [{"type": "choices", "value": {"choices": [cls]}}]}]}]).encode()
+
+            # An ML engineer's import trains but is no ground truth: the frame stays queued for review.
             async with aio_channel(target, as_("mle-max", "ml-engineer")) as channel:
                 stub = LabelingServiceStub(channel)
-                assert (await stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=export))).imported == 1
+                assert (await stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=export(1, "scab")))).imported == 1
+                labels = await stub.GetFrameLabels(pb.GetFrameLabelsRequest(frame_id=other.frame_id))
+            [imported] = labels.history
+            assert (imported.source, imported.annotator) == (LabelSource.LABEL_SOURCE_IMPORT_UNVERIFIED, "mle-max")
+            assert "annotator in the file: labelstudio:7" in imported.note
+            assert labels.effective.source == LabelSource.LABEL_SOURCE_IMPORT_UNVERIFIED  # no ground truth yet
+            # An annotator's import of the same frame is.
+            async with aio_channel(target, as_("ann-bea", "annotator")) as channel:
+                stub = LabelingServiceStub(channel)
+                assert (await stub.ImportLabelStudio(pb.ImportLabelStudioRequest(export_json=export(2, "rot")))).imported == 1
                 effective = (await stub.GetFrameLabels(pb.GetFrameLabelsRequest(frame_id=other.frame_id))).effective
-            assert (effective.source, effective.annotator) == (LabelSource.LABEL_SOURCE_IMPORT, "mle-max")
-            assert "annotator in the file: labelstudio:7" in effective.note
+            assert (effective.source, effective.annotator, effective.label_class) == (
+                LabelSource.LABEL_SOURCE_IMPORT, "ann-bea", "rot")
     finally:
         await publisher.stop()

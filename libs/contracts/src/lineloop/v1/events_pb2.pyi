@@ -32,6 +32,7 @@ class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LABEL_SOURCE_HUMAN: _ClassVar[LabelSource]
     LABEL_SOURCE_MODEL: _ClassVar[LabelSource]
     LABEL_SOURCE_IMPORT: _ClassVar[LabelSource]
+    LABEL_SOURCE_IMPORT_UNVERIFIED: _ClassVar[LabelSource]
 
 class GateOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -84,6 +85,7 @@ LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_HUMAN: LabelSource
 LABEL_SOURCE_MODEL: LabelSource
 LABEL_SOURCE_IMPORT: LabelSource
+LABEL_SOURCE_IMPORT_UNVERIFIED: LabelSource
 GATE_OUTCOME_UNSPECIFIED: GateOutcome
 GATE_OUTCOME_PASSED: GateOutcome
 GATE_OUTCOME_FAILED: GateOutcome

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lineloop/v1/options.proto\x12\x0blineloop.v1\x1a google/protobuf/descriptor.proto\"\x17\n\x06\x41\x63\x63\x65ss\x12\r\n\x05roles\x18\x01 \x03(\t:0\n\x05topic\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\t:4\n\tkey_field\x12\x1f.google.protobuf.MessageOptions\x18\xd2\x86\x03 \x01(\t:7\n\x0c\x61\x63\x63\x65pts_json\x12\x1f.google.protobuf.MessageOptions\x18\xd3\x86\x03 \x01(\x08:E\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x13.lineloop.v1.Accessb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19lineloop/v1/options.proto\x12\x0blineloop.v1\x1a google/protobuf/descriptor.proto\"\x17\n\x06\x41\x63\x63\x65ss\x12\r\n\x05roles\x18\x01 \x03(\t:0\n\x05topic\x12\x1f.google.protobuf.MessageOptions\x18\xd1\x86\x03 \x01(\t:4\n\tkey_field\x12\x1f.google.protobuf.MessageOptions\x18\xd2\x86\x03 \x01(\t:7\n\x0c\x61\x63\x63\x65pts_json\x12\x1f.google.protobuf.MessageOptions\x18\xd3\x86\x03 \x01(\x08:E\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x13.lineloop.v1.Access:9\n\x0cground_truth\x12!.google.protobuf.EnumValueOptions\x18\x99\x88\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

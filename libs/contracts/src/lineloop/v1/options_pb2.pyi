@@ -14,6 +14,8 @@ ACCEPTS_JSON_FIELD_NUMBER: _ClassVar[int]
 accepts_json: _descriptor.FieldDescriptor
 ACCESS_FIELD_NUMBER: _ClassVar[int]
 access: _descriptor.FieldDescriptor
+GROUND_TRUTH_FIELD_NUMBER: _ClassVar[int]
+ground_truth: _descriptor.FieldDescriptor
 
 class Access(_message.Message):
     __slots__ = ("roles",)

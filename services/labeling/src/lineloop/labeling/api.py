@@ -9,20 +9,30 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 
 from lineloop.bus import Bus
+from lineloop.contracts.labels import SOURCE_NAMES
 from lineloop.labeling import labels, labelstudio, queue, state
 from lineloop.labeling.datasets import CutBusy, Datasets
 from lineloop.labeling.labels import LabelRejected
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.runtime import abort
-from lineloop.runtime.auth import current_identity
+from lineloop.runtime.auth import Identity, current_identity
 from lineloop.storage.objects import ObjectStore
 from lineloop.storage.sql import Database
 from lineloop.v1 import labeling_pb2 as pb
-from lineloop.v1.events_pb2 import DatasetVersioned
+from lineloop.v1.events_pb2 import DatasetVersioned, LabelSource
 from lineloop.v1.labeling_pb2_grpc import LabelingServiceServicer
 
 SERVICE = "labeling"
 CUT_WAIT_S = 10.0
+
+
+def import_source(importer: Identity | None, ground_truth_roles: list[str]) -> int:
+    """With auth on, an import is ground truth only when the importer's role vouches for it. With
+    auth off there are no identities and SubmitLabel takes anyone's word too (the service warns
+    at start that its API is open), so an import counts as a person's label."""
+    if importer is None or importer.roles & set(ground_truth_roles):
+        return LabelSource.LABEL_SOURCE_IMPORT
+    return LabelSource.LABEL_SOURCE_IMPORT_UNVERIFIED
 
 
 def _annotator(claimed: str) -> str:
@@ -163,11 +173,13 @@ class LabelingApi(LabelingServiceServicer):
                 for item in parsed:
                     item["note"] = f"{item['note']}; annotator in the file: {item['annotator']}"
                     item["annotator"] = importer.name
+            source = import_source(importer, self.cfg.ground_truth_roles)
             async with self.db.write() as s:
-                imported, known = labelstudio.import_export(s, parsed, lambda msg: self.bus.add_to_outbox(s, msg))
+                imported, known = labelstudio.import_export(s, parsed, lambda msg: self.bus.add_to_outbox(s, msg),
+                                                            source=source)
         except LabelRejected as err:
             return await self._reject(context, err)
         if imported:
             self.bus.relay.wake()
-            labels.created.add(imported, {"source": "import"})
+            labels.created.add(imported, {"source": SOURCE_NAMES[source]})
         return pb.ImportLabelStudioResponse(imported=imported, skipped=empty + known)

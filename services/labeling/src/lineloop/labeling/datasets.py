@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics
 
 from lineloop.bus import Bus
+from lineloop.contracts.labels import GROUND_TRUTH_SOURCES, SOURCE_NAMES
 from lineloop.labeling import state
 from lineloop.labeling.labels import LabelRejected, utcnow
 from lineloop.labeling.queue import as_utc
@@ -29,18 +30,13 @@ from lineloop.runtime.periodic import Periodic
 from lineloop.storage.objects import ObjectStore, sha256_hex
 from lineloop.storage.sql import Database
 from lineloop.v1.common_pb2 import ObjectRef
-from lineloop.v1.events_pb2 import DatasetVersioned, LabelSource
+from lineloop.v1.events_pb2 import DatasetVersioned
 
 log = logging.getLogger(__name__)
 versions_cut = metrics.get_meter("lineloop.labeling").create_counter(
     "lineloop.labeling.dataset_versions", unit="{version}", description="Dataset versions cut. Attributes: dataset, by.",
 )
 
-SOURCE_NAMES = {
-    LabelSource.LABEL_SOURCE_HUMAN: "human",
-    LabelSource.LABEL_SOURCE_MODEL: "model",
-    LabelSource.LABEL_SOURCE_IMPORT: "import",
-}
 POLICY_ACTOR = "labeling-policy"
 
 
@@ -67,7 +63,7 @@ def build_manifest(entries, cfg: LabelingSettings) -> Manifest:
     split_counts: dict[str, int] = {}
     for frame, label in sorted(entries, key=lambda e: e[0].frame_id):
         split = split_of(frame.sha256, cfg.split_val, cfg.split_test)
-        if split == "test" and label.source not in state.HUMAN_SOURCES:
+        if split == "test" and label.source not in GROUND_TRUTH_SOURCES:
             continue  # the test split is human ground truth only
         lines.append(json.dumps({
             "frame_id": frame.frame_id,

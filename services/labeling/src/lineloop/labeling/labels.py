@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics
 from sqlalchemy.orm import Session
 
+from lineloop.contracts.labels import GROUND_TRUTH_SOURCES
 from lineloop.labeling import state
 from lineloop.labeling.queue import as_utc
 from lineloop.v1.common_pb2 import Prediction
@@ -77,7 +78,7 @@ def make_label(
 def record(s: Session, label: LabelCreated, dedupe_key: str | None, emit: Emit) -> None:
     """Store one accepted label, take a human-labelled frame out of the queue, emit labels.created.v1."""
     state.add_label(s, label, dedupe_key)
-    if label.source in state.HUMAN_SOURCES:
+    if label.source in GROUND_TRUTH_SOURCES:
         state.take_out_of_queue(s, label.frame_id)
     emit(label)
 

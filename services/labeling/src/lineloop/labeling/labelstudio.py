@@ -20,6 +20,7 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lineloop.contracts.labels import SOURCE_NAMES
 from lineloop.labeling import labels, state
 from lineloop.labeling.labels import Emit, LabelRejected
 from lineloop.labeling.queue import as_utc
@@ -29,11 +30,6 @@ from lineloop.v1.events_pb2 import LabelSource
 
 FROM_NAME = "label"
 TO_NAME = "image"
-SOURCE_NAMES = {
-    LabelSource.LABEL_SOURCE_HUMAN: "human",
-    LabelSource.LABEL_SOURCE_MODEL: "model",
-    LabelSource.LABEL_SOURCE_IMPORT: "import",
-}
 
 
 def labeling_config(classes: list[str]) -> str:
@@ -91,7 +87,8 @@ def export_tasks(rows, objects: ObjectStore, url_expiry_s: int) -> bytes:
                 "meta": {"lineloop_label_id": label.label_id, "annotator": label.annotator,
                          "source": SOURCE_NAMES.get(label.source, "unknown"), "note": label.note},
             }
-            for label in history if label.source in state.HUMAN_SOURCES
+            # A person's answers, verified or not (an unverified import is what a reviewer confirms).
+            for label in history if label.source != LabelSource.LABEL_SOURCE_MODEL
         ]
         if annotations:
             task["annotations"] = annotations
@@ -185,8 +182,9 @@ def parse_export(data: bytes, classes: list[str]) -> tuple[list[dict[str, Any]],
     return found, skipped
 
 
-def import_export(s: Session, parsed: list[dict[str, Any]], emit: Emit) -> tuple[int, int]:
-    """Store the parsed annotations in the caller's transaction; (imported, skipped as already known)."""
+def import_export(s: Session, parsed: list[dict[str, Any]], emit: Emit, *, source: int) -> tuple[int, int]:
+    """Store the parsed annotations in the caller's transaction, as labels of `source`
+    (LABEL_SOURCE_IMPORT or LABEL_SOURCE_IMPORT_UNVERIFIED); (imported, skipped as already known)."""
     imported = skipped = 0
     for item in parsed:
         frame = labels.known_frame(s, item["frame_id"], f"{item['where']}: ")
@@ -198,7 +196,7 @@ def import_export(s: Session, parsed: list[dict[str, Any]], emit: Emit) -> tuple
             skipped += 1
             continue
         label = labels.make_label(
-            frame, item["label_class"], LabelSource.LABEL_SOURCE_IMPORT, item["annotator"], item["note"],
+            frame, item["label_class"], source, item["annotator"], item["note"],
             item["created_at"] or labels.utcnow(),
         )
         labels.record(s, label, item["key"], emit)

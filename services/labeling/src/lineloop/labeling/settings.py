@@ -40,6 +40,10 @@ class LabelingSettings(ServiceSettings):
     max_tasks_per_call: int = 100
     image_url_expiry_s: int = 3600
 
+    # With auth on, roles whose Label Studio imports are ground truth (may enter a test split);
+    # anyone else's import is LABEL_SOURCE_IMPORT_UNVERIFIED: it trains, and the frame stays queued.
+    ground_truth_roles: list[str] = Field(default_factory=lambda: ["annotator", "admin"])
+
     # Model predictions at or above this top score become model labels (never in a test split); >1 disables.
     auto_accept_threshold: float = 0.98
 

@@ -34,11 +34,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lineloop.v1.events_pb2 import DatasetVersioned, LabelCreated, LabelSource
+from lineloop.contracts.labels import GROUND_TRUTH_SOURCES
+from lineloop.v1.events_pb2 import DatasetVersioned, LabelCreated
 
 SCHEMA_COMPONENT = "labeling"
 SCHEMA_VERSION = 2  # v2 added labeling_evidence_wanted (a table only)
-HUMAN_SOURCES = (LabelSource.LABEL_SOURCE_HUMAN, LabelSource.LABEL_SOURCE_IMPORT)
 
 metadata = MetaData()
 
@@ -240,8 +240,9 @@ def label_history(s: Session, frame_id: str) -> list[LabelCreated]:
 
 
 def effective(history: list[LabelCreated]) -> LabelCreated | None:
-    """The latest human label, else the latest model label."""
-    human = [label for label in history if label.source in HUMAN_SOURCES]
+    """The latest ground-truth label (a person's, or an import someone vouched for), else the latest
+    label (a model's, or an unverified import): that one trains but never enters a test split."""
+    human = [label for label in history if label.source in GROUND_TRUTH_SOURCES]
     if human:
         return human[-1]
     return history[-1] if history else None
@@ -269,7 +270,7 @@ def effective_labels(s: Session, line_id: str, up_to_seq: int):
 
 def human_label_counts(s: Session, line_id: str) -> tuple[dict[str, int], dict[str, int]]:
     """Effective-human-label counts per class and per camera (what the queue balances against)."""
-    query = select(labels.c.label_class, labels.c.camera_id, func.count()).where(labels.c.source.in_(HUMAN_SOURCES))
+    query = select(labels.c.label_class, labels.c.camera_id, func.count()).where(labels.c.source.in_(GROUND_TRUTH_SOURCES))
     if line_id:
         query = query.where(labels.c.line_id == line_id)
     by_class: dict[str, int] = {}
@@ -286,7 +287,7 @@ def max_label_seq(s: Session) -> int:
 
 def new_human_labels(s: Session, line_id: str, after_seq: int) -> int:
     query = select(func.count()).select_from(labels).where(
-        labels.c.seq > after_seq, labels.c.source.in_(HUMAN_SOURCES)
+        labels.c.seq > after_seq, labels.c.source.in_(GROUND_TRUTH_SOURCES)
     )
     if line_id:
         query = query.where(labels.c.line_id == line_id)
@@ -411,7 +412,7 @@ def human_labels_since(s: Session, line_id: str, after_seq: int) -> list:
     """(label_class, frame sha256) of the human labels on `line_id` after `after_seq`, one per frame
     (its latest): what counts towards the evidence asked for."""
     latest = (select(labels.c.frame_id, func.max(labels.c.seq).label("seq"))
-              .where(labels.c.seq > after_seq, labels.c.line_id == line_id, labels.c.source.in_(HUMAN_SOURCES))
+              .where(labels.c.seq > after_seq, labels.c.line_id == line_id, labels.c.source.in_(GROUND_TRUTH_SOURCES))
               .group_by(labels.c.frame_id).subquery())
     return s.execute(
         select(labels.c.label_class, frames.c.sha256)

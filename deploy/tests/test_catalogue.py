@@ -282,21 +282,22 @@ def test_embedded_stack_creates_every_catalogued_bucket():
     assert set(CREATED_BY_STACK) == set(ENSURED_BY_SERVICES) == set(CATALOGUE.buckets.values())
 
 
-def test_compose_publishes_no_host_port_twice(compose):
-    published = [port.split(":")[0] for definition in compose["services"].values() for port in definition.get("ports", [])]
+def test_compose_publishes_no_host_port_twice(compose_ports):
+    published = [port.host_port for ports in compose_ports.values() for port in ports]
     assert len(published) == len(set(published)), sorted(p for p in published if published.count(p) > 1)
 
 
 @pytest.mark.parametrize("service", [name for name, entry in CATALOGUE.services.items() if entry.http_port])
-def test_a_served_http_port_is_published_where_the_others_are(service, compose, repo):
+def test_a_served_http_port_is_published_where_the_others_are(service, compose, compose_ports, repo):
     """The catalogue reserves the monitor's dashboard port; once its settings serve it, compose
     and the k8s base must expose it too."""
     entry = CATALOGUE.service(service)
+    published = {(port.host_port, port.container_port) for port in compose_ports.get(service, [])}
     if "http_port" not in _settings_class(service).model_fields:
         # Reserved, not served yet: nothing may expose it meanwhile.
-        assert f"{entry.http_port}:{entry.http_port}" not in compose["services"][service].get("ports", [])
+        assert (entry.http_port, entry.http_port) not in published
         return
-    assert f"{entry.http_port}:{entry.http_port}" in compose["services"][service]["ports"]
+    assert (entry.http_port, entry.http_port) in published
     assert compose["services"][service]["environment"][f"{entry.settings_prefix}HTTP_PORT"] == str(entry.http_port)
     docs = [doc for doc in yaml.safe_load_all((repo / f"deploy/k8s/base/{service}.yaml").read_text()) if doc]
     (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]

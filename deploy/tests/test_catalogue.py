@@ -155,6 +155,25 @@ def test_keda_files_are_generated_from_the_current_catalogue(repo):
         assert path.read_text() == text, f"{path.relative_to(repo)} is stale: run `make catalogue`"
 
 
+def _network_policy_generator(repo: Path):
+    _keda_generator(repo)  # it imports its sibling by name
+    spec = importlib.util.spec_from_file_location("network_policies", repo / "deploy/k8s/network_policies.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_network_policies_are_generated_from_the_current_catalogue(repo):
+    generator = _network_policy_generator(repo)
+    for path, text in generator.outputs().items():
+        assert path.read_text() == text, f"{path.relative_to(repo)} is stale: run `make catalogue`"
+    for kustomization, generated in ((generator.BASE.parent, generator.BASE), (generator.TRITON.parent, generator.TRITON),
+                                     (generator.DEV.parent, generator.DEV)):
+        resources = yaml.safe_load((kustomization / "kustomization.yaml").read_text())["resources"]
+        assert generated.name in resources, f"{kustomization.relative_to(repo)} does not apply {generated.name}"
+
+
 def test_keda_triggers_are_the_catalogued_groups_and_topics(repo):
     for path in (repo / "deploy/k8s/components/autoscaling/autoscaling.yaml",
                  repo / "deploy/k8s/overlays/production/keda-triggers.yaml"):

@@ -36,12 +36,14 @@ proto-check: $(STAMP)
 	$(BIN)/python -m lineloop.contracts.codegen --check proto libs/contracts/src
 
 # Files derived from the service catalogue (libs/contracts/src/lineloop/contracts/services.toml):
-# KEDA's triggers; a test fails when they are stale.
+# KEDA's triggers and the NetworkPolicies; a test fails when they are stale.
 catalogue: $(STAMP)
 	$(BIN)/python deploy/k8s/keda_triggers.py
+	$(BIN)/python deploy/k8s/network_policies.py
 
 catalogue-check: $(STAMP)
-	$(BIN)/python deploy/k8s/keda_triggers.py --check
+	@rc=0; $(BIN)/python deploy/k8s/keda_triggers.py --check || rc=1; \
+	$(BIN)/python deploy/k8s/network_policies.py --check || rc=1; exit $$rc
 
 stack-up: $(STAMP)
 	$(BIN)/lineloop stack up

@@ -122,7 +122,8 @@ class _IndentedLists(yaml.SafeDumper):
         return super().increase_indent(flow, False)
 
 
-def _dump(header: str, docs: list[dict]) -> str:
+def dump(header: str, docs: list[dict]) -> str:
+    """Manifests as one YAML stream under `header` (network_policies.py writes its files with it too)."""
     body = "---\n".join(yaml.dump(doc, Dumper=_IndentedLists, sort_keys=False, default_flow_style=False) for doc in docs)
     return f"{header}---\n{body}"
 
@@ -141,7 +142,7 @@ def component(catalogue: Catalogue = CATALOGUE) -> str:
         }}
         for name in _consumers(catalogue)
     ]
-    return _dump(COMPONENT_HEADER, docs)
+    return dump(COMPONENT_HEADER, docs)
 
 
 def production(catalogue: Catalogue = CATALOGUE) -> str:
@@ -151,23 +152,21 @@ def production(catalogue: Catalogue = CATALOGUE) -> str:
          "spec": {"triggers": triggers(catalogue, name, bootstrap)}}
         for name in _consumers(catalogue)
     ]
-    return _dump(PRODUCTION_HEADER, docs)
+    return dump(PRODUCTION_HEADER, docs)
 
 
 def outputs() -> dict[Path, str]:
     return {COMPONENT: component(), PRODUCTION: production()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if a generated file is stale; write nothing")
-    args = parser.parse_args(argv)
+def sync(files: dict[Path, str], check: bool) -> int:
+    """Write each stale file, or with `check` only name them; 1 if any was stale under check."""
     stale = []
-    for path, text in outputs().items():
+    for path, text in files.items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
-        if args.check:
+        if check:
             stale.append(str(path.relative_to(K8S.parent.parent)))
         else:
             path.write_text(text)
@@ -176,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stale (run `make catalogue`): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if a generated file is stale; write nothing")
+    return sync(outputs(), parser.parse_args(argv).check)
 
 
 if __name__ == "__main__":

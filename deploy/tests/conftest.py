@@ -58,9 +58,39 @@ def conventions() -> Conventions:
     )
 
 
+@dataclass(frozen=True)
+class Published:
+    """One `ports:` entry of a compose service, short syntax `[HOST_IP:]HOST_PORT:CONTAINER_PORT`."""
+
+    host_ip: str | None  # None: Docker publishes on every interface
+    host_port: int
+    container_port: int
+
+
+def _published(definition: dict) -> list[Published]:
+    found = []
+    for entry in definition.get("ports", []):
+        match = re.fullmatch(r"(?:(.+):)?(\d+):(\d+)(?:/(?:tcp|udp))?", str(entry))
+        assert match, f"ports entry {entry!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT"
+        found.append(Published(match.group(1), int(match.group(2)), int(match.group(3))))
+    return found
+
+
 @pytest.fixture(scope="session")
 def compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="session")
+def published_ports():
+    """`published_ports(compose_service_definition)`: its `ports:` entries, parsed."""
+    return _published
+
+
+@pytest.fixture(scope="session")
+def compose_ports(compose) -> dict[str, list[Published]]:
+    """docker-compose.yml's published ports by service (those that publish any)."""
+    return {name: _published(definition) for name, definition in compose["services"].items() if definition.get("ports")}
 
 
 @pytest.fixture(scope="session")

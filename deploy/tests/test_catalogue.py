@@ -155,6 +155,25 @@ def test_keda_files_are_generated_from_the_current_catalogue(repo):
         assert path.read_text() == text, f"{path.relative_to(repo)} is stale: run `make catalogue`"
 
 
+def _network_policy_generator(repo: Path):
+    _keda_generator(repo)  # it imports its sibling by name
+    spec = importlib.util.spec_from_file_location("network_policies", repo / "deploy/k8s/network_policies.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_network_policies_are_generated_from_the_current_catalogue(repo):
+    generator = _network_policy_generator(repo)
+    for path, text in generator.outputs().items():
+        assert path.read_text() == text, f"{path.relative_to(repo)} is stale: run `make catalogue`"
+    for kustomization, generated in ((generator.BASE.parent, generator.BASE), (generator.TRITON.parent, generator.TRITON),
+                                     (generator.DEV.parent, generator.DEV)):
+        resources = yaml.safe_load((kustomization / "kustomization.yaml").read_text())["resources"]
+        assert generated.name in resources, f"{kustomization.relative_to(repo)} does not apply {generated.name}"
+
+
 def test_keda_triggers_are_the_catalogued_groups_and_topics(repo):
     for path in (repo / "deploy/k8s/components/autoscaling/autoscaling.yaml",
                  repo / "deploy/k8s/overlays/production/keda-triggers.yaml"):
@@ -290,21 +309,22 @@ def test_embedded_stack_creates_every_catalogued_bucket():
     assert set(CREATED_BY_STACK) == set(ENSURED_BY_SERVICES) == set(CATALOGUE.buckets.values())
 
 
-def test_compose_publishes_no_host_port_twice(compose):
-    published = [port.split(":")[0] for definition in compose["services"].values() for port in definition.get("ports", [])]
+def test_compose_publishes_no_host_port_twice(compose_ports):
+    published = [port.host_port for ports in compose_ports.values() for port in ports]
     assert len(published) == len(set(published)), sorted(p for p in published if published.count(p) > 1)
 
 
 @pytest.mark.parametrize("service", [name for name, entry in CATALOGUE.services.items() if entry.http_port])
-def test_a_served_http_port_is_published_where_the_others_are(service, compose, repo):
+def test_a_served_http_port_is_published_where_the_others_are(service, compose, compose_ports, repo):
     """A port the service's settings serve (the monitor's dashboard) is exposed by compose and the
     k8s base too."""
     entry = CATALOGUE.service(service)
+    published = {(port.host_port, port.container_port) for port in compose_ports.get(service, [])}
     if "http_port" not in _settings_class(service).model_fields:
         # Reserved, not served yet: nothing may expose it meanwhile.
-        assert f"{entry.http_port}:{entry.http_port}" not in compose["services"][service].get("ports", [])
+        assert (entry.http_port, entry.http_port) not in published
         return
-    assert f"{entry.http_port}:{entry.http_port}" in compose["services"][service]["ports"]
+    assert (entry.http_port, entry.http_port) in published
     assert compose["services"][service]["environment"][f"{entry.settings_prefix}HTTP_PORT"] == str(entry.http_port)
     docs = [doc for doc in yaml.safe_load_all((repo / f"deploy/k8s/base/{service}.yaml").read_text()) if doc]
     (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]

@@ -19,6 +19,8 @@ from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES, MAX_RECORD_BYTES
 
 HEALTHCHECK = ["CMD", "python", "-m", "lineloop.runtime.healthcheck"]
+# The one address docker-compose.yml publishes every port on: loopback unless the operator sets it.
+PUBLISH_HOST = "${LINELOOP_PUBLISH_HOST:-127.0.0.1}"
 
 
 def _docker_compose() -> str:
@@ -28,12 +30,13 @@ def _docker_compose() -> str:
     return binary
 
 
-def _compose_config(repo: Path, *files: str) -> subprocess.CompletedProcess:
+def _compose_config(repo: Path, *files: str, **variables: str) -> subprocess.CompletedProcess:
     command = [_docker_compose()]
     for file in files:
         command += ["-f", file]
-    # A clean environment: the file's own ${VAR:-default}s must be enough to validate.
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    # A clean environment: the file's own ${VAR:-default}s must be enough to validate, plus the
+    # variables an override requires.
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **variables}
     return subprocess.run([*command, "config", "-q"], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -46,6 +49,14 @@ def _compose_config(repo: Path, *files: str) -> subprocess.CompletedProcess:
 def test_docker_compose_validates_the_file(repo, files):
     result = _compose_config(repo, *files)
     assert result.returncode == 0, result.stderr
+
+
+def test_docker_compose_validates_the_plant_gateway_override(repo):
+    files = ("docker-compose.yml", "deploy/compose/plant-gateways.yml")
+    assert _compose_config(repo, *files, LINELOOP_GATEWAY_PUBLISH_HOST="10.20.0.5").returncode == 0
+    # Without the address it refuses, saying what to set, rather than publishing somewhere.
+    refused = _compose_config(repo, *files)
+    assert refused.returncode != 0 and "LINELOOP_GATEWAY_PUBLISH_HOST" in refused.stderr
 
 
 def test_the_gpu_compiler_image_gets_the_tensorrt_its_h100_profiles_build_with(repo):
@@ -152,19 +163,49 @@ def test_services_start_after_their_dependencies_are_healthy(compose, convention
         assert services[scorer]["depends_on"]["triton"]["condition"] == "service_healthy"
 
 
-def test_services_publish_their_grpc_ports(compose, conventions):
+def test_services_publish_their_grpc_ports(compose_ports, conventions):
     for service in conventions.services:
         port = conventions.grpc_ports[service]
-        assert f"{port}:{port}" in compose["services"][service]["ports"]
+        assert (port, port) in {(p.host_port, p.container_port) for p in compose_ports[service]}, service
 
 
-def test_host_ports_are_the_embedded_defaults(compose, conventions):
+def test_every_published_port_binds_to_the_loopback_default(compose_ports, published_ports, repo):
+    # Nothing is reachable from another machine unless the operator says so (README).
+    assert compose_ports, "the scan found no published ports"
+    for name, ports in compose_ports.items():
+        for port in ports:
+            assert port.host_ip == PUBLISH_HOST, f"{name} publishes {port.host_port} on {port.host_ip or 'every interface'}"
+    cluster = yaml.safe_load((repo / "deploy/compose/kafka-cluster.yml").read_text())["services"]
+    for name in ("kafka-2", "kafka-3"):
+        for port in published_ports(cluster[name]):
+            assert port.host_ip == PUBLISH_HOST, f"kafka-cluster.yml: {name} publishes {port.host_port} on {port.host_ip}"
+
+
+def test_the_loopback_check_catches_a_port_on_every_interface(published_ports):
+    (port,) = published_ports({"ports": ["9092:9094"]})
+    assert port.host_ip is None
+    (port,) = published_ports({"ports": [f"{PUBLISH_HOST}:9092:9094"]})
+    assert (port.host_ip, port.host_port, port.container_port) == (PUBLISH_HOST, 9092, 9094)
+
+
+def test_the_plant_gateway_override_opens_only_kafka_and_ingest(repo, compose, conventions, published_ports):
+    override = yaml.safe_load((repo / "deploy/compose/plant-gateways.yml").read_text())["services"]
+    assert set(override) == {"kafka", "ingest"}
+    kafka = published_ports(override["kafka"])
+    ingest = published_ports(override["ingest"])
+    assert [(p.host_port, p.container_port) for p in ingest] == [(conventions.grpc_ports["ingest"],) * 2]
+    external = re.search(r"EXTERNAL://:(\d+)", compose["services"]["kafka"]["environment"]["KAFKA_LISTENERS"]).group(1)
+    assert [p.container_port for p in kafka] == [int(external)]
+    for port in kafka + ingest:
+        assert port.host_ip.startswith("${LINELOOP_GATEWAY_PUBLISH_HOST:?"), port
+    # Kafka sends clients to the address it advertises: the one it is published on.
+    advertised = override["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert f"EXTERNAL://{kafka[0].host_ip}:{kafka[0].host_port}" in advertised
+
+
+def test_host_ports_are_the_embedded_defaults(compose_ports, compose, conventions):
     # A CLI on the host with the README defaults talks to this stack as to the embedded one.
-    published = {
-        int(port.split(":")[0]): (name, int(port.split(":")[1]))
-        for name, definition in compose["services"].items()
-        for port in definition.get("ports", [])
-    }
+    published = {port.host_port: (name, port.container_port) for name, ports in compose_ports.items() for port in ports}
     defaults = conventions.defaults
     expected = {
         "LINELOOP_KAFKA_BOOTSTRAP": ("kafka", None),

@@ -69,9 +69,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=. -m "not slow"
 
-# Benchmarks are scripts, not tests: each prints its figures and ratios.
+# Benchmarks are scripts, not tests: each prints its figures and ratios (services', then the
+# platform's: deploy/local/bench, start-up of the six services).
 bench: $(STAMP)
-	@set -e; for b in services/*/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@set -e; for b in services/*/bench/bench_*.py deploy/local/bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 # Faults injected into a running loop (docs/chaos.md), then the fuzzers at full size.
 # Both always run; the target fails if either does.

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from lineloop.model.export import export_onnx
-from lineloop.training.trainer import Split, TrainJob, TrainParams, train
+from lineloop.training.job import Split, TrainJob, TrainParams
+from lineloop.training.trainer import train
 from lineloop.vision import CLASSES, AppleRenderer, encode_png
 
 

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from lineloop.training.distributed import train_distributed
-from lineloop.training.trainer import Cancelled, Split, TrainJob, TrainParams, train
+from lineloop.training.job import Cancelled, Split, TrainJob, TrainParams
+from lineloop.training.trainer import train
 from lineloop.vision import AppleRenderer, encode_png
 
 CLASSES = ["bruise", "ok", "rot", "scab"]

@@ -27,7 +27,6 @@ from lineloop.compiler.tensorrt_builds import PlanRunner, build_plan, capability
 from lineloop.compiler.verify import OnnxRunner, Runner, TorchRunner, verify
 from lineloop.contracts.catalogue import bucket
 from lineloop.edge.manifest import Artifact, BuildManifest, sha256_hex
-from lineloop.model.net import load_checkpoint
 from lineloop.storage.objects import ObjectStore, ObjectStoreError
 from lineloop.v1.events_pb2 import (
     BUILD_STATUS_FAILED,
@@ -78,7 +77,7 @@ def run_build(env: BuildEnvironment, model: ModelRegistered, profile: TargetProf
                                name=f"{model.dataset} {model.dataset_version}")
         held_out = frames.split("test", "val", limit=env.verification_frames)
         calibration = frames.split("train", limit=profile.calibration_frames) if profile.precision == "int8" else None
-        reference = TorchRunner(load_checkpoint(weights))
+        reference = TorchRunner.from_checkpoint(weights)
         artifact, candidate = _compile(env, model, profile, source, calibration)
     except (FramesUnavailable, BuildError, ObjectStoreError) as err:
         result.status, result.reason = BUILD_STATUS_FAILED, str(err)

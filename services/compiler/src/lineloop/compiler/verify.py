@@ -14,15 +14,16 @@ import dataclasses
 import platform
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from lineloop.compiler.profiles import Tolerance
-from lineloop.model.export import Serving
-from lineloop.model.net import InspectionNet
 from lineloop.v1.events_pb2 import VerificationReport
+
+if TYPE_CHECKING:
+    from lineloop.model.net import InspectionNet
 
 # images [N,3,S,S] -> probabilities [N,C]
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -42,12 +43,22 @@ class OnnxRunner:
 
 
 class TorchRunner:
-    """The torch model (eager, CPU) under the serving contract: the reference for every build."""
+    """The torch model (eager, CPU) under the serving contract: the reference for every build.
+
+    torch is imported by the first build (in the build's thread), not at the service's start.
+    """
 
     def __init__(self, model: InspectionNet) -> None:
+        from lineloop.model.export import Serving
         self.model = Serving(model).eval()
 
+    @classmethod
+    def from_checkpoint(cls, weights: bytes) -> TorchRunner:
+        from lineloop.model.net import load_checkpoint
+        return cls(load_checkpoint(weights))
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        import torch
         with torch.inference_mode():
             probabilities, _ = self.model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
         return probabilities.numpy()

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from lineloop.runtime import Service, abort
 from lineloop.training import state
 from lineloop.training.settings import TrainingSettings
-from lineloop.training.trainer import TrainParams
+from lineloop.training.job import TrainParams
 from lineloop.v1 import training_pb2 as pb
 from lineloop.v1.training_pb2_grpc import TrainingServiceServicer
 

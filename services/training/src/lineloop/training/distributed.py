@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lineloop.training.trainer import Cancelled, EpochResult, TrainJob, TrainResult, train
+from lineloop.training.job import Cancelled, EpochResult, TrainJob
+from lineloop.training.trainer import TrainResult, train
 
 TAIL_INTERVAL_S = 0.5
 

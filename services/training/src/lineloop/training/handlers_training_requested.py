@@ -5,7 +5,7 @@ from __future__ import annotations
 from lineloop.bus import EventContext, Reject
 from lineloop.training import state
 from lineloop.training.settings import TrainingSettings
-from lineloop.training.trainer import TrainParams
+from lineloop.training.job import TrainParams
 from lineloop.v1.events_pb2 import TrainingRequested
 
 

@@ -22,39 +22,41 @@ import socket
 import subprocess
 import threading
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
-import torch
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import metrics as otel_metrics
 from sqlalchemy import select, update
 
 from lineloop.contracts.catalogue import bucket
-from lineloop.model.export import export_onnx
 from lineloop.model.dataset import DatasetSplits
 from lineloop.model.manifest import FrameCache, ManifestError, class_list
-from lineloop.model.net import checkpoint_bytes
 from lineloop.runtime import Service
 from lineloop.storage.sql import utcnow
 from lineloop.training import state
-from lineloop.training.distributed import train_distributed
 from lineloop.training.settings import TrainingSettings
-from lineloop.training.trainer import Cancelled, EpochResult, Split, TrainJob, TrainParams, TrainResult, train
+from lineloop.training.job import Cancelled, EpochResult, Split, TrainJob, TrainParams
 from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1.events_pb2 import ModelTrained
 from lineloop.v1.registry_pb2 import GetVersionRequest
 from lineloop.v1.registry_pb2_grpc import RegistryServiceStub
 from lineloop.runtime.client import aio_channel as aio_grpc_channel
 
+if TYPE_CHECKING:
+    from lineloop.training.trainer import TrainResult
+
 log = logging.getLogger(__name__)
 MODELS_BUCKET = bucket("models")
 
 _meter = otel_metrics.get_meter("lineloop.training")
-runs_finished = _meter.create_counter("lineloop_training_runs_total", description="Runs ended, by outcome")
-epoch_frames_per_s = _meter.create_histogram("lineloop_training_epoch_frames_per_second", unit="1/s")
-run_seconds = _meter.create_histogram("lineloop_training_run_seconds", unit="s")
+runs_finished = _meter.create_counter("lineloop.training.runs", unit="{run}", description="Runs ended, by outcome")
+epoch_frames_per_s = _meter.create_histogram("lineloop.training.epoch.throughput", unit="{frame}/s",
+                                             description="Frames trained per second in one epoch")
+run_seconds = _meter.create_histogram("lineloop.training.run.duration", unit="s", description="Run length, by outcome")
 
 
 class RunFailed(Exception):
@@ -75,7 +77,17 @@ def code_version() -> str:
         return "unknown"
 
 
+def torch_modules() -> ModuleType:
+    """torch and the trainer, imported when a run first needs them (seconds on a small box): the
+    service starts and answers health without them. Call through asyncio.to_thread."""
+    import torch  # noqa: F401
+
+    from lineloop.training import distributed
+    return distributed
+
+
 def host_info() -> dict:
+    import torch  # loaded by the run that asks (torch_modules)
     return {
         "hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -186,6 +198,7 @@ class RunWorker:
             ds = state.get_dataset(s, row["dataset"], row["dataset_version"])
         if ds is None:
             raise RunFailed(f"dataset {row['dataset']} {row['dataset_version']} is not known to training")
+        distributed = await asyncio.to_thread(torch_modules)
         dataset = await DatasetSplits.aread(self.service.objects, _manifest_ref(ds))  # model labels train only
         entries = dataset.entries
         classes = class_list(entries, ds["classes"])
@@ -227,11 +240,11 @@ class RunWorker:
         t2 = time.perf_counter()
         processes = self.settings.process_count()
         if processes > 1:
-            result: TrainResult = await train_distributed(
+            result: TrainResult = await distributed.train_distributed(
                 job, processes, on_epoch=lambda e: self._record_epoch(run_id, e), cancel=cancel)
         else:
             result = await asyncio.to_thread(
-                train, job, on_epoch=lambda e: self._record_epoch(run_id, e), should_stop=cancel.is_set)
+                distributed.train, job, on_epoch=lambda e: self._record_epoch(run_id, e), should_stop=cancel.is_set)
         timings["train_s"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
@@ -265,6 +278,7 @@ class RunWorker:
             return None, "", f"scratch: the registry names no weights for production version {prod.version}"
         try:
             data = await self.service.objects.aio.get_bytes(ref.bucket, ref.key, expected_sha256=ref.sha256 or None)
+            import torch  # loaded by _run before the warm start (torch_modules)
             ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:
             return None, "", f"scratch: production weights {ref.bucket}/{ref.key} unreadable ({err})"
@@ -277,6 +291,8 @@ class RunWorker:
                                timings: dict[str, float]) -> ModelTrained:
         run_id, model_name = row["run_id"], row["model_name"]
         prefix = f"{model_name}/{run_id}/"
+        from lineloop.model.export import export_onnx
+        from lineloop.model.net import checkpoint_bytes
         onnx_bytes = await asyncio.to_thread(export_onnx, result.model)
         objects = self.service.objects.aio
         weights = await objects.put_bytes(MODELS_BUCKET, prefix + "weights.pt", checkpoint_bytes(result.model),

@@ -1,9 +1,13 @@
 """`lineloop up/down`: the stack plus the six services, and nothing left behind. The stack runs
 with LINELOOP_STACK_AUTH=required here (one boot for both): it issues its own tokens and
-requires them."""
+requires them. With a known object-store secret and those tokens, no secret may appear in a
+log, an event or a command's output."""
 
+import asyncio
 import json
 import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +20,8 @@ from .conftest import processes_under, run
 @pytest.mark.slow  # boots every service (training imports torch)
 def test_up_serves_six_services_with_metrics_and_down_leaves_nothing(cli_env):
     config, env = cli_env
-    env = {**env, "LINELOOP_STACK_AUTH": "required"}
+    s3_secret = f"s3-secret-{uuid.uuid4().hex}"
+    env = {**env, "LINELOOP_STACK_AUTH": "required", "LINELOOP_S3_SECRET_KEY": s3_secret}
     env.pop("LINELOOP_TOKEN", None)
     env.pop("LINELOOP_TOKEN_FILE", None)
     up = run(env, "up")
@@ -31,7 +36,8 @@ def test_up_serves_six_services_with_metrics_and_down_leaves_nothing(cli_env):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             assert response.status == 200 and b"# TYPE" in response.read(), name
 
-    _calls_need_a_token_of_a_role_that_may_make_them(config, env, up.stdout)
+    outputs = [up.stdout, up.stderr, *_calls_need_a_token_of_a_role_that_may_make_them(config, env, up.stdout)]
+    _no_secret_is_written_anywhere(config, env, s3_secret, outputs)
 
     # The services are found without their pidfiles too (by the marker in their environment).
     for pidfile in config.run_dir.glob("service-*.pid"):
@@ -63,3 +69,54 @@ def _calls_need_a_token_of_a_role_that_may_make_them(config, env, up_output: str
     annotator = run({**env, "LINELOOP_TOKEN_FILE": str(tokens / "annotator.jwt")},
                     "models", "rollback", "apples", *registry)
     assert annotator.returncode == 1 and "PERMISSION_DENIED" in annotator.stderr and "release-manager" in annotator.stderr
+    # A token signed by someone else: refused, and the refusal does not repeat it.
+    forged = _forged_token(tokens / "admin.jwt")
+    refused = run({**env, "LINELOOP_TOKEN": forged}, "models", "list", "--json", *registry)
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+    assert forged not in refused.stderr + refused.stdout
+    return [r.stdout + r.stderr for r in (anonymous, admin, service, annotator, refused)] + [forged]
+
+
+def _forged_token(real: Path) -> str:
+    """The real admin token with its signature replaced: well-formed, wrongly signed."""
+    header, payload, _ = real.read_text().strip().split(".")
+    return f"{header}.{payload}.{'A' * 86}"
+
+
+def _no_secret_is_written_anywhere(config, env, s3_secret: str, outputs: list[str]) -> None:
+    """Every log the stack and services wrote, every record on every topic and every command's
+    output, scanned for the object-store secret, each token and the signing key."""
+    auth = config.state_dir / "auth"
+    *outputs, forged = outputs
+    secrets = {"object-store secret": s3_secret, "forged token": forged}
+    for path in [*auth.glob("tokens/*.jwt"), auth / "service" / "token"]:
+        secrets[f"token {path.name}"] = path.read_text().strip()
+    key_lines = [line for line in (auth / "signing.key").read_text().splitlines() if line and "-----" not in line]
+    secrets["signing key"] = max(key_lines, key=len)  # a full line of the private key's base64 body
+    logs = {str(p): p.read_text(errors="replace") for p in config.logs_dir.rglob("*") if p.is_file()}
+    assert logs, "no logs to scan"
+    records = asyncio.run(_every_record(env.get("LINELOOP_KAFKA_BOOTSTRAP", config.kafka_bootstrap)))
+    places = {**logs, **{f"command output {i}": out for i, out in enumerate(outputs)},
+              **{f"record on {topic}": value for topic, value in records}}
+    found = [f"{what} in {where}" for what, secret in secrets.items() for where, text in places.items()
+             if secret in text]
+    assert found == [], found
+
+
+async def _every_record(bootstrap: str) -> list[tuple[str, str]]:
+    from aiokafka import AIOKafkaConsumer
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        topics = sorted(await consumer.topics())
+        consumer.subscribe(topics)
+        found, quiet = [], 0
+        while quiet < 2:  # until two fetches in a row bring nothing
+            batch = await consumer.getmany(timeout_ms=1000)
+            quiet = 0 if batch else quiet + 1
+            for records in batch.values():
+                found += [(r.topic, (r.value or b"").decode("latin-1") + repr(r.headers)) for r in records]
+        return found
+    finally:
+        await consumer.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,10 +178,15 @@ def sync(files: dict[Path, str], check: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(generate: Callable[[], dict[Path, str]], description: str, argv: list[str] | None = None) -> int:
+    """The command line of a generator: write its files, or with --check fail when one is stale."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--check", action="store_true", help="fail if a generated file is stale; write nothing")
-    return sync(outputs(), parser.parse_args(argv).check)
+    return sync(generate(), parser.parse_args(argv).check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(outputs, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

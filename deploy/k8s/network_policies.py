@@ -19,7 +19,6 @@ fails when the code makes one not listed) and from the rpcs' declared roles (gat
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # keda_triggers, the sibling generator
-from keda_triggers import K8S, base_config, dump, sync  # noqa: E402
+from keda_triggers import K8S, base_config, cli, dump  # noqa: E402
 
 from lineloop.contracts.access import METHOD_ROLES  # noqa: E402
 from lineloop.contracts.catalogue import CATALOGUE, Catalogue  # noqa: E402
@@ -204,9 +203,7 @@ def outputs() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if a generated file is stale; write nothing")
-    return sync(outputs(), parser.parse_args(argv).check)
+    return cli(outputs, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,9 @@ class ManagedProcess:
         for proc in roots:
             try:
                 proc.send_signal(signal.SIGTERM)
+                # A stopped process (SIGSTOP, a debugger) only acts on SIGTERM once continued; as
+                # systemd does, continue it so it shuts down now rather than at the SIGKILL.
+                proc.send_signal(signal.SIGCONT)
             except psutil.NoSuchProcess:
                 pass
         _, alive = psutil.wait_procs(roots, timeout=timeout)

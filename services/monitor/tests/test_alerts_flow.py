@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lineloop.bus import Bus
-from lineloop.v1 import common_pb2, events_pb2, monitor_pb2, monitor_pb2_grpc
+from lineloop.v1 import common_pb2, events_pb2, monitor_pb2, monitor_pb2_grpc, options_pb2
 
 RAISED, CLEARED = events_pb2.ALERT_STATE_RAISED, events_pb2.ALERT_STATE_CLEARED
 
@@ -56,26 +56,29 @@ async def watch_until(stub, line: str, done, timeout: float = 60.0) -> list[even
     return seen
 
 
-async def published_alerts(stack, line: str, settle_s: float = 3.0, timeout: float = 40.0) -> list[events_pb2.Alert]:
-    """Every alerts.changed.v1 event of `line` on the broker: read until none came for `settle_s`."""
-    found: list = []
-    reader = Bus(stack.kafka_bootstrap, source="test/reader", session_timeout_ms=6000, heartbeat_interval_ms=1000)
-
-    @reader.handler(events_pb2.Alert, group=f"reader-{uuid.uuid4()}")
-    async def keep(msg, ctx):
-        if msg.line_id == line:
-            found.append(msg)
-
+async def published_alerts(stack, line: str, settle_s: float = 2.0, timeout: float = 40.0) -> list[events_pb2.Alert]:
+    """Every alerts.changed.v1 event of `line` on the broker, read from the beginning (no consumer
+    group, so no group join to wait for) until none came for `settle_s`."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    topic = events_pb2.Alert.DESCRIPTOR.GetOptions().Extensions[options_pb2.topic]
+    reader = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False)
     await reader.start()
+    found: list = []
     try:
+        await reader._client.force_metadata_update()  # the topic's partitions, created by the monitor
+        partitions = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
+        assert partitions, f"no partitions of {topic}"
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
         loop = asyncio.get_running_loop()
-        deadline, count, quiet_since = loop.time() + timeout, -1, loop.time()
-        while loop.time() < deadline:
-            if len(found) != count:
-                count, quiet_since = len(found), loop.time()
-            elif found and loop.time() - quiet_since > settle_s:
-                break
-            await asyncio.sleep(0.2)
+        deadline, quiet_since = loop.time() + timeout, loop.time()
+        while loop.time() < deadline and not (found and loop.time() - quiet_since > settle_s):
+            batch = await reader.getmany(timeout_ms=200)
+            alerts = [events_pb2.Alert.FromString(r.value) for records in batch.values() for r in records]
+            mine = [a for a in alerts if a.line_id == line]
+            if mine:
+                found += mine
+                quiet_since = loop.time()
     finally:
         await reader.stop()
     return found
@@ -111,11 +114,15 @@ async def test_one_dirty_lens_of_two_is_named_raised_once_and_cleared_once(stack
             # 100 clean frames per camera: each camera's reference (60) and clean current windows;
             # then cam-1's lens is dirty for 40 of its frames; then it is clean again for 100.
             for phase, frames_per_camera in (("clean", 100), ("dirty", 40), ("clean", 100)):
-                for _ in range(frames_per_camera):
-                    for camera in ("cam-0", "cam-1"):
-                        dirty = phase == "dirty" and camera == "cam-1"
-                        await producer.publish(on_camera(line, i, camera, rng, sharpness=150.0 if dirty else 900.0))
-                        i += 1
+                for _ in range(frames_per_camera // 10):
+                    # Ten frames per camera at a time, acknowledged together: the phases stay in order.
+                    batch = []
+                    for _ in range(10):
+                        for camera in ("cam-0", "cam-1"):
+                            dirty = phase == "dirty" and camera == "cam-1"
+                            batch.append(on_camera(line, i, camera, rng, sharpness=150.0 if dirty else 900.0))
+                            i += 1
+                    await asyncio.gather(*(producer.publish(msg) for msg in batch))
             seen = await watching
         finally:
             await producer.stop()
@@ -197,13 +204,17 @@ async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor):
             a.kind == events_pb2.ALERT_KIND_SCORING_OUTAGE and a.state == CLEARED for a in seen)))
         await asyncio.sleep(0.5)
         try:
+            batch = []
             for i in range(120):  # scored, then 20 frames without a prediction, then scored again
                 msg = frame(line, i, rng, sharpness=900.0)
                 if 60 <= i < 80:
                     msg.prediction.Clear()
                     msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
                     msg.prediction.missing_reason = outage
-                await producer.publish(msg)
+                batch.append(msg)
+                if len(batch) == 20:  # acknowledged together; the three phases stay in order
+                    await asyncio.gather(*(producer.publish(m) for m in batch))
+                    batch = []
             seen = await watching
         finally:
             await producer.stop()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lineloop.bus import Bus
-from lineloop.v1 import common_pb2, events_pb2, monitor_pb2, monitor_pb2_grpc, options_pb2
+from lineloop.v1 import common_pb2, events_pb2, monitor_pb2, monitor_pb2_grpc
 
 RAISED, CLEARED = events_pb2.ALERT_STATE_RAISED, events_pb2.ALERT_STATE_CLEARED
 
@@ -56,34 +56,6 @@ async def watch_until(stub, line: str, done, timeout: float = 60.0) -> list[even
     return seen
 
 
-async def published_alerts(stack, line: str, settle_s: float = 2.0, timeout: float = 40.0) -> list[events_pb2.Alert]:
-    """Every alerts.changed.v1 event of `line` on the broker, read from the beginning (no consumer
-    group, so no group join to wait for) until none came for `settle_s`."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    topic = events_pb2.Alert.DESCRIPTOR.GetOptions().Extensions[options_pb2.topic]
-    reader = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-    await reader.start()
-    found: list = []
-    try:
-        await reader._client.force_metadata_update()  # the topic's partitions, created by the monitor
-        partitions = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
-        assert partitions, f"no partitions of {topic}"
-        reader.assign(partitions)
-        await reader.seek_to_beginning(*partitions)
-        loop = asyncio.get_running_loop()
-        deadline, quiet_since = loop.time() + timeout, loop.time()
-        while loop.time() < deadline and not (found and loop.time() - quiet_since > settle_s):
-            batch = await reader.getmany(timeout_ms=200)
-            alerts = [events_pb2.Alert.FromString(r.value) for records in batch.values() for r in records]
-            mine = [a for a in alerts if a.line_id == line]
-            if mine:
-                found += mine
-                quiet_since = loop.time()
-    finally:
-        await reader.stop()
-    return found
-
-
 async def active_alerts(stub, line: str) -> list[events_pb2.Alert]:
     """The line's active alerts; none while the monitor has not handled its first frame yet."""
     try:
@@ -99,7 +71,8 @@ def transitions(alerts, kind: int) -> list[tuple[str, int, str]]:
 
 
 @pytest.mark.parametrize("monitor", [{"reference_frames": 60, "current_frames": 30}], indirect=True)
-async def test_one_dirty_lens_of_two_is_named_raised_once_and_cleared_once(stack, monitor):
+async def test_one_dirty_lens_of_two_is_named_raised_once_and_cleared_once(stack, monitor, publish_in_order,
+                                                                           topic_events):
     line = f"line-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(11)
     producer = Bus(stack.kafka_bootstrap, source="test/ingest")
@@ -114,15 +87,13 @@ async def test_one_dirty_lens_of_two_is_named_raised_once_and_cleared_once(stack
             # 100 clean frames per camera: each camera's reference (60) and clean current windows;
             # then cam-1's lens is dirty for 40 of its frames; then it is clean again for 100.
             for phase, frames_per_camera in (("clean", 100), ("dirty", 40), ("clean", 100)):
-                for _ in range(frames_per_camera // 10):
-                    # Ten frames per camera at a time, acknowledged together: the phases stay in order.
-                    batch = []
-                    for _ in range(10):
-                        for camera in ("cam-0", "cam-1"):
-                            dirty = phase == "dirty" and camera == "cam-1"
-                            batch.append(on_camera(line, i, camera, rng, sharpness=150.0 if dirty else 900.0))
-                            i += 1
-                    await asyncio.gather(*(producer.publish(msg) for msg in batch))
+                batch = []
+                for _ in range(frames_per_camera):
+                    for camera in ("cam-0", "cam-1"):
+                        dirty = phase == "dirty" and camera == "cam-1"
+                        batch.append(on_camera(line, i, camera, rng, sharpness=150.0 if dirty else 900.0))
+                        i += 1
+                await publish_in_order(producer, batch)
             seen = await watching
         finally:
             await producer.stop()
@@ -136,7 +107,7 @@ async def test_one_dirty_lens_of_two_is_named_raised_once_and_cleared_once(stack
     assert cleared.score < cleared.clear_below and cleared.raised_at == raised.raised_at
     assert not any(a.kind == events_pb2.ALERT_KIND_CAMERA_DRIFT for a in health.active_alerts)
 
-    on_broker = await published_alerts(stack, line)
+    on_broker = await topic_events(events_pb2.Alert, lambda a: a.line_id == line, quiet_s=2.0)
     assert transitions(on_broker, events_pb2.ALERT_KIND_CAMERA_DRIFT) == [("cam-1", RAISED, alert_id),
                                                                          ("cam-1", CLEARED, alert_id)]
 
@@ -185,7 +156,7 @@ async def test_a_camera_that_goes_silent_raises_and_clears_when_it_sends_again(s
 
 # max_unscored_share 0.2 and unscored_clear_share 0.1 of a current window of 20 frames.
 @pytest.mark.parametrize("monitor", [{"reference_frames": 40, "current_frames": 20}], indirect=True)
-async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor):
+async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor, publish_in_order):
     line = f"line-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(13)
     outage = "Triton at 127.0.0.1:8001 UNAVAILABLE"
@@ -212,9 +183,7 @@ async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor):
                     msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
                     msg.prediction.missing_reason = outage
                 batch.append(msg)
-                if len(batch) == 20:  # acknowledged together; the three phases stay in order
-                    await asyncio.gather(*(producer.publish(m) for m in batch))
-                    batch = []
+            await publish_in_order(producer, batch)  # batches of 20: the three phases stay in order
             seen = await watching
         finally:
             await producer.stop()

@@ -82,7 +82,7 @@ async def poll(url: str, ready, timeout: float = 60.0) -> dict:
             await asyncio.sleep(0.3)
 
 
-async def test_the_dashboard_shows_a_real_run_in_headless_chromium(stack, monitor):
+async def test_the_dashboard_shows_a_real_run_in_headless_chromium(stack, monitor, publish_in_order):
     chromium = chromium_path()
     from playwright.async_api import async_playwright
 
@@ -101,11 +101,12 @@ async def test_the_dashboard_shows_a_real_run_in_headless_chromium(stack, monito
             events_pb2.LineDeployment(line_id=drifting, production_version="1", canary_version="2", canary_share=0.2)],
             "canary at 20%"))
         await poll(f"{base}/api/dashboard", lambda d: len(d["model_changes"]) == 2)
-        for i in range(210):  # 150 clean frames (reference 100, current 50), then the lens gets dirty
-            await producer.publish(frame(drifting, i, rng, version="2" if i % 5 == 0 else "1", canary=i % 5 == 0,
-                                         sharpness=900.0 if i < 150 else 150.0))
-        for i in range(40):
-            await producer.publish(frame(steady, i, rng, version="1", canary=False, sharpness=900.0))
+        # 150 clean frames (reference 100, current 50), then the lens gets dirty (batches of 30: 150 = 5 x 30)
+        await publish_in_order(producer, [
+            frame(drifting, i, rng, version="2" if i % 5 == 0 else "1", canary=i % 5 == 0,
+                  sharpness=900.0 if i < 150 else 150.0) for i in range(210)], batch=30)
+        await publish_in_order(producer, [frame(steady, i, rng, version="1", canary=False, sharpness=900.0)
+                                          for i in range(40)])
         for i in range(40):  # the model said "rot" on every 4th frame; humans disagree on frames 1 and 2 of 8
             label = ("rot" if i % 4 == 0 else "ok") if i % 8 not in (1, 2) else "rot"
             await producer.publish(events_pb2.LabelCreated(frame_id=f"{drifting}-{i}", line_id=drifting,

@@ -32,27 +32,8 @@ def frame(line: str, i: int, rng: np.random.Generator, *, sharpness: float) -> e
     return msg
 
 
-async def collect(stack, message_type, predicate, timeout=40.0) -> list:
-    """Events of `message_type` matching `predicate`, read by a throwaway consumer bus."""
-    found: list = []
-    reader = Bus(stack.kafka_bootstrap, source="test/reader", session_timeout_ms=6000, heartbeat_interval_ms=1000)
-
-    @reader.handler(message_type, group=f"reader-{uuid.uuid4()}")
-    async def keep(msg, ctx):
-        if predicate(msg):
-            found.append(msg)
-
-    await reader.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not found and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.2)
-    finally:
-        await reader.stop()
-    return found
-
-
-async def test_a_dirty_lens_is_reported_once_and_no_run_is_requested_on_the_old_data(stack, monitor):
+async def test_a_dirty_lens_is_reported_once_and_no_run_is_requested_on_the_old_data(stack, monitor, publish_in_order,
+                                                                                    topic_events):
     line = f"line-{uuid.uuid4().hex[:8]}"
     rng = np.random.default_rng(1)
     producer = Bus(stack.kafka_bootstrap, source="test/ingest")
@@ -61,10 +42,9 @@ async def test_a_dirty_lens_is_reported_once_and_no_run_is_requested_on_the_old_
     stub = monitor_pb2_grpc.MonitorServiceStub(channel)
     alerts = stub.WatchAlerts(monitor_pb2.WatchAlertsRequest(line_id=line))
     try:
-        for i in range(160):  # the reference window (100) and clean current windows
-            await producer.publish(frame(line, i, rng, sharpness=900.0))
-        for i in range(160, 240):  # the lens gets dirty: sharpness collapses
-            await producer.publish(frame(line, i, rng, sharpness=150.0))
+        # the reference window (100) and clean current windows; then the lens gets dirty: sharpness collapses
+        await publish_in_order(producer, [frame(line, i, rng, sharpness=900.0) for i in range(160)])
+        await publish_in_order(producer, [frame(line, i, rng, sharpness=150.0) for i in range(160, 240)])
         alert = await asyncio.wait_for(alerts.read(), 60)
     finally:
         await producer.stop()
@@ -73,8 +53,9 @@ async def test_a_dirty_lens_is_reported_once_and_no_run_is_requested_on_the_old_
     assert alert.kind == events_pb2.ALERT_KIND_LINE_DRIFT and alert.state == events_pb2.ALERT_STATE_RAISED
     assert alert.score > alert.threshold > alert.clear_below
     drift, requests = await asyncio.gather(
-        collect(stack, events_pb2.DriftDetected, lambda m: m.line_id == line),
-        collect(stack, events_pb2.TrainingRequested, lambda m: m.dataset == line, timeout=8),
+        topic_events(events_pb2.DriftDetected, lambda m: m.line_id == line, quiet_s=2.0),
+        # Every frame is handled (the alert came after them); a request would be on the topic by now.
+        topic_events(events_pb2.TrainingRequested, lambda m: m.dataset == line, timeout=3),
     )
     assert [d.drift_id for d in drift] == [alert.drift_id]  # the cooldown keeps it to one report
     assert drift[0].kind == events_pb2.DRIFT_KIND_INPUT and drift[0].feature == "sharpness"
@@ -128,7 +109,7 @@ async def test_human_labels_give_live_accuracy_per_version(stack, monitor):
 # The default window sizes: large enough for the 40% of zeros unscored frames used to add to
 # the confidence statistic to stand far above sampling noise.
 @pytest.mark.parametrize("monitor", [{"reference_frames": 200, "current_frames": 100}], indirect=True)
-async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
+async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor, publish_in_order, topic_events):
     """40 of the current window's 100 frames come without a prediction (Triton down): their
     quality is as usual, so nothing drifted; the line is in a scoring outage instead."""
     line = f"line-{uuid.uuid4().hex[:8]}"
@@ -138,6 +119,7 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
     producer = Bus(stack.kafka_bootstrap, source="test/ingest")
     await producer.start()
     try:
+        msgs = []
         for i in range(300):
             msg = frame(line, i, rng, sharpness=900.0)
             confidence[i] = msg.prediction.scores["ok"] = rng.uniform(0.6, 0.99)
@@ -148,7 +130,8 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
                 msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
                 msg.prediction.source = common_pb2.PREDICTION_SOURCE_CLOUD
                 msg.prediction.missing_reason = outage
-            await producer.publish(msg)
+            msgs.append(msg)
+        await publish_in_order(producer, msgs)  # 200 scored, then 100 with 40 unscored
     finally:
         await producer.stop()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{monitor.grpc_port}") as channel:
@@ -173,7 +156,8 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor):
     assert not report.recent and not any(f.drifted for f in report.features)
     current = [c for i, c in confidence.items() if i >= 200]  # unscored frames are left out, not 0.0
     assert by_feature["confidence"].current_mean == pytest.approx(np.mean(current), abs=1e-3)
-    drift = await collect(stack, events_pb2.DriftDetected, lambda m: m.line_id == line, timeout=8)
+    # All 300 frames are handled (frames_ingested): a drift report would be on the topic by now.
+    drift = await topic_events(events_pb2.DriftDetected, lambda m: m.line_id == line, timeout=3)
     assert drift == []
 
     env = {**os.environ, "LINELOOP_MONITOR_GRPC": f"127.0.0.1:{monitor.grpc_port}", "COLUMNS": "200"}

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import pytest
 from hypothesis import strategies as st
+from lineloop.contracts.catalogue import CATALOGUE
 from lineloop.contracts.topics import BY_TOPIC
 from lineloop.v1.common_pb2 import ObjectRef, Prediction, PredictionSource, PredictionStatus
 from lineloop.v1.events_pb2 import FrameIngested
@@ -23,15 +24,9 @@ from tests.fuzz.harness import run_cases_async
 from tests.fuzz.services import hosted
 from tests.fuzz.strategies import messages
 
-CONSUMED = [
-    ("ingest", "frames.captured.v1"), ("ingest", "models.promoted.v1"),
-    ("labeling", "frames.ingested.v1"), ("labeling", "drift.detected.v1"),
-    ("training", "datasets.versioned.v1"), ("training", "training.requested.v1"),
-    ("compiler", "models.registered.v1"),
-    ("registry", "models.trained.v1"), ("registry", "models.compiled.v1"),
-    ("monitor", "frames.ingested.v1"), ("monitor", "frames.rejected.v1"), ("monitor", "labels.created.v1"),
-    ("monitor", "models.promoted.v1"),
-]
+# Every (service, topic) the catalogue says is consumed; the test below checks each service wires
+# exactly those, so a new handler is fuzzed as soon as it is declared.
+CONSUMED = [(name, topic) for name, entry in CATALOGUE.services.items() for topic in entry.consumes]
 JPEG = encode_jpeg(AppleRenderer(32, seed=1).render(0).image)
 OVERRIDES = {
     # Some frames carry a real image, so cases get past the first check into decode, store and index.

@@ -9,7 +9,10 @@ CUDA tensors, so no extra CUDA binding is needed beside TensorRT itself.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +35,15 @@ class Capability:
 
 
 def capability(profile: TargetProfile) -> Capability:
-    """Whether this host can build (and verify) `profile`."""
-    try:
-        import torch
-    except ImportError:
-        return Capability(False, "unavailable: torch is not installed")
-    if not torch.cuda.is_available():
-        return Capability(False, "unavailable: no CUDA device")
-    major, minor = torch.cuda.get_device_capability()
-    arch = f"sm_{major}{minor}"
-    try:
-        import tensorrt as trt
-    except ImportError:
+    """Whether this host can build (and verify) `profile`. Asked by the build worker at start, so it
+    loads neither torch nor CUDA: the GPU's architecture comes from the driver (nvidia-smi), the
+    TensorRT version from the installed package's metadata."""
+    arch, why_not = gpu_arch()
+    if not arch:
+        return Capability(False, f"unavailable: no CUDA device ({why_not})")
+    version = tensorrt_version()
+    if not version:
         return Capability(False, "unavailable: TensorRT is not installed", gpu_arch=arch)
-    version = trt.__version__
     if arch != profile.gpu_arch:
         return Capability(False, f"unavailable: GPU is {arch}, profile needs {profile.gpu_arch}", arch, version)
     if version != profile.tensorrt_version and not version.startswith(f"{profile.tensorrt_version}."):
@@ -53,6 +51,33 @@ def capability(profile: TargetProfile) -> Capability:
             False, f"unavailable: TensorRT is {version}, profile needs {profile.tensorrt_version}", arch, version
         )
     return Capability(True, "", arch, version)
+
+
+def gpu_arch() -> tuple[str, str]:
+    """("sm_XY" of the first GPU, "") from the driver's nvidia-smi, or ("", why not)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "", "no NVIDIA driver: nvidia-smi not found"
+    try:
+        done = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as err:
+        return "", f"nvidia-smi failed: {err}"
+    first = done.stdout.strip().splitlines()[0].strip() if done.returncode == 0 and done.stdout.strip() else ""
+    major, _, minor = first.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        return "", f"nvidia-smi reports no GPU (exit {done.returncode}: {(done.stderr or done.stdout).strip()[:200]})"
+    return f"sm_{major}{minor}", ""
+
+
+def tensorrt_version() -> str:
+    """The installed TensorRT's version without importing it ("" when not installed)."""
+    for name in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""
 
 
 def build_plan(onnx_model: bytes, profile: TargetProfile, input_size: int, calibration: np.ndarray | None,

@@ -246,6 +246,29 @@ async def test_two_consumers_in_one_group_split_the_partitions(stack, tmp_path):
     assert len({e for e, _, _ in seen_a + seen_b}) == 30
 
 
+async def test_consumers_joining_in_the_background_miss_nothing_published_meanwhile(stack, tmp_path):
+    """start(join=False) (how a service starts, so its health does not wait out the group join)
+    returns before the group is joined; what is published meanwhile is consumed once it is."""
+    model = f"m-{uuid.uuid4()}"
+    seen: list = []
+    consumer = Bus(stack.kafka_bootstrap, source="test/consumer", db=make_db(f"sqlite:///{tmp_path / 'c.db'}"),
+                   **FAST)
+    recording_handler(consumer, f"g-{uuid.uuid4()}", model, seen)
+    producer = Bus(stack.kafka_bootstrap, source="test/producer")
+    await producer.start()
+    await consumer.start(join=False)
+    try:
+        assert _assigned(consumer) == set()  # started, not joined yet (the broker holds a new group's join)
+        for i in range(5):
+            await producer.publish(events_pb2.TrainingRequested(model_name=model, reason=str(i)))
+        await asyncio.wait_for(consumer.joined(), 40)
+        assert len(_assigned(consumer)) == consumer.partitions
+        await eventually(lambda: len(seen) == 5, what="the 5 events published before the join")
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
 def _assigned(bus: Bus) -> set[int]:
     subscriber = next(iter(bus.broker.subscribers))
     consumer = getattr(subscriber, "consumer", None)

@@ -472,14 +472,20 @@ class Bus:
         """Create the event topics and their DLQs (idempotent), as `self.topics` says (lineloop.bus.topics)."""
         await create_missing_topics(self.bootstrap, self.topics, topics, client_id=f"{self.source}-admin")
 
-    async def start(self) -> None:
+    async def start(self, *, join: bool = True) -> None:
+        """Topics, producer, consumers and the outbox relay. With `join=False` the consumers join
+        their groups in the background (see `_KafkaBroker`); `joined()` waits for them."""
         if self.db is not None:
             outbox.migrate(self.db)
         await self.ensure_topics()
+        self.broker.join_in_background = not join
         await self.broker.start()
         self._started = True
         if self.relay is not None:
             self.relay.start()
+
+    async def joined(self) -> None:
+        await self.broker.joined()
 
     async def stop(self) -> None:
         if self.relay is not None:
@@ -494,14 +500,61 @@ class _KafkaBroker(KafkaBroker):
     A consumer's start waits until its group is joined, and the broker holds a new group's join
     open for other members (Tansu: half the session timeout, 5 s by default). One after another,
     a service with three subscriptions (a group each) took 15 s to start; together, one join.
+
+    With `join_in_background`, start() returns once the broker is connected and the consumers
+    join in a task of their own (retried until they do): a service answers gRPC health without
+    waiting out the join. Nothing is missed meanwhile: a group resumes from its committed
+    offsets, a new group from the earliest record.
     """
+
+    join_in_background = False
+    _joining: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.connect()
-        await asyncio.gather(*(sub.start() for sub in self.subscribers))
         for pub in self.publishers:
             await pub.start()
+        if self.join_in_background:
+            self._joining = asyncio.create_task(self._join_until_joined(), name="bus-consumers-join")
+        else:
+            await asyncio.gather(*(sub.start() for sub in self.subscribers))
         self.running = True
+
+    async def _join_until_joined(self) -> None:
+        pending, delay = list(self.subscribers), 1.0
+        while pending:
+            results = await asyncio.gather(*(sub.start() for sub in pending), return_exceptions=True)
+            failed = []
+            for sub, result in zip(pending, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    log.warning("consumer of %s did not start (%s); retrying in %.0f s",
+                                getattr(sub, "topics", "?"), result, delay)
+                    try:
+                        await sub.stop()  # what the failed start left half made
+                    except Exception:
+                        log.debug("stopping a consumer that did not start failed", exc_info=True)
+                    failed.append(sub)
+            pending = failed
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def joined(self) -> None:
+        """Returns once every consumer has joined its group (at once when they joined in start())."""
+        if self._joining is not None:
+            await asyncio.shield(self._joining)
+
+    async def stop(self, *args: Any, **kwargs: Any) -> None:
+        if self._joining is not None:
+            self._joining.cancel()
+            try:
+                await self._joining
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._joining = None
+        await super().stop(*args, **kwargs)
 
 
 def _batch_decoder(et: EventType) -> Callable[[StreamMessage[Any]], Awaitable[Batch]]:

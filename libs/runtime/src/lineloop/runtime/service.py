@@ -1,8 +1,8 @@
 """Hosting one lineloop service: what it does is wired in its main.py, how it runs is here.
 
 Start order: telemetry -> database schemas -> buckets -> gRPC (health
-NOT_SERVING) -> bus (topics, consumers, outbox relay) -> the service's own
-start hooks -> health SERVING. SIGTERM/SIGINT stop the inputs first: NOT_SERVING,
+NOT_SERVING) -> bus (topics, producer, outbox relay; consumers join their groups in the
+background) -> the service's own start hooks -> health SERVING. SIGTERM/SIGINT stop the inputs first: NOT_SERVING,
 so load balancers drain, then gRPC (with grace) and the consumers (a record in
 flight is cancelled and redelivered), and only then the hooks, which may close
 what handlers use (executors, clients), then the database.
@@ -116,7 +116,10 @@ class Service:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
 
-        await self._until_ready("kafka", self.bus.start)
+        # The broker must answer (fail closed: NOT_SERVING while it does not); the consumers then
+        # join their groups in the background, so health does not wait out the group join
+        # (seconds on any broker); lag, not health, says how far behind they are.
+        await self._until_ready("kafka", lambda: self.bus.start(join=False))
         await self._inbox_pruner.start()
         for hook in self._start_hooks:
             await hook()

@@ -86,7 +86,8 @@ class DemoFailed(Exception):
 def register(root: typer.Typer) -> None:
     @root.command("demo")
     def demo(
-        line: str = typer.Option("line-1", "--line", help="Line id of the simulated packing line."),
+        line: str = typer.Option("", "--line", help="Line id of the simulated packing line (default: the first "
+                                                     "line-N this state has no model or dataset of)."),
         cameras: int = typer.Option(2, "--cameras", min=1),
         seed: int = typer.Option(7, "--seed", help="Same seed, same frames."),
         stop: bool = typer.Option(False, "--stop/--keep-running", help="Stop everything at the end."),
@@ -117,7 +118,7 @@ def register(root: typer.Typer) -> None:
                       f"(measuring it took {time.monotonic() - started - demo_run.closed_after:.0f} s more).")
         if not stop:
             console.print("Everything is still running: try `lineloop models list --json`, "
-                          f"`lineloop health show --line {line}`, `lineloop datasets list`; `make down` stops it.")
+                          f"`lineloop health show --line {demo_run.line}`, `lineloop datasets list`; `make down` stops it.")
         # The last line, for people and scripts alike (see demo_report.last_line).
         typer.echo(last_line(measurement, report))
 
@@ -162,6 +163,14 @@ class Demo:
         registry = registry_pb2_grpc.RegistryServiceStub(self.channels["registry"])
         compiler = compiler_pb2_grpc.CompilerServiceStub(self.channels["compiler"])
         monitor = monitor_pb2_grpc.MonitorServiceStub(self.channels["monitor"])
+        if not self.line:
+            # A second run on the same state starts a loop of its own: line-1's model already
+            # has versions (and a production) that this run's gate and policy would meet.
+            self.line = self.model = next(
+                name for name in (f"line-{n}" for n in range(1, 10_000))
+                if not registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=name)).versions
+                and not labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=name)).versions)
+            console.print(f"line {self.line}" + ("" if self.line == "line-1" else " (earlier runs used the lines before it)"))
         self.known_at_start = known_versions = {v.version for v in registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions}
         known_datasets = {d.version for d in labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions}
 

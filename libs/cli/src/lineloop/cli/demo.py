@@ -166,11 +166,15 @@ class Demo:
         if not self.line:
             # A second run on the same state starts a loop of its own: line-1's model already
             # has versions (and a production) that this run's gate and policy would meet.
-            self.line = self.model = next(
-                name for name in (f"line-{n}" for n in range(1, 10_000))
-                if not registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=name)).versions
-                and not labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=name)).versions)
-            console.print(f"line {self.line}" + ("" if self.line == "line-1" else " (earlier runs used the lines before it)"))
+            n = next(n for n in range(1, 10_000)
+                     if not registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=f"line-{n}")).versions
+                     and not labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=f"line-{n}")).versions)
+            self.line = self.model = f"line-{n}"
+            # Frames are stored by content: the same seed would send line-1's images again, which
+            # ingest keeps as duplicates and labeling does not queue.
+            self.seed += n - 1
+            console.print(f"line {self.line}, seed {self.seed}"
+                          + ("" if n == 1 else " (earlier runs used the lines and seeds before them)"))
         self.known_at_start = known_versions = {v.version for v in registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions}
         known_datasets = {d.version for d in labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions}
 

@@ -11,13 +11,14 @@ from lineloop.bus import Bus, outbox
 from lineloop.bus.bus import EventContext
 from lineloop.bus.cloudevents import Envelope
 from lineloop.contracts.catalogue import bucket
-from lineloop.labeling import handlers_models_registered, labels, queue, state
+from lineloop.labeling import handlers_models_promoted, handlers_models_registered, labels, queue, state
 from lineloop.labeling.datasets import CutBusy, Datasets
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.labeling.splits import split_of
 from lineloop.model.dataset import DatasetSplits
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
-from lineloop.v1.events_pb2 import DatasetVersioned, GateCheck, GateDecision, GateOutcome, ModelRegistered
+from lineloop.v1.common_pb2 import STAGE_CANDIDATE, STAGE_PRODUCTION
+from lineloop.v1.events_pb2 import DatasetVersioned, GateCheck, GateDecision, GateOutcome, ModelPromoted, ModelRegistered
 
 
 def events(db) -> list[DatasetVersioned]:
@@ -188,5 +189,27 @@ async def test_a_held_candidates_missing_test_frames_are_asked_for_then_cut(stac
     with labeling_db.session() as s:
         assert [(w["model_version"], w["wanted"]) for w in state.wanted_evidence(s, line)] == [("2", {"rot": 2})]
     await consume(labeling_db, registered(line, "3", GateOutcome.GATE_OUTCOME_PASSED, {}, asked + timedelta(minutes=1)))
+    with labeling_db.session() as s:
+        assert state.wanted_evidence(s, line) == []
+
+
+async def test_a_held_candidate_a_person_moves_on_asks_for_nothing_more(labeling_db):
+    """The release manager promoted the held v2: the labels it asked for would only cut a version
+    for a question already answered. Moving it to candidate (no decision) keeps the request."""
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    await consume(labeling_db, registered(line, "2", GateOutcome.GATE_OUTCOME_NOT_ENOUGH_EVIDENCE, {"rot": 2},
+                                          datetime.now(UTC)))
+
+    async def promoted(stage: int) -> None:
+        env = Envelope(uuid.uuid4().hex, "test", "lineloop.v1.ModelPromoted", None, "application/x-protobuf", {})
+        async with labeling_db.write() as s:
+            await handlers_models_promoted.on_model_promoted(
+                ModelPromoted(model_name="apples", version="2", stage=stage),
+                EventContext(env, "models.promoted.v1", 0, 0, "lineloop/labeling", session=s))
+
+    await promoted(STAGE_CANDIDATE)
+    with labeling_db.session() as s:
+        assert [w["model_version"] for w in state.wanted_evidence(s, line)] == ["2"]
+    await promoted(STAGE_PRODUCTION)
     with labeling_db.session() as s:
         assert state.wanted_evidence(s, line) == []

@@ -175,7 +175,9 @@ class Demo:
             self.seed += n - 1
             console.print(f"line {self.line}, seed {self.seed}"
                           + ("" if n == 1 else " (earlier runs used the lines and seeds before them)"))
-        self.known_at_start = known_versions = {v.version for v in registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions}
+        self.known_at_start = frozenset(
+            v.version for v in registry.ListVersions(registry_pb2.ListVersionsRequest(model_name=self.model)).versions)
+        known_versions = set(self.known_at_start)  # grows as the run registers versions; known_at_start does not
         known_datasets = {d.version for d in labeling.ListDatasets(labeling_pb2.ListDatasetsRequest(dataset=self.line)).versions}
 
         self.step("2/8", f"Gateway: {self.cameras} cameras on {self.line} send apples (no model yet: predictions are missing)")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from lineloop.labeling import handlers_drift_detected, handlers_frames_ingested, handlers_models_registered, state
+from lineloop.labeling import handlers_drift_detected, handlers_frames_ingested, handlers_models_promoted, handlers_models_registered, state
 from lineloop.labeling.api import LabelingApi
 from lineloop.labeling.datasets import Datasets
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.runtime import Service
-from lineloop.v1.events_pb2 import DriftDetected, FrameIngested, ModelRegistered
+from lineloop.v1.events_pb2 import DriftDetected, FrameIngested, ModelPromoted, ModelRegistered
 from lineloop.v1.labeling_pb2_grpc import add_LabelingServiceServicer_to_server
 
 def build(settings: LabelingSettings | None = None) -> Service:
@@ -17,6 +17,7 @@ def build(settings: LabelingSettings | None = None) -> Service:
     service.bus.handler(FrameIngested, group=cfg.consumer_group)(handlers_frames_ingested.make_handler(cfg))
     service.bus.handler(DriftDetected, group=cfg.consumer_group)(handlers_drift_detected.make_handler(cfg))
     service.bus.handler(ModelRegistered, group=cfg.consumer_group)(handlers_models_registered.on_model_registered)
+    service.bus.handler(ModelPromoted, group=cfg.consumer_group)(handlers_models_promoted.on_model_promoted)
     datasets = Datasets(cfg, service.db, service.bus, service.objects)
     service.add_grpc(
         add_LabelingServiceServicer_to_server, LabelingApi(cfg, service.db, service.bus, service.objects, datasets)

@@ -391,6 +391,12 @@ def evidence_settled(s: Session, dataset: str, registered_at: datetime) -> None:
                                              evidence_wanted.c.registered_at <= registered_at))
 
 
+def evidence_decided(s: Session, model_name: str, version: str) -> None:
+    """The held candidate left the candidate stage (a person decided): its request is moot."""
+    s.execute(evidence_wanted.delete().where(evidence_wanted.c.model_name == model_name,
+                                             evidence_wanted.c.model_version == version))
+
+
 def wanted_evidence(s: Session, line_id: str = "") -> list[dict]:
     """Open requests for evidence (of one line, or all), as dicts; `wanted` decoded to {class: frames}."""
     query = select(evidence_wanted).order_by(evidence_wanted.c.dataset)

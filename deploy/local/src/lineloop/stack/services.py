@@ -72,9 +72,15 @@ class ServiceFleet:
     def env(self, name: str) -> dict[str, str]:
         grpc_port, metrics_port = self._ports(name)
         prefix = f"LINELOOP_{name.upper()}_"
+        # Every peer's address where this fleet runs it (`LINELOOP_REGISTRY_MONITOR_GRPC`, ...):
+        # a service's setting for a peer defaults to the catalogue's port, which is wrong once
+        # the fleet moves ports (tests, `make chaos`). Settings read only the variables they
+        # have a field for, so the ones no service calls are ignored.
+        peers = {f"{prefix}{peer.upper()}_GRPC": self.grpc_address(peer) for peer in SERVICE_PORTS if peer != name}
         return {
             **os.environ,
             **self.config.env(),
+            **peers,
             prefix + "GRPC_PORT": str(grpc_port),
             prefix + "METRICS_PORT": str(metrics_port),
         }

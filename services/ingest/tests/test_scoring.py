@@ -128,6 +128,7 @@ async def test_frames_are_scored_by_the_lines_model_with_the_canary_share(stack,
     assert 0 < canaries < len(frames)  # share 0.5, routed by frame id
     (unserved,) = events.ingested[other_line.frame_id]
     assert unserved.prediction.status == PredictionStatus.PREDICTION_STATUS_MISSING
+    assert unserved.prediction.model_name == ""  # no model should have scored it
     # Concurrent frames went to Triton together: fewer executions than frames.
     inferences = sum(after[0] - before[0] for after, before in zip(stats_after, stats_before))
     executions = sum(after[1] - before[1] for after, before in zip(stats_after, stats_before))
@@ -163,3 +164,6 @@ async def test_triton_down_frames_still_stored_and_published_without_prediction(
         assert store.get_bytes(event.image.bucket, event.image.key) == f.inline_image
         reason = event.prediction.missing_reason
         assert "Triton" in reason and "UNAVAILABLE" in reason and model in reason, reason
+        # The model that should have scored it: the monitor counts it as an outage, not as a
+        # frame from before the line had a model.
+        assert (event.prediction.model_name, event.prediction.model_version) == (model, "1")

@@ -178,10 +178,12 @@ async def test_a_scoring_outage_is_on_watch_alerts_and_clears(stack, monitor, pu
             batch = []
             for i in range(120):  # scored, then 20 frames without a prediction, then scored again
                 msg = frame(line, i, rng, sharpness=900.0)
-                if 60 <= i < 80:
+                if 60 <= i < 80:  # as ingest publishes it: the deployed model that failed named
+                    model = msg.prediction.model_name
                     msg.prediction.Clear()
                     msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
                     msg.prediction.missing_reason = outage
+                    msg.prediction.model_name = model
                 batch.append(msg)
             await publish_in_order(producer, batch)  # batches of 20: the three phases stay in order
             seen = await watching

@@ -126,10 +126,12 @@ async def test_a_triton_outage_is_a_scoring_alert_not_drift(stack, monitor, publ
             msg.prediction.scores["rot"] = 1 - confidence[i]
             if i >= 200 and i % 5 < 2:  # as ingest's scoring.missing() publishes it
                 del confidence[i]
+                model = msg.prediction.model_name  # the deployed model that failed to score it
                 msg.prediction.Clear()
                 msg.prediction.status = common_pb2.PREDICTION_STATUS_MISSING
                 msg.prediction.source = common_pb2.PREDICTION_SOURCE_CLOUD
                 msg.prediction.missing_reason = outage
+                msg.prediction.model_name = model
             msgs.append(msg)
         await publish_in_order(producer, msgs)  # 200 scored, then 100 with 40 unscored
     finally:

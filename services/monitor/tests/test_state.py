@@ -271,9 +271,11 @@ def test_a_v1_database_is_upgraded_and_its_duplicate_numbers_repaired(database_u
     assert {state.score_history.name, state.model_changes.name} <= set(inspector.get_table_names())
 
 
-def unscored(msg: events_pb2.FrameIngested, reason: str) -> events_pb2.FrameIngested:
+def unscored(msg: events_pb2.FrameIngested, reason: str, model: str = "") -> events_pb2.FrameIngested:
+    """`model`: the deployed model that failed to score it, as ingest says; "": none deployed."""
     msg.prediction.Clear()
-    msg.prediction.status, msg.prediction.missing_reason = common_pb2.PREDICTION_STATUS_MISSING, reason
+    p = msg.prediction
+    p.status, p.missing_reason, p.model_name = common_pb2.PREDICTION_STATUS_MISSING, reason, model
     return msg
 
 
@@ -289,7 +291,7 @@ async def test_a_scoring_outage_starts_and_ends_and_a_line_without_a_model_is_no
     for i in range(30):
         await handle(db, handler, frame(line, i, rng, sharpness=900.0))
     for i in range(30, 40):  # Triton down: 10 of the newest 30 unscored, above 0.2
-        await handle(db, handler, unscored(frame(line, i, rng, sharpness=900.0), "Triton UNAVAILABLE"))
+        await handle(db, handler, unscored(frame(line, i, rng, sharpness=900.0), "Triton UNAVAILABLE", model="apples"))
     assert outage_since(line) is not None
     for i in range(40, 70):  # back: the window fills with scored frames again
         await handle(db, handler, frame(line, i, rng, sharpness=900.0))
@@ -297,6 +299,11 @@ async def test_a_scoring_outage_starts_and_ends_and_a_line_without_a_model_is_no
 
     for i in range(30):  # no model deployed yet: nothing to be out of
         await handle(db, handler, unscored(frame(new_line, i, rng, sharpness=900.0), "no model deployed"))
+    assert outage_since(new_line) is None
+    # Its first model arrives: the frames from before it, still in the window, are no outage
+    # (make chaos raised one here when its line got its first model).
+    for i in range(30, 35):
+        await handle(db, handler, frame(new_line, i, rng, sharpness=900.0))
     assert outage_since(new_line) is None
     with db.session() as s:
         counts = {name: state.get_line(s, name).frames_unscored for name in (line, new_line)}

@@ -47,11 +47,13 @@ def routes_to_canary(frame_id: str, deployment: Deployment) -> bool:
     return bucket < deployment.canary_share
 
 
-def missing(reason: str, cause: str) -> Prediction:
+def missing(reason: str, cause: str, model: str = "", version: str = "", canary: bool = False) -> Prediction:
+    """A frame without a prediction; `model`: the one that should have scored it, so the monitor
+    tells a scoring outage from a line that has no model yet."""
     missing_predictions.add(1, {"cause": cause})
     return Prediction(
         status=PredictionStatus.PREDICTION_STATUS_MISSING, source=PredictionSource.PREDICTION_SOURCE_CLOUD,
-        missing_reason=reason,
+        missing_reason=reason, model_name=model, model_version=version, canary=canary,
     )
 
 
@@ -182,18 +184,19 @@ class TritonScorer:
             array = await asyncio.to_thread(to_model_input, image, batcher.size)
             probabilities, embedding = await batcher.submit(array)
         except _ModelUnavailable as exc:
-            return missing(str(exc), "model_unavailable")
+            return missing(str(exc), "model_unavailable", model, version, canary)
         except InferenceServerException as exc:
             # Triton down or refusing: the frame goes on without a prediction.
             self._batchers.pop((model, version), None)
             status = str(exc.status() or "error").removeprefix("StatusCode.")
             return missing(
                 f"Triton at {self.url} {status} scoring with {model}:{version}: {exc.message()}",
-                "triton_unavailable" if status == "UNAVAILABLE" else "triton_error",
+                "triton_unavailable" if status == "UNAVAILABLE" else "triton_error", model, version, canary,
             )
         except Exception as exc:
             log.exception("scoring %s with %s:%s failed", frame_id, model, version)
-            return missing(f"scoring with {model}:{version} failed: {type(exc).__name__}: {exc}", "error")
+            return missing(f"scoring with {model}:{version} failed: {type(exc).__name__}: {exc}", "error",
+                           model, version, canary)
         names = list(classes) if len(classes) == len(probabilities) else [f"class_{i}" for i in range(len(probabilities))]
         best = int(np.argmax(probabilities))
         return Prediction(

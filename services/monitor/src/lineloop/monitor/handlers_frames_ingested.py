@@ -57,7 +57,8 @@ def make_handler(settings: MonitorSettings):
             saturation_share=q.saturation_share,
             confidence=max(pred.scores.values()) if pred and pred.scores else 0.0,
             predicted_class=pred.predicted_class if pred else "",
-            model_name=pred.model_name if pred else "", model_version=pred.model_version if pred else "",
+            # Unscored: the model that should have scored it ("" before the line had one).
+            model_name=msg.prediction.model_name, model_version=pred.model_version if pred else "",
             canary=bool(pred and pred.canary),
         ))
         missing_reason = None

@@ -80,8 +80,8 @@ frames = Table(
     *(Column(f, Float, nullable=False) for f in QUALITY),
     Column("confidence", Float, nullable=False),  # 0.0 and never read when unscored (see `scored`)
     Column("predicted_class", String(64), nullable=False),  # "" when ingest had no prediction
-    Column("model_name", String(128), nullable=False),
-    Column("model_version", String(64), nullable=False),
+    Column("model_name", String(128), nullable=False),      # unscored: the model that should have ("": none yet)
+    Column("model_version", String(64), nullable=False),    # "" when unscored
     Column("canary", Boolean, nullable=False),
     # Per-camera arrival number, for the camera's own windows; NULL on frames recorded before v4.
     Column("camera_seq", Integer, nullable=True),
@@ -357,9 +357,10 @@ def window_rows(session: Session, line_id: str, first_seq: int, last_seq: int, c
 
 
 def unscored_among(session: Session, line_id: str, first_seq: int, last_seq: int) -> tuple[int, int]:
-    """(unscored, all) frames of the line numbered first_seq..last_seq."""
+    """(unscored, all) frames of the line numbered first_seq..last_seq; unscored counts only the
+    frames a deployed model failed to score, not those from before the line had a model."""
     row = session.execute(
-        select(func.count(), func.count().filter(~scored))
+        select(func.count(), func.count().filter(~scored & (frames.c.model_name != "")))
         .where(frames.c.line_id == line_id, frames.c.seq >= first_seq, frames.c.seq <= last_seq)
     ).one()
     return row[1], row[0]

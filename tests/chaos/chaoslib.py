@@ -332,6 +332,7 @@ class Verdict:
     sha_mismatches: int = 0
     topic_redeliveries: int = 0   # same event published again (at-least-once): harmless, reported
     drift_reports: int = 0
+    alerts: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> raised, of the lines
     dlq_records: int = 0
     inconsistent: list[str] = dataclasses.field(default_factory=list)  # labels/datasets/models
     details: dict[str, list[str]] = dataclasses.field(default_factory=lambda: collections.defaultdict(list))
@@ -538,6 +539,15 @@ class Checker:
                 drift_t = None  # no drift judged yet
             if drift_t is not None:
                 v.drift_reports = conn.execute(select(func.count()).where(drift_t.c.line_id.in_(lines))).scalar_one()
+            try:
+                alerts_t = self._table("monitor", "monitor_alerts")
+            except Exception:
+                alerts_t = None  # no alert raised yet
+            if alerts_t is not None:
+                from lineloop.v1.events_pb2 import AlertKind
+                for kind, n in conn.execute(select(alerts_t.c.kind, func.count()).where(
+                        alerts_t.c.line_id.in_(lines)).group_by(alerts_t.c.kind)):
+                    v.alerts[AlertKind.Name(kind).removeprefix("ALERT_KIND_").lower()] = n
 
     def _check_downstream(self, v: Verdict) -> None:
         """Labels, dataset versions and model versions: nothing half-written."""

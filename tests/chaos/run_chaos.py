@@ -14,6 +14,7 @@ final check over the whole ledger is not clean.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import json
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -34,6 +36,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chaoslib import SERVERS, SERVICES, Checker, Loop, Traffic, read_ledger  # noqa: E402
+from served import ControlPlane, Retraining, ServedModel, check_scoring, serve_line  # noqa: E402
 
 log = logging.getLogger("chaos")
 
@@ -152,19 +155,29 @@ class Fault:
 
 
 def run_fault(loop: Loop, checker: Checker, ledger: Path, fault: Fault, *, frames: int, rate: float,
-              seed: int, catch_up_timeout: float) -> Row:
+              seed: int, catch_up_timeout: float, served: ServedModel | None = None,
+              control: ControlPlane | None = None) -> Row:
     row = Row(fault.name)
     before = checker.check(read_ledger(ledger), verify_bytes=False) if fault.kind != "none" else None
     drift_before = before.drift_reports if before else 0
+    alerts_before = before.alerts if before else collections.Counter()
     dlq_before = before.dlq_records if before else 0
+    # Training, the registry and the compiler are killed with work of a retraining run in flight:
+    # the traffic starts once it is (the registry's gate and the compiler's build take seconds),
+    # so frames flow through the fault all the same.
+    work = Retraining(control, served, fault.target).start() if served and Retraining.wanted(fault.target) else None
+    waited = work.wait_in_flight(timeout=300) + "; " if work else ""
     traffic = Traffic(loop, ledger, line=LINE, frames=frames, rate=rate, seed=seed).start()
     # A quarter of the way in: frames are flowing through every stage when the fault lands.
-    time.sleep(frames / rate / 4)
-    row.note = fault.inject()
+    if not work or work.target == "training":  # a run trains for a minute or so
+        time.sleep(frames / rate / 4)
+    fault_from = datetime.now(UTC)
+    row.note = waited + fault.inject()
     log.info("%s: injected (%s); undo in %.0f s", fault.name, row.note, fault.pause)
     time.sleep(fault.pause)
     fault.undo()
     undone = time.monotonic()
+    undone_at = datetime.now(UTC)
     log.info("%s: undone", fault.name)
     traffic.join(timeout=frames / rate * 4 + 300)
     entries = [e for e in read_ledger(ledger) if e["run_id"] == traffic.run_id]
@@ -176,13 +189,28 @@ def run_fault(loop: Loop, checker: Checker, ledger: Path, fault: Fault, *, frame
     row.sent = verdict.sent
     row.lost = verdict.lost
     row.duplicates = verdict.duplicates_in_effect
-    row.false_drift = verdict.drift_reports - drift_before  # no drift is injected: any is false
-    row.alerts = row.false_drift + verdict.dlq_records - dlq_before
+    # No drift is injected: any drift report, or drift alert of one camera, is false.
+    alerts = verdict.alerts - alerts_before
+    row.false_drift = verdict.drift_reports - drift_before + alerts["camera_drift"]
+    row.alerts = alerts.total() + verdict.dlq_records - dlq_before
+    if alerts:
+        row.note += f"; alerts {dict(alerts)}"
     if not verdict.ok:
         row.note += f"; checker: {json.dumps(dict(verdict.details))[:600]}"
         row.lost = max(row.lost, 1) if (verdict.orphans or verdict.missing_objects or verdict.sha_mismatches) and not row.lost else row.lost
     if verdict.inconsistent:
         row.note += f"; inconsistent: {verdict.inconsistent[:3]}"
+    defects = []
+    if served:
+        defect, note = check_scoring(loop, ledger, LINE, ids, fault_from, undone_at, seed=seed)
+        defects += [defect] if defect else []
+        row.note += f"; {note}" if note else ""
+    if work:
+        defect, note = work.settle(timeout=600)
+        defects += [defect] if defect else []
+        row.note += f"; {note}" if note else ""
+    if defects:
+        row.note = "DEFECT: " + "; ".join(defects) + "; " + row.note
     if fault.failed:
         row.note = f"DEFECT: {fault.failed}; " + row.note
         row.catch_up_s = None if "still running" in fault.failed else row.catch_up_s
@@ -231,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", default=",".join(SERVICES))
     p.add_argument("--keep", type=Path, default=None, help="copy the state directory's logs here at the end")
     p.add_argument("--table", type=Path, default=None, help="also write the table (and JSON rows) here")
+    p.add_argument("--served", action=argparse.BooleanOptionalAction, default=True,
+                   help="first turn the loop once so the chaos line is scored by a production model "
+                        "(tests/chaos/served.py); --no-served: no model, Triton faults touch nothing")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
@@ -249,12 +280,15 @@ def main(argv: list[str] | None = None) -> int:
                     loop.start_replica(service)
             log.info("loop up in %.0f s", time.monotonic() - started)
             checker = Checker(loop)
+            control = ControlPlane(loop) if args.served else None
+            served = serve_line(loop, control, ledger, LINE, seed=900) if args.served else None
             for i, name in enumerate(faults):
                 pause = args.sigstop_s if name.startswith("sigstop") else args.pause
                 fault = Fault(name, loop, pause)
                 try:
                     rows.append(run_fault(loop, checker, ledger, fault, frames=args.frames_per_fault, rate=args.rate,
-                                          seed=1000 + i, catch_up_timeout=args.catch_up_timeout))
+                                          seed=1000 + i, catch_up_timeout=args.catch_up_timeout,
+                                          served=served, control=control))
                 except Exception as exc:
                     log.exception("%s failed", name)
                     rows.append(Row(name, note=f"harness error: {exc!r}"[:300]))

@@ -50,7 +50,7 @@ FULL_FAULTS = (
     ["none"]
     + [f"kill9:{s}" for s in SERVICES]
     + [f"kill9:{s}" for s in ("kafka", "s3", "triton")]
-    + [f"sigterm:{s}" for s in ("ingest", "monitor", "labeling")]
+    + [f"sigterm:{s}" for s in SERVICES]  # training, registry, compiler with a retraining run in flight
     + ["sigstop:ingest", "sigstop:monitor", "diskfull"]
 )
 # `--postgres`: every service on PostgreSQL with a second replica (`--replicas`): one of the two

@@ -322,7 +322,7 @@ def simulate_command(
         raise typer.BadParameter(f"unknown fleet {fleet!r}; configured fleets: {', '.join(known) or 'none'}",
                                  param_hint="--fleet")
     stack = StackSettings()
-    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+    objects = stack.object_store()
     ingest = grpc_target("ingest", target)
     sink = GrpcSink(ingest) if via is Via.GRPC else KafkaSink(stack.kafka_bootstrap, gateway_id)
 

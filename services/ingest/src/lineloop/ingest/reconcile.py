@@ -158,7 +158,7 @@ def reconcile(settings: IngestSettings | None = None, *, grace_s: float | None =
             raise NoIngestDatabase(f"no ingest schema in {db.safe_url}: {exc.__class__.__name__}") from exc
         if schema is None:
             raise NoIngestDatabase(f"no ingest schema in {db.safe_url}")
-        objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+        objects = stack.object_store()
         backlog = None
         if delete:
             with ThreadPoolExecutor(max_workers=1) as pool:  # callable from inside an event loop too

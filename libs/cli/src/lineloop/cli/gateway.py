@@ -26,7 +26,7 @@ import grpc
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lineloop.bus import Bus
+from lineloop.bus import Bus, KafkaSecurity
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
 from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES
@@ -110,8 +110,10 @@ class FrameSink:
 class KafkaSink(FrameSink):
     """Publishes frames.captured.v1 (protobuf, CloudEvents headers), as a gateway would."""
 
-    def __init__(self, bootstrap: str, gateway_id: str) -> None:
-        self.bus = Bus(bootstrap, source=f"lineloop/gateway/{gateway_id}")
+    def __init__(self, bootstrap: str, gateway_id: str, security: KafkaSecurity | None = None) -> None:
+        # The deployment's Kafka security (LINELOOP_KAFKA_*) unless given.
+        security = security if security is not None else StackSettings().kafka_security()
+        self.bus = Bus(bootstrap, source=f"lineloop/gateway/{gateway_id}", security=security)
         self._started = False
 
     async def send(self, frame: FrameCaptured) -> None:
@@ -324,7 +326,7 @@ def simulate_command(
     stack = StackSettings()
     objects = stack.object_store()
     ingest = grpc_target("ingest", target)
-    sink = GrpcSink(ingest) if via is Via.GRPC else KafkaSink(stack.kafka_bootstrap, gateway_id)
+    sink = GrpcSink(ingest) if via is Via.GRPC else KafkaSink(stack.kafka_bootstrap, gateway_id, stack.kafka_security())
 
     progress = Progress(
         TextColumn(f"[bold]{line}[/bold] via {via.value}"), BarColumn(), MofNCompleteColumn(),
@@ -344,7 +346,7 @@ def simulate_command(
                 return await simulate(config, sink, objects, on_frame=advance, ledger=ledger)
             # The edge agent installs signed builds as they roll out, while frames keep flowing.
             async with running_agent(fleet=fleet, gateway_id=gateway_id, kafka_bootstrap=stack.kafka_bootstrap,
-                                     objects=objects, state_dir=stack.state_dir,
+                                     kafka_security=stack.kafka_security(), objects=objects, state_dir=stack.state_dir,
                                      trusted_key_files=trusted_keys or None) as agent:
                 return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance, ledger=ledger)
 

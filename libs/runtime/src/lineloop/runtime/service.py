@@ -50,6 +50,7 @@ class Service:
         self.db = Database(settings.sql_url)
         self.bus = Bus(
             stack.kafka_bootstrap,
+            security=stack.kafka_security(),
             source=f"lineloop/{name}",
             db=self.db,
             partitions=stack.topic_partitions,

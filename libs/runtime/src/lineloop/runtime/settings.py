@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineloop.contracts.catalogue import all_bucket_names
 
 if TYPE_CHECKING:
+    from lineloop.bus.security import KafkaSecurity
     from lineloop.storage.objects import ObjectStore
 
 # Every bucket of the service catalogue; each service ensures them all at start.
@@ -27,6 +28,16 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINELOOP_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # How every Kafka client connects (lineloop.bus.security, docs/security.md): PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; the CA that signs the brokers' certificates (unset: the
+    # system's), a client certificate where the brokers require one, SASL PLAIN or SCRAM.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ca_file: Path | None = None
+    kafka_cert_file: Path | None = None
+    kafka_key_file: Path | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
     s3_endpoint: str = "http://127.0.0.1:8333"
     s3_access_key: str = "lineloop"
     s3_secret_key: str = "lineloop-secret"
@@ -45,6 +56,14 @@ class StackSettings(BaseSettings):
     topic_min_insync_replicas: int = Field(default=1, ge=1)
     log_level: str = "INFO"
     log_format: str = "json"
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How this deployment's Kafka clients connect. Raises ValueError, naming the variables,
+        when they do not add up: every client is made through here, so a service refuses to start."""
+        from lineloop.bus.security import KafkaSecurity
+
+        return KafkaSecurity(self.kafka_security_protocol, self.kafka_ca_file, self.kafka_cert_file, self.kafka_key_file,
+                             self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password.get_secret_value())
 
     def object_store(self, **options) -> ObjectStore:
         """The S3 store these settings name (endpoint, keys, region, CA); `options`: ObjectStore.from_url's."""

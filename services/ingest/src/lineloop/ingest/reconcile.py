@@ -185,6 +185,7 @@ async def oldest_pending_frame(settings: IngestSettings, timeout_s: float = 10.0
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.stack.kafka_bootstrap, group_id=kafka_group_id(settings.consumer_group, topic),
         enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000),
+        **settings.stack.kafka_security().client_options(),
     )
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)

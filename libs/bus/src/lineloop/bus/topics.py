@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from lineloop.bus.security import PLAINTEXT, KafkaSecurity
 from lineloop.contracts.topics import BY_TOPIC, MAX_DLQ_RECORD_BYTES, MAX_RECORD_BYTES, TOPIC_RETENTION_MS
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,10 @@ def event_topics() -> list[str]:
 
 
 async def ensure_topics(bootstrap: str, spec: TopicSpec, names: list[str] | None = None, *,
-                        client_id: str = "lineloop-admin") -> list[str]:
+                        client_id: str = "lineloop-admin", security: KafkaSecurity = PLAINTEXT) -> list[str]:
     """Create the missing ones of `names` (default: every event topic and DLQ); the names created."""
     names = names if names is not None else event_topics()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **security.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

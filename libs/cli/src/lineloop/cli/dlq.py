@@ -95,7 +95,7 @@ def _dlq_topics(topic: str | None) -> list[str]:
 async def _read(bootstrap: str, topics: list[str]) -> list[DlqRecord]:
     """Every record of `topics` up to their current end, receipts folded into the records they replayed."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                                client_id="lineloop-cli-dlq")
+                                client_id="lineloop-cli-dlq", **StackSettings().kafka_security().client_options())
     await consumer.start()
     try:
         existing = await consumer.topics()
@@ -136,6 +136,11 @@ async def _read(bootstrap: str, topics: list[str]) -> list[DlqRecord]:
 
 def _load(bootstrap: str | None, topic: str | None, reason: str | None) -> list[DlqRecord]:
     address = _bootstrap(bootstrap)
+    try:
+        StackSettings().kafka_security()
+    except ValueError as exc:
+        err_console.print(f"[red]Kafka settings:[/red] {exc}")
+        raise typer.Exit(2) from None
     try:
         records = asyncio.run(_read(address, _dlq_topics(topic)))
     except KafkaError as exc:
@@ -218,7 +223,8 @@ def show(
 
 
 async def _replay(bootstrap: str, records: list[DlqRecord]) -> list[dict]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="lineloop-cli-dlq")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="lineloop-cli-dlq",
+                                **StackSettings().kafka_security().client_options())
     await producer.start()
     done = []
     try:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import grpc
 import typer
+import urllib3
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from lineloop.bus import Bus
+from lineloop.bus import Bus, KafkaSecurity
 from lineloop.cli.common import err_console, grpc_target, print_json, rpc_errors
 from lineloop.contracts.catalogue import bucket
 from lineloop.contracts.topics import MAX_INLINE_IMAGE_BYTES
@@ -39,6 +40,7 @@ from lineloop.v1.common_pb2 import ObjectRef, Prediction
 from lineloop.v1.events_pb2 import FrameCaptured
 from lineloop.vision import CLASSES, AppleRenderer, Drift, drift_strength, encode_jpeg
 from lineloop.runtime.client import aio_channel as aio_grpc_channel
+from lineloop.runtime.client import channel as grpc_channel
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -110,8 +112,10 @@ class FrameSink:
 class KafkaSink(FrameSink):
     """Publishes frames.captured.v1 (protobuf, CloudEvents headers), as a gateway would."""
 
-    def __init__(self, bootstrap: str, gateway_id: str) -> None:
-        self.bus = Bus(bootstrap, source=f"lineloop/gateway/{gateway_id}")
+    def __init__(self, bootstrap: str, gateway_id: str, security: KafkaSecurity | None = None) -> None:
+        # The deployment's Kafka security (LINELOOP_KAFKA_*) unless given.
+        security = security if security is not None else StackSettings().kafka_security()
+        self.bus = Bus(bootstrap, source=f"lineloop/gateway/{gateway_id}", security=security)
         self._started = False
 
     async def send(self, frame: FrameCaptured) -> None:
@@ -161,13 +165,40 @@ class GrpcSink(FrameSink):
             await self._channel.close()
 
 
+class PresignedUploads:
+    """How a gateway sends images by reference without object-store keys: ingest signs a PUT
+    for each image (RequestUploads), and the gateway PUTs the bytes to the store itself."""
+
+    def __init__(self, ingest_target: str, ca_file: Path | None = None) -> None:
+        self._channel = grpc_channel(ingest_target)
+        self._stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
+        # The store's certificate is verified against the plant's CA where one is configured.
+        self._http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file) if ca_file else None,
+                                         retries=urllib3.Retry(total=3, backoff_factor=0.2))
+
+    def __call__(self, image: bytes, content_type: str) -> ObjectRef:
+        wanted = ingest_pb2.ImageToUpload(sha256=hashlib.sha256(image).hexdigest(), size_bytes=len(image),
+                                          content_type=content_type)
+        (upload,) = self._stub.RequestUploads(ingest_pb2.RequestUploadsRequest(images=[wanted]), timeout=30).uploads
+        if not upload.already_stored:
+            answer = self._http.request("PUT", upload.url, body=image, headers={"Content-Type": content_type})
+            if answer.status != 200:
+                raise RuntimeError(f"presigned PUT of {upload.image_ref.key} answered {answer.status}: {answer.data[:200]!r}")
+        return upload.image_ref
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 class SimulatedGateway:
     """Renders the frames of one simulation, deterministically from its config."""
 
-    def __init__(self, config: SimulationConfig, objects: ObjectStore | None = None) -> None:
+    def __init__(self, config: SimulationConfig, objects: ObjectStore | None = None,
+                 uploads: Callable[[bytes, str], ObjectRef] | None = None) -> None:
         self.config = config
         self.renderer = AppleRenderer(config.size, seed=config.seed, shares=config.shares)
-        self.objects = objects
+        self.objects = objects  # the ground truth (and, without `uploads`, images sent by reference)
+        self.uploads = uploads
 
     def frame_id(self, index: int) -> str:
         camera, n = index % self.config.cameras, index // self.config.cameras
@@ -189,7 +220,9 @@ class SimulatedGateway:
             attributes={"simulator_run": c.run_id, "seed": str(c.seed)},
         )
         frame.captured_at.FromDatetime(datetime.now(UTC))
-        if c.upload or len(image) > MAX_INLINE_IMAGE_BYTES:
+        if (c.upload or len(image) > MAX_INLINE_IMAGE_BYTES) and self.uploads is not None:
+            frame.image_ref.CopyFrom(self.uploads(image, "image/jpeg"))
+        elif c.upload or len(image) > MAX_INLINE_IMAGE_BYTES:
             if self.objects is None:
                 raise RuntimeError("upload-then-reference needs an object store")
             sha = hashlib.sha256(image).hexdigest()
@@ -216,6 +249,7 @@ async def simulate(
     edge_predict: EdgePredict | None = None,
     on_frame: Callable[[SimulatedFrame], None] | None = None,
     ledger: Path | None = None,
+    uploads: Callable[[bytes, str], ObjectRef] | None = None,
 ) -> SimulationReport:
     """Render, encode, (edge-predict), record the truth and publish `config.frames` frames.
 
@@ -225,7 +259,7 @@ async def simulate(
     bytes), appended and flushed as it goes, for a checker (tests/chaos) to prove later
     that every frame sent was stored once.
     """
-    gateway = SimulatedGateway(config, objects)
+    gateway = SimulatedGateway(config, objects, uploads)
     report = SimulationReport(config.run_id)
     interval = 1.0 / (config.cameras * config.fps)
 
@@ -298,7 +332,8 @@ def simulate_command(
     drift_at: int = typer.Option(0, "--drift-at", min=0, help="Frame index (over all cameras) the drift starts at."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed renders the same frames."),
     via: Via = typer.Option(Via.KAFKA, "--via", help="Publish to Kafka, or upload to ingest over gRPC."),
-    upload: bool = typer.Option(False, "--upload/--inline", help="Kafka: upload images to S3 and send references."),
+    upload: bool = typer.Option(False, "--upload/--inline", help="Kafka: upload images and send references "
+                                "(to a presigned URL ingest signs: the gateway needs no S3 keys)."),
     size: int = typer.Option(256, "--size", min=32, help="Frame width and height in pixels."),
     shares: str = typer.Option(None, "--shares", help="Class shares, e.g. ok=0.7,bruise=0.1,rot=0.1,scab=0.1."),
     gateway_id: str = typer.Option("gw-sim", "--gateway-id"),
@@ -322,9 +357,9 @@ def simulate_command(
         raise typer.BadParameter(f"unknown fleet {fleet!r}; configured fleets: {', '.join(known) or 'none'}",
                                  param_hint="--fleet")
     stack = StackSettings()
-    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+    objects = stack.object_store()
     ingest = grpc_target("ingest", target)
-    sink = GrpcSink(ingest) if via is Via.GRPC else KafkaSink(stack.kafka_bootstrap, gateway_id)
+    sink = GrpcSink(ingest) if via is Via.GRPC else KafkaSink(stack.kafka_bootstrap, gateway_id, stack.kafka_security())
 
     progress = Progress(
         TextColumn(f"[bold]{line}[/bold] via {via.value}"), BarColumn(), MofNCompleteColumn(),
@@ -339,20 +374,26 @@ def simulate_command(
             done = progress.tasks[task].completed + 1
             progress.update(task, completed=done, rate=done / max(time.perf_counter() - started, 1e-9))
 
+        uploads = PresignedUploads(ingest, stack.s3_ca_file) if upload else None
+
         async def run() -> SimulationReport:
             if not fleet:
-                return await simulate(config, sink, objects, on_frame=advance, ledger=ledger)
+                return await simulate(config, sink, objects, on_frame=advance, ledger=ledger, uploads=uploads)
             # The edge agent installs signed builds as they roll out, while frames keep flowing.
             async with running_agent(fleet=fleet, gateway_id=gateway_id, kafka_bootstrap=stack.kafka_bootstrap,
-                                     objects=objects, state_dir=stack.state_dir,
+                                     kafka_security=stack.kafka_security(), objects=objects, state_dir=stack.state_dir,
                                      trusted_key_files=trusted_keys or None) as agent:
-                return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance, ledger=ledger)
+                return await simulate(config, sink, objects, edge_predict=agent.predict, on_frame=advance, ledger=ledger,
+                                      uploads=uploads)
 
         try:
             report = asyncio.run(run())
         except AgentSetupError as err:
             err_console.print(f"[red]edge agent: {err}[/red]")
             raise typer.Exit(2) from None
+        finally:
+            if uploads is not None:
+                uploads.close()
     summary = {
         "run_id": report.run_id, "line": line, "via": via.value, "sent": report.sent,
         "seconds": round(report.seconds, 3), "rate": round(report.rate, 2), "labels": report.labels,

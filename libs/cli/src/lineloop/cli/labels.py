@@ -152,7 +152,7 @@ def import_labelstudio(
 def object_store() -> ObjectStore:
     """The S3 store named by `LINELOOP_S3_*` (the embedded stack's by default)."""
     stack = StackSettings()
-    return ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+    return stack.object_store()
 
 
 def _truth(objects: ObjectStore, frame_id: str) -> str | None:

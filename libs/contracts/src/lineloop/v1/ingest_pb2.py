@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from lineloop.v1 import common_pb2 as lineloop_dot_v1_dot_common__pb2
 from lineloop.v1 import events_pb2 as lineloop_dot_v1_dot_events__pb2
 from lineloop.v1 import options_pb2 as lineloop_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lineloop/v1/ingest.proto\x12\x0blineloop.v1\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"?\n\x12UploadFrameRequest\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.lineloop.v1.FrameCaptured\"\x80\x01\n\x0cUploadResult\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.lineloop.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"z\n\x14UploadFramesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\x12*\n\x07results\x18\x04 \x03(\x0b\x32\x19.lineloop.v1.UploadResult\"#\n\x0fGetFrameRequest\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\"I\n\x05\x46rame\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.lineloop.v1.FrameIngested\x12\x15\n\rpresigned_url\x18\x02 \x01(\t2\xea\x01\n\rIngestService\x12\x63\n\x0cUploadFrames\x12\x1f.lineloop.v1.UploadFrameRequest\x1a!.lineloop.v1.UploadFramesResponse\"\r\xaa\xbb\x18\t\n\x07gateway(\x01\x12t\n\x08GetFrame\x12\x1c.lineloop.v1.GetFrameRequest\x1a\x12.lineloop.v1.Frame\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07serviceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18lineloop/v1/ingest.proto\x12\x0blineloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18lineloop/v1/common.proto\x1a\x18lineloop/v1/events.proto\x1a\x19lineloop/v1/options.proto\"?\n\x12UploadFrameRequest\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.lineloop.v1.FrameCaptured\"\x80\x01\n\x0cUploadResult\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.lineloop.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"z\n\x14UploadFramesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x10\n\x08rejected\x18\x02 \x01(\x03\x12\x12\n\nduplicates\x18\x03 \x01(\x03\x12*\n\x07results\x18\x04 \x03(\x0b\x32\x19.lineloop.v1.UploadResult\"I\n\rImageToUpload\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"C\n\x15RequestUploadsRequest\x12*\n\x06images\x18\x01 \x03(\x0b\x32\x1a.lineloop.v1.ImageToUpload\"\x91\x01\n\x0fPresignedUpload\x12)\n\timage_ref\x18\x01 \x01(\x0b\x32\x16.lineloop.v1.ObjectRef\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x16\n\x0e\x61lready_stored\x18\x03 \x01(\x08\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x16RequestUploadsResponse\x12-\n\x07uploads\x18\x01 \x03(\x0b\x32\x1c.lineloop.v1.PresignedUpload\"#\n\x0fGetFrameRequest\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\t\"I\n\x05\x46rame\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.lineloop.v1.FrameIngested\x12\x15\n\rpresigned_url\x18\x02 \x01(\t2\xd4\x02\n\rIngestService\x12\x63\n\x0cUploadFrames\x12\x1f.lineloop.v1.UploadFrameRequest\x1a!.lineloop.v1.UploadFramesResponse\"\r\xaa\xbb\x18\t\n\x07gateway(\x01\x12h\n\x0eRequestUploads\x12\".lineloop.v1.RequestUploadsRequest\x1a#.lineloop.v1.RequestUploadsResponse\"\r\xaa\xbb\x18\t\n\x07gateway\x12t\n\x08GetFrame\x12\x1c.lineloop.v1.GetFrameRequest\x1a\x12.lineloop.v1.Frame\"6\xaa\xbb\x18\x32\n\tannotator\n\x0bml-engineer\n\x0frelease-manager\n\x07serviceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['UploadFrames']._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['UploadFrames']._serialized_options = b'\252\273\030\t\n\007gateway'
+  _globals['_INGESTSERVICE'].methods_by_name['RequestUploads']._loaded_options = None
+  _globals['_INGESTSERVICE'].methods_by_name['RequestUploads']._serialized_options = b'\252\273\030\t\n\007gateway'
   _globals['_INGESTSERVICE'].methods_by_name['GetFrame']._loaded_options = None
   _globals['_INGESTSERVICE'].methods_by_name['GetFrame']._serialized_options = b'\252\273\0302\n\tannotator\n\013ml-engineer\n\017release-manager\n\007service'
-  _globals['_UPLOADFRAMEREQUEST']._serialized_start=94
-  _globals['_UPLOADFRAMEREQUEST']._serialized_end=157
-  _globals['_UPLOADRESULT']._serialized_start=160
-  _globals['_UPLOADRESULT']._serialized_end=288
-  _globals['_UPLOADFRAMESRESPONSE']._serialized_start=290
-  _globals['_UPLOADFRAMESRESPONSE']._serialized_end=412
-  _globals['_GETFRAMEREQUEST']._serialized_start=414
-  _globals['_GETFRAMEREQUEST']._serialized_end=449
-  _globals['_FRAME']._serialized_start=451
-  _globals['_FRAME']._serialized_end=524
-  _globals['_INGESTSERVICE']._serialized_start=527
-  _globals['_INGESTSERVICE']._serialized_end=761
+  _globals['_UPLOADFRAMEREQUEST']._serialized_start=153
+  _globals['_UPLOADFRAMEREQUEST']._serialized_end=216
+  _globals['_UPLOADRESULT']._serialized_start=219
+  _globals['_UPLOADRESULT']._serialized_end=347
+  _globals['_UPLOADFRAMESRESPONSE']._serialized_start=349
+  _globals['_UPLOADFRAMESRESPONSE']._serialized_end=471
+  _globals['_IMAGETOUPLOAD']._serialized_start=473
+  _globals['_IMAGETOUPLOAD']._serialized_end=546
+  _globals['_REQUESTUPLOADSREQUEST']._serialized_start=548
+  _globals['_REQUESTUPLOADSREQUEST']._serialized_end=615
+  _globals['_PRESIGNEDUPLOAD']._serialized_start=618
+  _globals['_PRESIGNEDUPLOAD']._serialized_end=763
+  _globals['_REQUESTUPLOADSRESPONSE']._serialized_start=765
+  _globals['_REQUESTUPLOADSRESPONSE']._serialized_end=836
+  _globals['_GETFRAMEREQUEST']._serialized_start=838
+  _globals['_GETFRAMEREQUEST']._serialized_end=873
+  _globals['_FRAME']._serialized_start=875
+  _globals['_FRAME']._serialized_end=948
+  _globals['_INGESTSERVICE']._serialized_start=951
+  _globals['_INGESTSERVICE']._serialized_end=1291
 # @@protoc_insertion_point(module_scope)

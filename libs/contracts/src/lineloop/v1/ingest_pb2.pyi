@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from lineloop.v1 import common_pb2 as _common_pb2
 from lineloop.v1 import events_pb2 as _events_pb2
 from lineloop.v1 import options_pb2 as _options_pb2
 from google.protobuf.internal import containers as _containers
@@ -39,6 +43,40 @@ class UploadFramesResponse(_message.Message):
     duplicates: int
     results: _containers.RepeatedCompositeFieldContainer[UploadResult]
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., duplicates: _Optional[int] = ..., results: _Optional[_Iterable[_Union[UploadResult, _Mapping]]] = ...) -> None: ...
+
+class ImageToUpload(_message.Message):
+    __slots__ = ("sha256", "size_bytes", "content_type")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size_bytes: int
+    content_type: str
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class RequestUploadsRequest(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[ImageToUpload]
+    def __init__(self, images: _Optional[_Iterable[_Union[ImageToUpload, _Mapping]]] = ...) -> None: ...
+
+class PresignedUpload(_message.Message):
+    __slots__ = ("image_ref", "url", "already_stored", "expires_at")
+    IMAGE_REF_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    image_ref: _common_pb2.ObjectRef
+    url: str
+    already_stored: bool
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, image_ref: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., url: _Optional[str] = ..., already_stored: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RequestUploadsResponse(_message.Message):
+    __slots__ = ("uploads",)
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    uploads: _containers.RepeatedCompositeFieldContainer[PresignedUpload]
+    def __init__(self, uploads: _Optional[_Iterable[_Union[PresignedUpload, _Mapping]]] = ...) -> None: ...
 
 class GetFrameRequest(_message.Message):
     __slots__ = ("frame_id",)

@@ -39,6 +39,11 @@ class IngestServiceStub:
                 request_serializer=lineloop_dot_v1_dot_ingest__pb2.UploadFrameRequest.SerializeToString,
                 response_deserializer=lineloop_dot_v1_dot_ingest__pb2.UploadFramesResponse.FromString,
                 _registered_method=True)
+        self.RequestUploads = channel.unary_unary(
+                '/lineloop.v1.IngestService/RequestUploads',
+                request_serializer=lineloop_dot_v1_dot_ingest__pb2.RequestUploadsRequest.SerializeToString,
+                response_deserializer=lineloop_dot_v1_dot_ingest__pb2.RequestUploadsResponse.FromString,
+                _registered_method=True)
         self.GetFrame = channel.unary_unary(
                 '/lineloop.v1.IngestService/GetFrame',
                 request_serializer=lineloop_dot_v1_dot_ingest__pb2.GetFrameRequest.SerializeToString,
@@ -57,6 +62,17 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestUploads(self, request, context):
+        """Where a gateway puts each image it will send by reference (frames.captured.v1 image_ref):
+        a short-lived presigned PUT under the image's content key in the frames bucket, so gateways
+        hold no object-store keys. An image already stored needs no upload. Ingest checks the
+        stored bytes against the sha256 when it ingests the frame; an upload no frame ever
+        references is an orphan its reconcile job finds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetFrame(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -70,6 +86,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.UploadFrames,
                     request_deserializer=lineloop_dot_v1_dot_ingest__pb2.UploadFrameRequest.FromString,
                     response_serializer=lineloop_dot_v1_dot_ingest__pb2.UploadFramesResponse.SerializeToString,
+            ),
+            'RequestUploads': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestUploads,
+                    request_deserializer=lineloop_dot_v1_dot_ingest__pb2.RequestUploadsRequest.FromString,
+                    response_serializer=lineloop_dot_v1_dot_ingest__pb2.RequestUploadsResponse.SerializeToString,
             ),
             'GetFrame': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFrame,
@@ -104,6 +125,33 @@ class IngestService:
             '/lineloop.v1.IngestService/UploadFrames',
             lineloop_dot_v1_dot_ingest__pb2.UploadFrameRequest.SerializeToString,
             lineloop_dot_v1_dot_ingest__pb2.UploadFramesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestUploads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lineloop.v1.IngestService/RequestUploads',
+            lineloop_dot_v1_dot_ingest__pb2.RequestUploadsRequest.SerializeToString,
+            lineloop_dot_v1_dot_ingest__pb2.RequestUploadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import metrics
 
-from lineloop.bus import Bus, EventContext, Reject
+from lineloop.bus import Bus, EventContext, KafkaSecurity, Reject
 from lineloop.edge.fleets import load_fleets
 from lineloop.edge.manifest import BuildManifest, ManifestError, check_artifact, load_trusted_keys, verify_manifest
 from lineloop.edge.settings import EdgeSettings
@@ -244,7 +244,8 @@ def admitting_stage(rollout: EdgeRollout, gateway_id: str) -> int | None:
 @contextlib.asynccontextmanager
 async def running_agent(*, fleet: str, gateway_id: str, kafka_bootstrap: str, objects: ObjectStore, state_dir: Path,
                         trusted_key_files: list[Path] | None = None, fleets_file: Path | None = None,
-                        settings: EdgeSettings | None = None) -> AsyncIterator[EdgeAgent]:
+                        settings: EdgeSettings | None = None,
+                        kafka_security: KafkaSecurity | None = None) -> AsyncIterator[EdgeAgent]:
     """An agent for one gateway of `fleet`, consuming rollouts until the block ends.
 
     The target is the fleet's (fleets configuration). Trusted keys: `trusted_key_files`,
@@ -268,7 +269,7 @@ async def running_agent(*, fleet: str, gateway_id: str, kafka_bootstrap: str, ob
         agent.restore()
     except (ManifestError, OSError) as err:
         log.warning("gateway %s starts without a model: the installed one failed its check (%s)", gateway_id, err)
-    bus = Bus(kafka_bootstrap, source=f"lineloop/edge-{gateway_id}")
+    bus = Bus(kafka_bootstrap, source=f"lineloop/edge-{gateway_id}", security=kafka_security or KafkaSecurity())
     agent.subscribe(bus)
     await bus.start()
     try:

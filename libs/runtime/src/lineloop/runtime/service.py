@@ -29,7 +29,6 @@ from lineloop.contracts.topics import INBOX_RETENTION_S
 from lineloop.runtime import auth
 from lineloop.runtime.periodic import Periodic
 from lineloop.runtime.settings import BUCKETS, SecuritySettings, ServiceSettings
-from lineloop.storage.objects import ObjectStore
 from lineloop.storage.sql import Database, utcnow
 from lineloop.telemetry import Telemetry, grpc_server_interceptors, setup_telemetry
 
@@ -51,6 +50,7 @@ class Service:
         self.db = Database(settings.sql_url)
         self.bus = Bus(
             stack.kafka_bootstrap,
+            security=stack.kafka_security(),
             source=f"lineloop/{name}",
             db=self.db,
             partitions=stack.topic_partitions,
@@ -60,7 +60,7 @@ class Service:
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             max_deliveries=settings.bus_max_deliveries,
         )
-        self.objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+        self.objects = stack.object_store()
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
         self._migrations: list[tuple[str, int, MetaData]] = []

@@ -7,12 +7,16 @@ own settings use `LINELOOP_<SERVICE>_`. Defaults are the embedded stack's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lineloop.contracts.catalogue import all_bucket_names
+
+if TYPE_CHECKING:
+    from lineloop.bus.security import KafkaSecurity
+    from lineloop.storage.objects import ObjectStore
 
 # Every bucket of the service catalogue; each service ensures them all at start.
 BUCKETS = all_bucket_names()
@@ -24,10 +28,23 @@ class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINELOOP_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # How every Kafka client connects (lineloop.bus.security, docs/security.md): PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; the CA that signs the brokers' certificates (unset: the
+    # system's), a client certificate where the brokers require one, SASL PLAIN or SCRAM.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ca_file: Path | None = None
+    kafka_cert_file: Path | None = None
+    kafka_key_file: Path | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
     s3_endpoint: str = "http://127.0.0.1:8333"
     s3_access_key: str = "lineloop"
     s3_secret_key: str = "lineloop-secret"
     s3_region: str = "us-east-1"
+    # PEM bundle of the CA that signs an https S3 endpoint's certificate (a plant's own CA);
+    # unset: the system's trusted CAs. Only for https endpoints.
+    s3_ca_file: Path | None = None
     triton_grpc: str = "127.0.0.1:8001"
     triton_http: str = "127.0.0.1:8000"
     state_dir: Path = Path(".lineloop")
@@ -39,6 +56,31 @@ class StackSettings(BaseSettings):
     topic_min_insync_replicas: int = Field(default=1, ge=1)
     log_level: str = "INFO"
     log_format: str = "json"
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How this deployment's Kafka clients connect. Raises ValueError, naming the variables,
+        when they do not add up: every client is made through here, so a service refuses to start."""
+        from lineloop.bus.security import KafkaSecurity
+
+        return KafkaSecurity(self.kafka_security_protocol, self.kafka_ca_file, self.kafka_cert_file, self.kafka_key_file,
+                             self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password.get_secret_value())
+
+    def object_store(self, endpoint: str = "", **options) -> ObjectStore:
+        """The S3 store these settings name (keys, region, CA) at `endpoint` (default: s3_endpoint);
+        `options`: ObjectStore.from_url's."""
+        from lineloop.storage.objects import ObjectStore  # minio only where a store is used
+
+        return ObjectStore.from_url(endpoint or self.s3_endpoint, self.s3_access_key, self.s3_secret_key, self.s3_region,
+                                    ca_file=self.s3_ca_file, **options)
+
+    @model_validator(mode="after")
+    def _s3_ca_file_readable(self) -> StackSettings:
+        # Fail closed at start: a configured CA that is missing must not fall back to anything.
+        if self.s3_ca_file is not None and not self.s3_ca_file.is_file():
+            raise ValueError(f"LINELOOP_S3_CA_FILE {self.s3_ca_file} is not a readable file")
+        if self.s3_ca_file is not None and not self.s3_endpoint.startswith("https://"):
+            raise ValueError(f"LINELOOP_S3_CA_FILE is set but LINELOOP_S3_ENDPOINT ({self.s3_endpoint}) is not https")
+        return self
 
     @model_validator(mode="after")
     def _insync_within_replicas(self) -> StackSettings:

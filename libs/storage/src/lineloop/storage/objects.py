@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import urllib3
@@ -135,6 +136,15 @@ def content_key(sha256: str, ext: str) -> str:
     return f"{sha256[:2]}/{sha256}.{ext}"
 
 
+class _Retry(urllib3.Retry):
+    """A certificate that does not verify fails the same way every time: give up at once."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, urllib3.exceptions.SSLError):
+            raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class ObjectStore:
     """An S3 bucket client (MinIO, SeaweedFS, AWS) for lineloop's objects."""
 
@@ -152,6 +162,7 @@ class ObjectStore:
         *,
         max_connections: int = 32,
         timeout_s: float = 30.0,
+        ca_file: Path | str | None = None,
     ) -> ObjectStore:
         """Connects to an S3 endpoint such as `http://127.0.0.1:8333`.
 
@@ -164,18 +175,27 @@ class ObjectStore:
                 run at once without opening throwaway connections, so keep it at
                 or above the number of threads using the store.
             timeout_s: Connect and read timeout of one HTTP request.
+            ca_file: PEM bundle of the CA(s) that sign an https endpoint's certificate
+                (a plant's own CA); None: the system's trusted CAs. The certificate and
+                its host name are always verified.
 
         Raises:
-            ValueError: The URL is not a bare http(s) endpoint.
+            ValueError: The URL is not a bare http(s) endpoint, or a CA file is given
+                for plain http.
         """
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValueError(f"S3 endpoint must look like http://host:port, got {endpoint_url!r}")
+        if ca_file is not None and parts.scheme != "https":
+            # Fail closed: a CA configured for a plaintext endpoint means the operator expects TLS.
+            raise ValueError(f"an S3 CA file ({ca_file}) is set but the endpoint {endpoint_url!r} is not https")
         http = urllib3.PoolManager(
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=str(ca_file) if ca_file is not None else None,
             maxsize=max_connections,
             timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
-            # Same retry policy as minio's own default client.
-            retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            # Same retry policy as minio's own default client, but a TLS failure is not retried.
+            retries=_Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
         client = Minio(
             parts.netloc,
@@ -315,6 +335,11 @@ class ObjectStore:
         with _mapped_errors(bucket, key):
             return self.client.presigned_get_object(bucket, key, expires=expires)
 
+    def presigned_put(self, bucket: str, key: str, expires: timedelta) -> str:
+        """A URL anyone can PUT this one object to until `expires` has passed (signed locally)."""
+        with _mapped_errors(bucket, key):
+            return self.client.presigned_put_object(bucket, key, expires=expires)
+
     def delete(self, bucket: str, key: str) -> None:
         """Removes the object; removing one that is not there is not an error (S3 semantics)."""
         with _mapped_errors(bucket, key):
@@ -365,6 +390,9 @@ class AsyncObjectStore:
     async def presigned_get(self, bucket: str, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return await asyncio.to_thread(self._store.presigned_get, bucket, key, expires)
 
+    async def presigned_put(self, bucket: str, key: str, expires: timedelta) -> str:
+        return await asyncio.to_thread(self._store.presigned_put, bucket, key, expires)
+
     async def delete(self, bucket: str, key: str) -> None:
         await asyncio.to_thread(self._store.delete, bucket, key)
 
@@ -383,4 +411,8 @@ def _mapped_errors(bucket: str, key: str | None = None) -> Iterator[None]:
         error = AccessDenied if exc.code in _ACCESS_CODES else ObjectStoreError
         raise error(f"{exc.code} on {where}: {exc.message}", code=exc.code) from exc
     except (urllib3.exceptions.HTTPError, MinioException) as exc:
+        if isinstance(exc, urllib3.exceptions.SSLError) or isinstance(getattr(exc, "reason", None), urllib3.exceptions.SSLError):
+            raise ObjectStoreUnavailable(
+                f"object store on {where}: TLS failed ({getattr(exc, 'reason', exc)}); LINELOOP_S3_CA_FILE must name "
+                "the CA that signs the endpoint's certificate, for the host name in LINELOOP_S3_ENDPOINT") from exc
         raise ObjectStoreUnavailable(f"object store failed on {where}: {exc}") from exc

@@ -4,34 +4,88 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
+from opentelemetry import metrics
 from sqlalchemy.exc import IntegrityError
 
 from lineloop.bus import Bus
 from lineloop.ingest import state
-from lineloop.ingest.pipeline import SAFE_ID, Pipeline, Prepared, Recorded, Refused
+from lineloop.ingest.pipeline import SAFE_ID, SHA256_HEX, Pipeline, Prepared, Recorded, Refused
 from lineloop.ingest.settings import IngestSettings
 from lineloop.runtime import abort
 from lineloop.storage.objects import AsyncObjectStore, ObjectStoreError
-from lineloop.storage.sql import Database
+from lineloop.storage.sql import Database, utcnow
 from lineloop.v1 import ingest_pb2, ingest_pb2_grpc
+from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1.events_pb2 import RejectReason
+from lineloop.vision.decode import SUPPORTED_FORMATS
 
 log = logging.getLogger(__name__)
+
+SUPPORTED_EXTENSIONS = dict(SUPPORTED_FORMATS.values())  # content type -> file extension
+UPLOAD_PREFIX = "uploads/"  # gateways' staged images (RequestUploads); content keys are ingest's alone
+uploads_granted = metrics.get_meter("lineloop.ingest").create_counter(
+    "lineloop.ingest.uploads_granted", unit="{image}",
+    description="Images a gateway was given a presigned PUT for (or told were already stored): RequestUploads.",
+)
 
 
 class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(
-        self, settings: IngestSettings, pipeline: Pipeline, db: Database, bus: Bus, objects: AsyncObjectStore
+        self, settings: IngestSettings, pipeline: Pipeline, db: Database, bus: Bus, objects: AsyncObjectStore,
+        uploads: AsyncObjectStore | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.db = db
         self.bus = bus
         self.objects = objects
+        self.uploads = uploads or objects  # signs gateways' PUTs for the host they reach the store at
+
+    async def RequestUploads(
+        self, request: ingest_pb2.RequestUploadsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RequestUploadsResponse:
+        """A presigned PUT per image: the gateway needs no S3 keys.
+
+        Each PUT goes to a staging key of its own (`uploads/<sha256>/<random>.<ext>`), never to a
+        content key: content keys are written by ingest alone, after it checked the bytes against
+        their sha256, so no gateway (nor a URL it kept) can overwrite or pre-empt stored frames.
+        Ingest copies a staged image under its content key when it ingests the frame; the staged
+        copy is then an orphan the reconcile job deletes after its grace period. An image the
+        index already holds needs no upload: the answer is its stored reference."""
+        if len(request.images) > self.settings.max_uploads_per_request:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "TOO_MANY_UPLOADS",
+                        f"{len(request.images)} images in one request; at most {self.settings.max_uploads_per_request}",
+                        service="ingest")
+        for i, image in enumerate(request.images):
+            problem = _upload_problem(image, self.settings.max_image_bytes)
+            if problem:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UPLOAD", f"images[{i}]: {problem}",
+                            service="ingest")
+        bucket = self.settings.frames_bucket
+        ttl = timedelta(seconds=self.settings.upload_url_ttl_s)
+        expires = utcnow() + ttl
+        reply = ingest_pb2.RequestUploadsResponse()
+        for image in request.images:
+            sha = image.sha256.lower()
+            with self.db.session() as session:
+                stored = state.stored_image(session, sha)
+            if stored is not None:
+                reply.uploads.add(image_ref=stored, already_stored=True)
+                continue
+            key = f"{UPLOAD_PREFIX}{sha}/{uuid.uuid4().hex}.{SUPPORTED_EXTENSIONS[image.content_type]}"
+            upload = reply.uploads.add(image_ref=ObjectRef(bucket=bucket, key=key, sha256=sha, size_bytes=image.size_bytes))
+            upload.expires_at.FromDatetime(expires)
+            try:
+                upload.url = await self.uploads.presigned_put(bucket, key, ttl)
+            except ObjectStoreError as exc:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, "OBJECT_STORE_UNAVAILABLE", str(exc), service="ingest")
+        uploads_granted.add(len(request.images))
+        return reply
 
     async def UploadFrames(
         self, request_iterator: AsyncIterator[ingest_pb2.UploadFrameRequest], context: grpc.aio.ServicerContext
@@ -113,6 +167,16 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
             frame.image.bucket, frame.image.key, timedelta(seconds=self.settings.presigned_url_ttl_s)
         )
         return ingest_pb2.Frame(frame=frame, presigned_url=url)
+
+
+def _upload_problem(image: ingest_pb2.ImageToUpload, max_bytes: int) -> str:
+    if not SHA256_HEX.match(image.sha256.lower()):
+        return f"sha256 {image.sha256[:80]!r} is not 64 hex digits"
+    if image.content_type not in SUPPORTED_EXTENSIONS:
+        return f"content_type {image.content_type[:40]!r} is not one of {', '.join(sorted(SUPPORTED_EXTENSIONS))}"
+    if not 0 < image.size_bytes <= max_bytes:
+        return f"size_bytes {image.size_bytes} is not within 1..{max_bytes}"
+    return ""
 
 
 def _result(outcome: Prepared | Refused, recorded: Recorded) -> ingest_pb2.UploadResult:

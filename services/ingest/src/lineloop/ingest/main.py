@@ -32,7 +32,9 @@ def build(settings: IngestSettings | None = None) -> Service:
     service.bus.handler(ModelPromoted, group=group)(handlers_models_promoted.make_handler(serving, scorer))
     service.add_grpc(
         add_IngestServiceServicer_to_server,
-        IngestApi(settings, pipeline, service.db, service.bus, service.objects.aio),
+        IngestApi(settings, pipeline, service.db, service.bus, service.objects.aio,
+                  uploads=settings.stack.object_store(endpoint=settings.upload_endpoint).aio
+                  if settings.upload_endpoint else service.objects.aio),
     )
 
     @service.on_stop

@@ -158,7 +158,7 @@ def reconcile(settings: IngestSettings | None = None, *, grace_s: float | None =
             raise NoIngestDatabase(f"no ingest schema in {db.safe_url}: {exc.__class__.__name__}") from exc
         if schema is None:
             raise NoIngestDatabase(f"no ingest schema in {db.safe_url}")
-        objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+        objects = stack.object_store()
         backlog = None
         if delete:
             with ThreadPoolExecutor(max_workers=1) as pool:  # callable from inside an event loop too
@@ -185,6 +185,7 @@ async def oldest_pending_frame(settings: IngestSettings, timeout_s: float = 10.0
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.stack.kafka_bootstrap, group_id=kafka_group_id(settings.consumer_group, topic),
         enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000),
+        **settings.stack.kafka_security().client_options(),
     )
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)

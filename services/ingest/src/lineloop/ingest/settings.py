@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from lineloop.contracts.catalogue import bucket, service
@@ -53,6 +53,12 @@ class IngestSettings(ServiceSettings):
     # Frames of one fetched batch prepared (fetched, decoded, stored, scored) at once.
     max_concurrent_frames: int = 64
     presigned_url_ttl_s: int = 900
+    # RequestUploads: how long a gateway's presigned PUT stays valid, how many images one
+    # request may ask for, and the S3 address gateways reach the store at, if not the one this
+    # service uses (the URL is signed for that host; empty: LINELOOP_S3_ENDPOINT).
+    upload_url_ttl_s: int = Field(default=300, gt=0, le=3600)
+    max_uploads_per_request: int = Field(default=256, gt=0)
+    upload_endpoint: str = ""
 
     @model_validator(mode="after")
     def _a_frame_at_the_cap_fits_the_budget(self) -> IngestSettings:

@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from lineloop.storage.sql import utcnow
+from lineloop.v1.common_pb2 import ObjectRef
 from lineloop.v1.events_pb2 import FrameIngested, ModelPromoted
 
 SCHEMA_COMPONENT = "lineloop.ingest"
@@ -109,6 +110,13 @@ def find_frame(session: Session, frame_id: str) -> FrameIngested | None:
 
 def first_frame_with(session: Session, sha256: str) -> str | None:
     return session.execute(_FIRST_WITH, {"sha256": sha256}).scalar_one_or_none()
+
+
+def stored_image(session: Session, sha256: str) -> ObjectRef | None:
+    """Where the index keeps the image with this sha256 (checked when it was stored), if it does."""
+    first = first_frame_with(session, sha256)
+    frame = find_frame(session, first) if first is not None else None
+    return frame.image if frame is not None else None
 
 
 def add_image(session: Session, sha256: str, frame_id: str) -> None:

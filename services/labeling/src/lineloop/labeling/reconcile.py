@@ -88,7 +88,7 @@ def find_dataset_inconsistencies(settings: LabelingSettings | None = None) -> Da
                 raise NoLabelingDatabase(f"no labeling schema in {db.safe_url}")
         except SQLAlchemyError as exc:
             raise NoLabelingDatabase(f"no labeling schema in {db.safe_url}: {exc.__class__.__name__}") from exc
-        objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key, stack.s3_region)
+        objects = stack.object_store()
         return check_datasets(db, objects, settings.datasets_bucket)
     finally:
         db.dispose()

@@ -161,12 +161,24 @@ def heartbeat(s: Session, run_id: str) -> None:
     s.execute(update(runs).where(runs.c.run_id == run_id, runs.c.state == RUNNING).values(heartbeat_at=utcnow()))
 
 
-def requeue_abandoned(s: Session, worker: str = "", stale_before: datetime | None = None) -> list[str]:
-    """Runs left RUNNING by a worker that stopped (this one, restarted) or went silent
-    (another replica, no heartbeat since `stale_before`): queued again, never lost."""
-    q = select(runs.c.run_id).where(runs.c.state == RUNNING)
-    q = q.where(runs.c.worker == worker) if worker else q.where(runs.c.heartbeat_at < stale_before)
-    ids = [r for (r,) in s.execute(q)]
+def requeue_abandoned(s: Session, stale_before: datetime, slot: str = "") -> list[str]:
+    """Runs left RUNNING whose worker has not beaten their heartbeat since `stale_before`: queued
+    again, never lost. `slot`: only those of workers of this slot (`<host>:<cache dir>`, a
+    worker id's prefix), so a restarted process takes back its predecessor's runs sooner; a
+    live process of the same slot (two replicas sharing a host and cache) keeps beating, so its
+    run is never taken."""
+    q = select(runs.c.run_id).where(runs.c.state == RUNNING, runs.c.heartbeat_at < stale_before)
+    if slot:
+        q = q.where(runs.c.worker.startswith(f"{slot}:", autoescape=True))
+    return _requeue(s, [r for (r,) in s.execute(q)])
+
+
+def requeue_run(s: Session, run_id: str) -> None:
+    """This process's run, left unfinished by a shutdown: queued again to run later."""
+    _requeue(s, [r for (r,) in s.execute(select(runs.c.run_id).where(runs.c.run_id == run_id, runs.c.state == RUNNING))])
+
+
+def _requeue(s: Session, ids: list[str]) -> list[str]:
     for run_id in ids:
         s.execute(update(runs).where(runs.c.run_id == run_id).values(
             state=QUEUED, epochs=[], started_at=None, heartbeat_at=None,

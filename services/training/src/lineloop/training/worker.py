@@ -95,11 +95,19 @@ def host_info() -> dict:
     }
 
 
+# Polls without a heartbeat after which a run of this worker's own slot counts as abandoned:
+# its process died (a restart follows) while a live one beats every poll.
+SLOT_SILENT_POLLS = 30
+
+
 class RunWorker:
     def __init__(self, service: Service, settings: TrainingSettings) -> None:
         self.service = service
         self.settings = settings
-        self.worker_id = f"{socket.gethostname()}:{settings.frame_cache_dir.resolve()}"
+        # The slot (machine and frame cache) a worker id starts with, then this process: two
+        # processes on one slot (a restart, or replicas sharing a host and cache) are two workers.
+        self.slot = f"{socket.gethostname()}:{settings.frame_cache_dir.resolve()}"
+        self.worker_id = f"{self.slot}:{os.getpid()}"
         self.cache = FrameCache(settings.frame_cache_dir, service.objects)
         self.code_version = code_version()
         self._wake = asyncio.Event()
@@ -111,11 +119,14 @@ class RunWorker:
         self._wake.set()
 
     async def start(self) -> None:
-        async with self.service.db.write() as s:
-            requeued = state.requeue_abandoned(s, self.worker_id)
-        if requeued:
-            log.warning("requeued runs abandoned by a previous process: %s", requeued)
         self._task = asyncio.create_task(self._loop(), name="training-worker")
+
+    def _requeue_abandoned(self, s) -> list[str]:
+        """A run of this slot whose heartbeat stopped (the process before a restart) comes back
+        after SLOT_SILENT_POLLS polls; any other replica's after run_stale_after_s."""
+        now = utcnow()
+        return (state.requeue_abandoned(s, now - timedelta(seconds=SLOT_SILENT_POLLS * self.settings.poll_interval_s), self.slot)
+                + state.requeue_abandoned(s, now - timedelta(seconds=self.settings.run_stale_after_s)))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -129,7 +140,7 @@ class RunWorker:
         while not self._stopping:
             try:
                 async with self.service.db.write() as s:
-                    stale = state.requeue_abandoned(s, stale_before=utcnow() - timedelta(seconds=self.settings.run_stale_after_s))
+                    stale = self._requeue_abandoned(s)
                     if stale:
                         log.warning("requeued runs whose worker went silent: %s", stale)
                     row = state.claim_next(s, self.worker_id, socket.gethostname())
@@ -166,7 +177,7 @@ class RunWorker:
             outcome = state.CANCELLED
             async with self.service.db.write() as s:
                 if self._stopping and not _cancel_requested(s, run_id):
-                    state.requeue_abandoned(s, self.worker_id)  # shutdown, not a user cancel: run it again later
+                    state.requeue_run(s, run_id)  # shutdown, not a user cancel: run it again later
                 else:  # CancelRun already recorded who asked and why in `error`
                     state.finish(s, run_id, state.CANCELLED)
         except Exception as exc:

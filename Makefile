@@ -64,7 +64,7 @@ demo: $(STAMP)
 	$(BIN)/lineloop demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=.
+	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=. --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -c tests/pytest.ini --rootdir=. -m "not slow"

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import binomtest
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,10 @@ class Bounds:
 def wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
     if n == 0:
         return 0.0, 1.0
+    # Imported here, not at module import: scipy.stats costs over a second at every registry
+    # start, and only the gate and the canary policy need it (the first call pays it, once).
+    from scipy.stats import binomtest
+
     ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=2 * confidence - 1, method="wilson")
     return float(ci.low), float(ci.high)
 

@@ -133,3 +133,23 @@ async def test_without_out_of_sample_predictions_the_version_says_not_checked(st
     with cli_datasets.console.capture() as captured:
         cli_datasets._show_label_check(version)
     assert "not checked: no out-of-fold predictions to check with: 0 labelled frames" in " ".join(captured.get().split())
+
+
+def test_a_check_that_breaks_is_recorded_as_not_run(monkeypatch):
+    """cleanlab raising must neither block cuts forever nor leave a version claiming a check."""
+    from types import SimpleNamespace
+
+    from lineloop.labeling import datasets as datasets_module
+    from lineloop.v1.common_pb2 import Prediction, PredictionStatus
+    from lineloop.v1.events_pb2 import LabelCreated, LabelSource
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cleanlab broke")
+
+    monkeypatch.setattr(datasets_module, "flag_label_issues", broken)
+    pred = Prediction(status=PredictionStatus.PREDICTION_STATUS_OK, scores={"ok": 0.9, "rot": 0.1}).SerializeToString()
+    entries = [(SimpleNamespace(frame_id=f"f{i}", sha256=f"{i:064x}", prediction=pred),
+                LabelCreated(frame_id=f"f{i}", label_class="ok", source=LabelSource.LABEL_SOURCE_HUMAN)) for i in range(3)]
+    checked = datasets_module.check_labels(entries, LabelingSettings(database_url="sqlite://"), set(), set())
+    assert not checked.check.checked and checked.new == []
+    assert checked.check.not_checked == "the check failed: RuntimeError: cleanlab broke"

@@ -126,6 +126,10 @@ def check_labels(entries, cfg: LabelingSettings, shared: set[str], already: set[
     except NotCheckable as err:
         return Checked(LabelCheck(checked=False, not_checked=f"no out-of-fold predictions to check with: {err}",
                                   method=method, frames_unchecked=len(human)), [])
+    except Exception as err:  # noqa: BLE001 - cleanlab's own errors: the version says so, the cut is not blocked forever
+        log.exception("label check failed; the version records it as not checked")
+        return Checked(LabelCheck(checked=False, not_checked=f"the check failed: {type(err).__name__}: {err}",
+                                  method=method, frames_unchecked=len(human)), [])
     new = [(usable[x.index][0], usable[x.index][1], x) for x in suspects if usable[x.index][0].frame_id not in already]
     return Checked(LabelCheck(checked=True, method=method, frames_checked=len(usable), frames_unchecked=unchecked), new)
 

@@ -60,3 +60,12 @@ def test_a_class_nobody_labelled_does_not_stop_the_check():
     suspects = flag_label_issues([labels[i] for i in kept], [scores[i] for i in kept], CLASSES)
     assert suspects and all(s.suggested_class in {"ok", "bruise", "rot"} for s in suspects)
     assert {kept[s.index] for s in suspects} & wrong
+
+
+def test_a_model_that_only_knows_the_commonest_class_is_not_used():
+    """What a first model trained on 70 % "ok" frames became on the simulator: "ok" for everything."""
+    rng = random.Random(2)
+    labels = [rng.choices(CLASSES, weights=[0.7, 0.1, 0.1, 0.1])[0] for _ in range(300)]
+    scores = [{"ok": 0.7 + rng.uniform(-0.05, 0.05), "bruise": 0.1, "rot": 0.1, "scab": 0.1} for _ in labels]
+    with pytest.raises(NotCheckable, match="no more than always answering 'ok' would"):
+        flag_label_issues(labels, scores, CLASSES)

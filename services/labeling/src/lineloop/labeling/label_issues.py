@@ -63,6 +63,14 @@ def flag_label_issues(
     # A tiny floor keeps a row the model put entirely on unlabelled classes defined (uniform).
     probs = probs + 1e-9
     probs /= probs.sum(axis=1, keepdims=True)
+    # A model no better than always answering the commonest class knows nothing about these
+    # frames: confident learning on it flags a third of them (measured on the simulator), so
+    # nothing is claimed rather than flooding the queue.
+    agreement = float(np.mean(probs.argmax(axis=1) == y))
+    majority = float(np.bincount(y).max() / len(y))
+    if agreement <= majority:
+        raise NotCheckable(f"the predictions agree with {agreement:.0%} of the labels, no more than always "
+                           f"answering {present[int(np.bincount(y).argmax())]!r} would ({majority:.0%})")
     # n_jobs=1: the service's event loop runs this; no worker processes behind its back.
     issues = find_label_issues(labels=y, pred_probs=probs, filter_by=filter_by, n_jobs=1)
     quality = get_label_quality_scores(y, probs, method="self_confidence")

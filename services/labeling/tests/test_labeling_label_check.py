@@ -128,11 +128,11 @@ async def test_without_out_of_sample_predictions_the_version_says_not_checked(st
         await submit(labeling_db, msg.frame_id, "rot", "alice")
     version, new = await datasets.cut(line, line, requested_by="test", reason="")
     assert new and not version.label_check.checked and not version.label_check.suspects
-    assert version.label_check.not_checked.startswith("no out-of-fold predictions")
+    assert version.label_check.not_checked.startswith("no usable out-of-fold predictions")
     assert version.label_check.frames_unchecked == 5
     with cli_datasets.console.capture() as captured:
         cli_datasets._show_label_check(version)
-    assert "not checked: no out-of-fold predictions to check with: 0 labelled frames" in " ".join(captured.get().split())
+    assert "not checked: no usable out-of-fold predictions: 0 labelled frames" in " ".join(captured.get().split())
 
 
 def test_a_check_that_breaks_is_recorded_as_not_run(monkeypatch):

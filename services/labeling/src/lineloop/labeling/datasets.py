@@ -124,7 +124,7 @@ def check_labels(entries, cfg: LabelingSettings, shared: set[str], already: set[
             min_frames=cfg.label_check_min_frames, filter_by=cfg.label_check_filter,
         )
     except NotCheckable as err:
-        return Checked(LabelCheck(checked=False, not_checked=f"no out-of-fold predictions to check with: {err}",
+        return Checked(LabelCheck(checked=False, not_checked=f"no usable out-of-fold predictions: {err}",
                                   method=method, frames_unchecked=len(human)), [])
     except Exception as err:  # noqa: BLE001 - cleanlab's own errors: the version says so, the cut is not blocked forever
         log.exception("label check failed; the version records it as not checked")

@@ -67,6 +67,7 @@ async def test_suspects_get_a_second_reviewer_and_the_version_records_their_fate
     assert flagged and len(set(flagged) & wrong) >= 0.6 * len(flagged), (len(flagged), len(set(flagged) & wrong))
     with pytest.raises(CutHeld, match="wait for a second reviewer"):   # nothing reviewed yet
         await datasets.cut(line, line, requested_by="test", reason="")
+    assert await datasets.apply_policy() == []                          # the policy waits too
 
     async with labeling_db.write() as s:
         # The author of the flagged labels is not asked again; someone else gets them first.
@@ -83,14 +84,13 @@ async def test_suspects_get_a_second_reviewer_and_the_version_records_their_fate
             await submit(labeling_db, ranked.row.frame_id, truth[ranked.row.frame_id], "bob", lease_id)
 
     deadline = asyncio.get_running_loop().time() + 30
-    while True:  # the unreviewed one holds the cut until its wait runs out
-        try:
-            version, new = await datasets.cut(line, line, requested_by="test", reason="")
-            break
-        except CutHeld:
-            assert asyncio.get_running_loop().time() < deadline, "the cut never went ahead"
-            await asyncio.sleep(0.5)
-    assert new and version.label_check.checked and version.label_check.frames_checked == 240
+    while not (cut := await datasets.apply_policy()):  # the unreviewed one holds it until its wait runs out
+        assert asyncio.get_running_loop().time() < deadline, "the policy never cut"
+        await asyncio.sleep(0.5)
+    [version] = cut
+    # alice's 240 labels and bob's second reviews
+    assert version.reason == f"policy: {240 + len(flagged) - 1} new human labels >= 200"
+    assert version.label_check.checked and version.label_check.frames_checked == 240
     fates = {x.frame_id: x for x in version.label_check.suspects}
     # Re-estimated with bob's answers, the check may flag a few more; they waited their turn too.
     assert set(flagged) <= set(fates)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import random
 import sys
 import uuid
 
@@ -109,3 +111,70 @@ async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path
     rc, out, err = await cli({**env, "LINELOOP_LABELING_GRPC": "127.0.0.1:1"}, "datasets", "list", "--json")
     assert rc == 3 and "labeling is not reachable at 127.0.0.1:1" in err
 
+
+
+async def test_suspected_label_errors_go_to_a_second_reviewer_before_the_cut(stack, helpers, tmp_path):
+    """Simulated QA makes wrong labels on purpose; the cut is refused until a second reviewer has seen
+    the suspects, and `lineloop datasets show` lists them with their fate."""
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    rng = random.Random(5)
+    classes = ["ok", "bruise", "rot", "scab"]
+    truth, frames = {}, []
+    for i in range(120):
+        cls = classes[i % 4]
+        # A served model right about 95 % of the time scored the frame at ingest.
+        logits = {c: rng.gauss(0, 1) + (3.5 if c == cls else 0.0) for c in classes}
+        total = sum(math.exp(v) for v in logits.values())
+        msg = helpers.frame_event(line, f"cam-{i % 2}", {c: math.exp(v) / total for c, v in logits.items()})
+        objects.put_bytes("lineloop-sim", f"truth/{msg.frame_id}.json", json.dumps({
+            "frame_id": msg.frame_id, "line_id": line, "camera_id": msg.camera_id, "label": cls, "drift": False,
+        }).encode(), "application/json")
+        truth[msg.frame_id] = cls
+        frames.append(msg)
+    cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", auto_accept_threshold=1.1)
+    publisher = Bus(stack.kafka_bootstrap, source="lineloop/test-gateway")
+    await publisher.start()
+    try:
+        for msg in frames:
+            await publisher.publish(msg)
+    finally:
+        await publisher.stop()
+    async with helpers.running_labeling(cfg) as (service, stub):
+        await helpers.wait_known(stub, [m.frame_id for m in frames])
+        env = {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "200"}
+        rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--error-rate", "0.05", "--seed", "2",
+                                 "--batch", "40", "--json")
+        assert rc == 0, err
+        assert json.loads(out)["submitted"] == 120 and json.loads(out)["wrong_on_purpose"] > 0
+        wrong = {}
+        for frame_id in truth:
+            effective = (await stub.GetFrameLabels(pb.GetFrameLabelsRequest(frame_id=frame_id))).effective
+            if effective.label_class != truth[frame_id]:
+                wrong[frame_id] = effective.label_class
+
+        reviews = 0
+        for _ in range(4):  # a second look at the corrected labels may flag a few more
+            rc, out, err = await cli(env, "datasets", "cut", "--line", line, "--json")
+            if rc == 0:
+                break
+            assert "FAILED_PRECONDITION [LABELS_IN_REVIEW]" in err and "second reviewer" in err, err
+            # The only frames in the queue now are the suspects; sim-qa, their author, is not offered them.
+            offered = await stub.NextTasks(pb.NextTasksRequest(annotator="sim-qa", line_id=line, max_tasks=50))
+            assert list(offered.tasks) == []
+            rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--annotator", "qa-lead", "--json")
+            assert rc == 0, err
+            reviews += json.loads(out)["submitted"]
+        assert rc == 0, err
+        rc, out, err = await cli(env, "datasets", "show", line, "--json")
+        assert rc == 0, err
+        check = json.loads(out)["label_check"]
+        assert check["checked"] and check["frames_checked"] == 120 and len(check["suspects"]) == reviews > 0
+        for x in check["suspects"]:
+            assert (x["annotator"], x["reviewed_by"], x["final_label"]) == ("sim-qa", "qa-lead", truth[x["frame_id"]])
+            assert x["fate"] == ("corrected" if x["frame_id"] in wrong else "confirmed")
+        caught = {x["frame_id"] for x in check["suspects"]} & set(wrong)
+        assert len(caught) >= 0.6 * len(wrong), (len(caught), len(wrong))
+        rc, out, _ = await cli(env, "datasets", "show", line)
+        assert rc == 0 and "suspected label errors" in out and "qa-lead" in out
+        print(out)  # the sample in the closing note

@@ -11,7 +11,7 @@ from lineloop.cli.common import console, err_console, print_json
 from lineloop.cli.labels import JsonOption, TargetOption, labeling, object_store
 from lineloop.storage.objects import ObjectStoreError, Sha256Mismatch
 from lineloop.v1 import labeling_pb2 as pb
-from lineloop.v1.events_pb2 import DatasetVersioned
+from lineloop.v1.events_pb2 import DatasetVersioned, SuspectFate
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,7 +23,50 @@ def _summary(v: DatasetVersioned) -> dict:
         "split_counts": dict(sorted(v.split_counts.items())), "classes": list(v.classes),
         "manifest": f"s3://{v.manifest.bucket}/{v.manifest.key}", "manifest_sha256": v.manifest.sha256,
         "created_by": v.created_by, "reason": v.reason, "created_at": v.created_at.ToJsonString(),
+        "label_check": _label_check(v),
     }
+
+
+def _label_check(v: DatasetVersioned) -> dict:
+    c = v.label_check
+    return {
+        "checked": c.checked, "not_checked": c.not_checked, "method": c.method,
+        "frames_checked": c.frames_checked, "frames_unchecked": c.frames_unchecked,
+        "suspects": [{
+            "frame_id": x.frame_id, "label": x.label_class, "annotator": x.annotator, "suggested": x.suggested_class,
+            "score": round(x.score, 4), "fate": FATES.get(x.fate, "unknown"), "reviewed_by": x.reviewed_by,
+            "final_label": x.final_class, "flagged_in": x.flagged_in,
+        } for x in c.suspects],
+    }
+
+
+FATES = {
+    SuspectFate.SUSPECT_FATE_PENDING: "pending",      # no second review: kept out of the test split
+    SuspectFate.SUSPECT_FATE_CONFIRMED: "confirmed",
+    SuspectFate.SUSPECT_FATE_CORRECTED: "corrected",
+}
+
+
+def _show_label_check(v: DatasetVersioned) -> None:
+    c = v.label_check
+    if not c.checked:
+        # Versions cut before the check existed carry no label_check at all.
+        console.print(f"  labels    not checked: {c.not_checked or 'no label check recorded'}")
+        return
+    fates = [FATES.get(x.fate, "unknown") for x in c.suspects]
+    console.print(f"  labels    {c.frames_checked} checked, {c.frames_unchecked} without an out-of-sample prediction; "
+                  f"{len(c.suspects)} suspects listed ({fates.count('confirmed')} confirmed, "
+                  f"{fates.count('corrected')} corrected, {fates.count('pending')} pending)")
+    console.print(f"            {c.method}")
+    if not c.suspects:
+        return
+    table = Table(title="suspected label errors (pending ones stay out of the test split)")
+    for column in ("frame", "label", "by", "model favours", "score", "fate", "reviewed by", "final"):
+        table.add_column(column)
+    for x in c.suspects:
+        table.add_row(x.frame_id, x.label_class, x.annotator, x.suggested_class, f"{x.score:.3f}",
+                      FATES.get(x.fate, "unknown"), x.reviewed_by or "-", x.final_class or "-")
+    console.print(table)
 
 
 def _show(v: DatasetVersioned) -> None:
@@ -32,6 +75,7 @@ def _show(v: DatasetVersioned) -> None:
     console.print(f"  manifest  {s['manifest']}")
     console.print(f"  sha256    {v.manifest.sha256}")
     console.print(f"  created   {s['created_at']} by {v.created_by}: {v.reason}")
+    _show_label_check(v)
     table = Table(title=f"{s['frames']} frames")
     table.add_column("class")
     splits = ["train", "val", "test"]
@@ -117,7 +161,7 @@ def show(
     target: str | None = TargetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Counts per class and split of one version."""
+    """Counts per class and split of one version, and the labels its check flagged with their fate."""
     with labeling(target) as stub:
         v = stub.GetDataset(pb.GetDatasetRequest(dataset=dataset, version=version))
     if as_json:

@@ -34,6 +34,13 @@ class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LABEL_SOURCE_IMPORT: _ClassVar[LabelSource]
     LABEL_SOURCE_IMPORT_UNVERIFIED: _ClassVar[LabelSource]
 
+class SuspectFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUSPECT_FATE_UNSPECIFIED: _ClassVar[SuspectFate]
+    SUSPECT_FATE_PENDING: _ClassVar[SuspectFate]
+    SUSPECT_FATE_CONFIRMED: _ClassVar[SuspectFate]
+    SUSPECT_FATE_CORRECTED: _ClassVar[SuspectFate]
+
 class GateOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GATE_OUTCOME_UNSPECIFIED: _ClassVar[GateOutcome]
@@ -86,6 +93,10 @@ LABEL_SOURCE_HUMAN: LabelSource
 LABEL_SOURCE_MODEL: LabelSource
 LABEL_SOURCE_IMPORT: LabelSource
 LABEL_SOURCE_IMPORT_UNVERIFIED: LabelSource
+SUSPECT_FATE_UNSPECIFIED: SuspectFate
+SUSPECT_FATE_PENDING: SuspectFate
+SUSPECT_FATE_CONFIRMED: SuspectFate
+SUSPECT_FATE_CORRECTED: SuspectFate
 GATE_OUTCOME_UNSPECIFIED: GateOutcome
 GATE_OUTCOME_PASSED: GateOutcome
 GATE_OUTCOME_FAILED: GateOutcome
@@ -232,7 +243,7 @@ class LabelCreated(_message.Message):
     def __init__(self, label_id: _Optional[str] = ..., frame_id: _Optional[str] = ..., line_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., sha256: _Optional[str] = ..., label_class: _Optional[str] = ..., source: _Optional[_Union[LabelSource, str]] = ..., annotator: _Optional[str] = ..., note: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prediction: _Optional[_Union[_common_pb2.Prediction, _Mapping]] = ...) -> None: ...
 
 class DatasetVersioned(_message.Message):
-    __slots__ = ("dataset", "version", "parent_version", "manifest", "classes", "class_counts", "split_counts", "line_id", "created_by", "reason", "created_at")
+    __slots__ = ("dataset", "version", "parent_version", "manifest", "classes", "class_counts", "split_counts", "line_id", "created_by", "reason", "created_at", "label_check")
     class ClassCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +269,7 @@ class DatasetVersioned(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_CHECK_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     version: str
     parent_version: str
@@ -269,7 +281,48 @@ class DatasetVersioned(_message.Message):
     created_by: str
     reason: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[str] = ..., parent_version: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Mapping[str, int]] = ..., split_counts: _Optional[_Mapping[str, int]] = ..., line_id: _Optional[str] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    label_check: LabelCheck
+    def __init__(self, dataset: _Optional[str] = ..., version: _Optional[str] = ..., parent_version: _Optional[str] = ..., manifest: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Mapping[str, int]] = ..., split_counts: _Optional[_Mapping[str, int]] = ..., line_id: _Optional[str] = ..., created_by: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., label_check: _Optional[_Union[LabelCheck, _Mapping]] = ...) -> None: ...
+
+class LabelCheck(_message.Message):
+    __slots__ = ("checked", "not_checked", "method", "frames_checked", "frames_unchecked", "suspects")
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    NOT_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_UNCHECKED_FIELD_NUMBER: _ClassVar[int]
+    SUSPECTS_FIELD_NUMBER: _ClassVar[int]
+    checked: bool
+    not_checked: str
+    method: str
+    frames_checked: int
+    frames_unchecked: int
+    suspects: _containers.RepeatedCompositeFieldContainer[LabelSuspect]
+    def __init__(self, checked: _Optional[bool] = ..., not_checked: _Optional[str] = ..., method: _Optional[str] = ..., frames_checked: _Optional[int] = ..., frames_unchecked: _Optional[int] = ..., suspects: _Optional[_Iterable[_Union[LabelSuspect, _Mapping]]] = ...) -> None: ...
+
+class LabelSuspect(_message.Message):
+    __slots__ = ("frame_id", "label_class", "annotator", "suggested_class", "score", "fate", "reviewed_by", "final_class", "flagged_in", "flagged_at")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FATE_FIELD_NUMBER: _ClassVar[int]
+    REVIEWED_BY_FIELD_NUMBER: _ClassVar[int]
+    FINAL_CLASS_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_IN_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_AT_FIELD_NUMBER: _ClassVar[int]
+    frame_id: str
+    label_class: str
+    annotator: str
+    suggested_class: str
+    score: float
+    fate: SuspectFate
+    reviewed_by: str
+    final_class: str
+    flagged_in: str
+    flagged_at: _timestamp_pb2.Timestamp
+    def __init__(self, frame_id: _Optional[str] = ..., label_class: _Optional[str] = ..., annotator: _Optional[str] = ..., suggested_class: _Optional[str] = ..., score: _Optional[float] = ..., fate: _Optional[_Union[SuspectFate, str]] = ..., reviewed_by: _Optional[str] = ..., final_class: _Optional[str] = ..., flagged_in: _Optional[str] = ..., flagged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TrainingRequested(_message.Message):
     __slots__ = ("model_name", "dataset", "dataset_version", "reason", "requested_by", "params")

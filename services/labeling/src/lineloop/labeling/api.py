@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from lineloop.bus import Bus
 from lineloop.contracts.labels import SOURCE_NAMES
 from lineloop.labeling import labels, labelstudio, queue, state
-from lineloop.labeling.datasets import CutBusy, Datasets
+from lineloop.labeling.datasets import CutBusy, CutHeld, Datasets
 from lineloop.labeling.labels import LabelRejected
 from lineloop.labeling.settings import LabelingSettings
 from lineloop.runtime import abort
@@ -131,6 +131,9 @@ class LabelingApi(LabelingServiceServicer):
                 break
             except LabelRejected as err:
                 return await self._reject(context, err)
+            except CutHeld as err:
+                return await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "LABELS_IN_REVIEW", str(err),
+                                   service=SERVICE)
             except CutBusy as err:
                 if asyncio.get_running_loop().time() > deadline:
                     return await abort(context, grpc.StatusCode.ABORTED, "CUT_IN_PROGRESS", str(err), service=SERVICE)

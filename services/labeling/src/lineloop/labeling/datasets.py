@@ -9,6 +9,7 @@ enter the test split.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -21,7 +22,8 @@ from opentelemetry import metrics
 
 from lineloop.bus import Bus
 from lineloop.contracts.labels import GROUND_TRUTH_SOURCES, SOURCE_NAMES
-from lineloop.labeling import state
+from lineloop.labeling import queue, state
+from lineloop.labeling.label_issues import NotCheckable, Suspect, flag_label_issues
 from lineloop.labeling.labels import LabelRejected, utcnow
 from lineloop.labeling.queue import as_utc
 from lineloop.labeling.settings import LabelingSettings
@@ -29,8 +31,8 @@ from lineloop.labeling.splits import split_of
 from lineloop.runtime.periodic import Periodic
 from lineloop.storage.objects import ObjectStore, sha256_hex
 from lineloop.storage.sql import Database
-from lineloop.v1.common_pb2 import ObjectRef
-from lineloop.v1.events_pb2 import DatasetVersioned
+from lineloop.v1.common_pb2 import ObjectRef, Prediction
+from lineloop.v1.events_pb2 import DatasetVersioned, LabelCheck
 
 log = logging.getLogger(__name__)
 versions_cut = metrics.get_meter("lineloop.labeling").create_counter(
@@ -56,8 +58,9 @@ class Manifest:
     split_counts: dict[str, int]
 
 
-def build_manifest(entries, cfg: LabelingSettings) -> Manifest:
-    """entries: (frame row, effective LabelCreated), any order."""
+def build_manifest(entries, cfg: LabelingSettings, unresolved: frozenset[str] = frozenset()) -> Manifest:
+    """entries: (frame row, effective LabelCreated), any order. `unresolved`: frames whose label
+    was flagged as likely wrong and no second reviewer has seen yet."""
     lines = []
     class_counts: dict[str, int] = {}
     split_counts: dict[str, int] = {}
@@ -65,6 +68,8 @@ def build_manifest(entries, cfg: LabelingSettings) -> Manifest:
         split = split_of(frame.sha256, cfg.split_val, cfg.split_test)
         if split == "test" and label.source not in GROUND_TRUTH_SOURCES:
             continue  # the test split is human ground truth only
+        if split == "test" and frame.frame_id in unresolved:
+            continue  # a doubted label would judge models; in training it is one noisy frame among many
         lines.append(json.dumps({
             "frame_id": frame.frame_id,
             "line_id": frame.line_id,
@@ -85,6 +90,48 @@ def build_manifest(entries, cfg: LabelingSettings) -> Manifest:
 
 class CutBusy(Exception):
     """Another replica is cutting this dataset right now."""
+
+
+class CutHeld(Exception):
+    """Labels of this dataset wait for a second reviewer; the cut waits for them (or the timeout)."""
+
+
+@dataclass
+class Checked:
+    """What the label check found in one cut attempt."""
+    check: LabelCheck
+    new: list[tuple[object, object, Suspect]]   # (frame row, label, suspect) not flagged before
+
+
+def check_labels(entries, cfg: LabelingSettings, shared: set[str], already: set[str]) -> Checked:
+    """Flag likely-wrong ground-truth labels among `entries` (label_issues.py). Only the frames'
+    stored predictions are used, and only where they are out-of-sample (see label_issues); frames
+    flagged before (`already`) count towards the estimate but are not flagged again."""
+    if not cfg.label_check:
+        return Checked(LabelCheck(checked=False, not_checked="label check off (LINELOOP_LABELING_LABEL_CHECK)"), [])
+    human = [(f, lab) for f, lab in entries if lab.source in GROUND_TRUTH_SOURCES]
+    usable = []
+    for frame, label in human:
+        pred = queue.usable_prediction(Prediction.FromString(frame.prediction)) if frame.prediction else None
+        if pred is not None and frame.sha256 not in shared and label.label_class in cfg.classes:
+            usable.append((frame, label, dict(pred.scores)))
+    method = (f"cleanlab find_label_issues ({cfg.label_check_filter}) on the predictions stored at ingest, "
+              "by models trained before the frames existed")
+    unchecked = len(human) - len(usable)
+    try:
+        suspects = flag_label_issues(
+            [label.label_class for _, label, _ in usable], [scores for _, _, scores in usable], cfg.classes,
+            min_frames=cfg.label_check_min_frames, filter_by=cfg.label_check_filter,
+        )
+    except NotCheckable as err:
+        return Checked(LabelCheck(checked=False, not_checked=f"no usable out-of-fold predictions: {err}",
+                                  method=method, frames_unchecked=len(human)), [])
+    except Exception as err:  # noqa: BLE001 - cleanlab's own errors: the version says so, the cut is not blocked forever
+        log.exception("label check failed; the version records it as not checked")
+        return Checked(LabelCheck(checked=False, not_checked=f"the check failed: {type(err).__name__}: {err}",
+                                  method=method, frames_unchecked=len(human)), [])
+    new = [(usable[x.index][0], usable[x.index][1], x) for x in suspects if usable[x.index][0].frame_id not in already]
+    return Checked(LabelCheck(checked=True, method=method, frames_checked=len(usable), frames_unchecked=unchecked), new)
 
 
 class Datasets:
@@ -136,16 +183,32 @@ class Datasets:
             since = max(head.label_watermark if head else 0, self._unchanged_at.get(dataset, 0))
             if min_new_labels and state.new_human_labels(s, line_id, since) < min_new_labels:
                 return (DatasetVersioned.FromString(head.event) if head else None), False
+            waiting = state.waiting_for_review(s, dataset, utcnow())
+            if waiting:
+                raise CutHeld(f"dataset {dataset!r}: {waiting} labels flagged as likely wrong wait for a second "
+                              "reviewer; the cut goes ahead once they are reviewed or their wait runs out")
             watermark = state.max_label_seq(s)
             entries = state.effective_labels(s, line_id, watermark)
-        manifest = build_manifest(entries, self.cfg)
+            shared, already = state.shared_images(s, line_id), state.flagged_frames(s, dataset)
+        number = head.number + 1 if head else 1
+        version = version_name(number)
+        # CPU work (and cleanlab's first import) off the event loop.
+        checked = await asyncio.to_thread(check_labels, entries, self.cfg, shared, already)
+        if checked.new:
+            await self._flag(dataset, line_id, token, version, checked.new)
+            if self.cfg.label_check_timeout_s > 0:
+                raise CutHeld(f"dataset {dataset!r}: {len(checked.new)} labels flagged as likely wrong went back to "
+                              f"the review queue for a second reviewer; {version} waits for them "
+                              f"(at most {self.cfg.label_check_timeout_s:g} s)")
+        with self.db.session() as s:
+            unresolved = frozenset(state.unresolved_frames(s, dataset))
+            checked.check.suspects.extend(state.suspects_to_record(s, dataset))
+        manifest = build_manifest(entries, self.cfg, unresolved)
         if head is not None and head.manifest_sha256 == manifest.sha256:
             self._unchanged_at[dataset] = watermark
             return DatasetVersioned.FromString(head.event), False
         if not manifest.data:
             return None, False
-        number = head.number + 1 if head else 1
-        version = version_name(number)
         key = manifest_key(dataset, version)
         bucket = self.cfg.datasets_bucket
         # The DB row is the commit point: a crash before it leaves an object the next cut overwrites.
@@ -160,7 +223,7 @@ class Datasets:
             dataset=dataset, version=version, parent_version=head.version if head else "",
             manifest=ObjectRef(bucket=bucket, key=key, sha256=stored.sha256, size_bytes=stored.size_bytes),
             classes=self.cfg.classes, class_counts=manifest.class_counts, split_counts=manifest.split_counts,
-            line_id=line_id, created_by=requested_by, reason=reason, created_at=created,
+            line_id=line_id, created_by=requested_by, reason=reason, created_at=created, label_check=checked.check,
         )
         async with self.db.write() as s:
             if not state.still_claimed(s, dataset, token, now):
@@ -169,11 +232,27 @@ class Datasets:
                 dataset=dataset, number=number, version=version, line_id=line_id, manifest_sha256=manifest.sha256,
                 label_watermark=watermark, created_at=now, event=event.SerializeToString(),
             ))
+            state.record_suspects(s, dataset, version, [x.frame_id for x in checked.check.suspects])
             self.bus.add_to_outbox(s, event)
         self.bus.relay.wake()
         versions_cut.add(1, {"dataset": dataset, "by": "policy" if requested_by == POLICY_ACTOR else "request"})
         log.info("dataset %s %s cut: %d frames (%s)", dataset, version, sum(manifest.split_counts.values()), reason)
         return event, True
+
+    async def _flag(self, dataset: str, line_id: str, token: str, version: str, new) -> None:
+        """Record new suspects and send their frames back to the queue (under the cut's claim)."""
+        now = utcnow()
+        async with self.db.write() as s:
+            if not state.still_claimed(s, dataset, token, now):
+                raise CutBusy(f"the claim on dataset {dataset!r} expired during the label check; nothing was recorded")
+            for frame, label, suspect in new:
+                state.add_suspect(
+                    s, dataset=dataset, frame_id=frame.frame_id, line_id=frame.line_id, label_id=label.label_id,
+                    label_class=label.label_class, annotator=label.annotator, suggested_class=suspect.suggested_class,
+                    score=suspect.score, flagged_in=version, flagged_at=now,
+                    wait_until=now + timedelta(seconds=self.cfg.label_check_timeout_s),
+                )
+        log.info("dataset %s %s: %d labels flagged as likely wrong, back in the review queue", dataset, version, len(new))
 
     # ---- policy -------------------------------------------------------------
 
@@ -209,6 +288,9 @@ class Datasets:
                 )
             except CutBusy:
                 continue  # another replica is on it
+            except CutHeld as held:
+                log.info("%s", held)  # the next pass tries again
+                continue
             if new_version and version is not None:
                 cut.append(version)
         return cut

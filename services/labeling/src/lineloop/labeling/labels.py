@@ -79,7 +79,10 @@ def record(s: Session, label: LabelCreated, dedupe_key: str | None, emit: Emit) 
     """Store one accepted label, take a human-labelled frame out of the queue, emit labels.created.v1."""
     state.add_label(s, label, dedupe_key)
     if label.source in GROUND_TRUTH_SOURCES:
-        state.take_out_of_queue(s, label.frame_id)
+        state.settle_suspects(s, label)
+        # A flagged label's own author answering again is not a second review: it stays queued.
+        if not state.pending_reviews(s, [label.frame_id]):
+            state.take_out_of_queue(s, label.frame_id)
     emit(label)
 
 

@@ -82,10 +82,11 @@ def in_drift_scope(row, drift) -> bool:
 
 
 def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg: LabelingSettings,
-         wanted: dict[str, frozenset[str]] | None = None) -> list[Ranked]:
+         wanted: dict[str, frozenset[str]] | None = None, second_review: frozenset[str] = frozenset()) -> list[Ranked]:
     """Order candidates by value to the model, highest first; `why` says what contributed.
 
     `wanted`: per line, the classes the gate lacked test frames of ("" = any class).
+    `second_review`: frames whose label was flagged as likely wrong (a cut may be waiting on them).
     """
     top_class = max(by_class.values(), default=0)
     top_camera = max(by_camera.values(), default=0)
@@ -112,6 +113,9 @@ def rank(rows, drifts, by_class: dict[str, int], by_camera: dict[str, int], cfg:
         if wanted_by_gate(row, (wanted or {}).get(row.line_id, frozenset()), cfg):
             priority += cfg.evidence_boost
             parts.append(f"evidence:{row.predicted_class or 'any'}")
+        if row.frame_id in second_review:
+            priority += cfg.second_review_boost
+            parts.append("second-review")
         ranked.append(Ranked(row, priority, " ".join(parts)))
     ranked.sort(key=lambda r: (-r.priority, r.row.frame_id))
     return ranked
@@ -165,8 +169,13 @@ def next_tasks(
         for r in state.evidence_candidates(s, line, sorted(classes), now, scan):
             if wanted_by_gate(r, classes, cfg):
                 rows.setdefault(r.frame_id, r)
+    for r in state.review_candidates(s, line_id, now, cfg.queue_candidates):
+        rows.setdefault(r.frame_id, r)
+    # A second review is by someone else: the author of the flagged label does not get the frame.
+    reviews = state.pending_reviews(s, list(rows))
+    rows = {f: r for f, r in rows.items() if annotator not in reviews.get(f, ())}
     by_class, by_camera = state.human_label_counts(s, line_id)
-    ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg, wanted)
+    ranked = rank(list(rows.values()), drifts, by_class, by_camera, cfg, wanted, frozenset(reviews))
     # Only the head of the ranking can end up in this batch; spreading it is enough.
     ranked = spread_cameras(ranked[: max_tasks * 4], cfg) + ranked[max_tasks * 4:]
     expires = now + timedelta(seconds=cfg.lease_s)

@@ -44,6 +44,9 @@ class LabelingSettings(ServiceSettings):
     # anyone else's import is LABEL_SOURCE_IMPORT_UNVERIFIED: it trains, and the frame stays queued.
     ground_truth_roles: list[str] = Field(default_factory=lambda: ["annotator", "admin"])
 
+    # A label flagged as likely wrong goes back to the queue for a second reviewer, first in line.
+    second_review_boost: float = 2.0
+
     # Model predictions at or above this top score become model labels (never in a test split); >1 disables.
     auto_accept_threshold: float = 0.98
 
@@ -56,6 +59,14 @@ class LabelingSettings(ServiceSettings):
     cut_min_labels_drift: int = 50       # the same while a drift on the line is active
     cut_schedule_s: float = 0.0          # 0: no scheduled cuts; else cut when this old and anything is new
     cut_lock_s: float = 120.0            # a replica's claim on cutting one dataset
+    # Label check before a cut (label_issues.py): confident learning on the predictions stored with
+    # the frames (out-of-sample: the model that scored a frame at ingest was trained before it).
+    label_check: bool = True
+    label_check_min_frames: int = 100     # fewer checkable labels: the version says "not checked"
+    label_check_filter: Literal["prune_by_class", "prune_by_noise_rate", "both", "confident_learning"] = "prune_by_class"
+    # How long a cut waits for second reviews of the labels it flagged; then it goes ahead and
+    # the unreviewed ones stay out of the test split. 0: never wait.
+    label_check_timeout_s: float = 1800.0
     split_val: float = 0.1
     split_test: float = 0.1
     datasets_bucket: str = bucket("datasets")

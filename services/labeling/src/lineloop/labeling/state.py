@@ -1,5 +1,5 @@
 """Labeling state: frames in the review queue, leases, label history, drifts, dataset versions,
-the test evidence the registry's gate asked for.
+the test evidence the registry's gate asked for, labels flagged as likely wrong.
 
 Works on SQLite and PostgreSQL. Leases and dataset-cut claims are conditional
 UPDATEs (`... WHERE nobody holds it`), so several replicas on one PostgreSQL
@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     func,
     or_,
     select,
@@ -35,10 +36,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lineloop.contracts.labels import GROUND_TRUTH_SOURCES
-from lineloop.v1.events_pb2 import DatasetVersioned, LabelCreated
+from lineloop.v1.events_pb2 import DatasetVersioned, LabelCreated, LabelSuspect, SuspectFate
 
 SCHEMA_COMPONENT = "labeling"
-SCHEMA_VERSION = 2  # v2 added labeling_evidence_wanted (a table only)
+SCHEMA_VERSION = 3  # v2 added labeling_evidence_wanted, v3 labeling_label_suspects (tables only)
 
 metadata = MetaData()
 
@@ -137,6 +138,31 @@ evidence_wanted = Table(
     Column("wanted", Text, nullable=False),                # JSON {class: test frames still needed}
     Column("label_watermark", BigInteger, nullable=False),  # labels.seq when it was asked: count from here
     Column("asked_at", DateTime(timezone=True), nullable=False),  # a version cut since then answers it
+)
+
+# Human labels confident learning flagged as likely wrong before a cut (label_issues.py), one row
+# per dataset and frame: a frame is flagged once per dataset, then its second reviewer's word
+# stands. The frame goes back to the queue for someone other than `annotator`; the cut waits
+# until `wait_until` for it; a ground-truth label by another person settles `fate`.
+label_suspects = Table(
+    "labeling_label_suspects",
+    metadata,
+    Column("dataset", String(128), primary_key=True),
+    Column("frame_id", String(128), primary_key=True),
+    Column("line_id", String(128), nullable=False),
+    Column("label_id", String(64), nullable=False),         # the label flagged
+    Column("label_class", String(64), nullable=False),
+    Column("annotator", String(128), nullable=False),
+    Column("suggested_class", String(64), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("flagged_in", String(32), nullable=False),       # the version the flag held back
+    Column("flagged_at", DateTime(timezone=True), nullable=False),
+    Column("wait_until", DateTime(timezone=True), nullable=False),
+    Column("fate", Integer, nullable=False),                # SuspectFate
+    Column("reviewed_by", String(128), nullable=False),
+    Column("final_class", String(64), nullable=False),
+    Column("recorded_in", String(32), nullable=False),      # the version that listed it settled; "" until then
+    Index("ix_labeling_label_suspects_frame", "frame_id", "fate"),
 )
 
 # One row per dataset: which replica is cutting it right now (a lease, like a task's).
@@ -425,3 +451,99 @@ def human_labels_since(s: Session, line_id: str, after_seq: int) -> list:
         .join(latest, labels.c.seq == latest.c.seq)
         .join(frames, frames.c.frame_id == labels.c.frame_id)
     ).all()
+
+
+# ---- labels flagged as likely wrong ------------------------------------------------
+
+def shared_images(s: Session, line_id: str) -> set[str]:
+    """sha256 of images more than one frame of the line carries: a model may have trained on the
+    other copy, so the prediction stored with this one is not out-of-sample."""
+    query = select(frames.c.sha256).group_by(frames.c.sha256).having(func.count() > 1)
+    if line_id:
+        query = query.where(frames.c.line_id == line_id)
+    return set(s.execute(query).scalars())
+
+
+def flagged_frames(s: Session, dataset: str) -> set[str]:
+    return set(s.execute(select(label_suspects.c.frame_id).where(label_suspects.c.dataset == dataset)).scalars())
+
+
+def add_suspect(s: Session, **values) -> None:
+    s.execute(label_suspects.insert().values(
+        fate=SuspectFate.SUSPECT_FATE_PENDING, reviewed_by="", final_class="", recorded_in="", **values))
+    # Back in the queue: the second reviewer finds it there (queue.py puts it first).
+    s.execute(update(frames).where(frames.c.frame_id == values["frame_id"]).values(in_queue=True))
+
+
+def waiting_for_review(s: Session, dataset: str, now: datetime) -> int:
+    """Suspects of `dataset` still pending whose wait has not run out: the cut waits for them."""
+    return s.execute(select(func.count()).select_from(label_suspects).where(
+        label_suspects.c.dataset == dataset, label_suspects.c.fate == SuspectFate.SUSPECT_FATE_PENDING,
+        label_suspects.c.wait_until > now,
+    )).scalar_one()
+
+
+def unresolved_frames(s: Session, dataset: str) -> set[str]:
+    """Frames of `dataset` flagged and not yet seen by a second reviewer: kept out of the test split."""
+    return set(s.execute(select(label_suspects.c.frame_id).where(
+        label_suspects.c.dataset == dataset, label_suspects.c.fate == SuspectFate.SUSPECT_FATE_PENDING,
+    )).scalars())
+
+
+def settle_suspects(s: Session, label: LabelCreated) -> None:
+    """A ground-truth label by someone other than the flagged label's author is the second review."""
+    s.execute(update(label_suspects).where(
+        label_suspects.c.frame_id == label.frame_id, label_suspects.c.fate == SuspectFate.SUSPECT_FATE_PENDING,
+        label_suspects.c.annotator != label.annotator,
+    ).values(
+        fate=case((label_suspects.c.label_class == label.label_class, SuspectFate.SUSPECT_FATE_CONFIRMED),
+                  else_=SuspectFate.SUSPECT_FATE_CORRECTED),
+        reviewed_by=label.annotator, final_class=label.label_class,
+    ))
+
+
+def pending_reviews(s: Session, frame_ids: list[str]) -> dict[str, set[str]]:
+    """frame -> the annotators whose labels on it wait for a second reviewer (who must be someone else)."""
+    if not frame_ids:
+        return {}
+    out: dict[str, set[str]] = {}
+    for frame_id, annotator in s.execute(select(label_suspects.c.frame_id, label_suspects.c.annotator).where(
+        label_suspects.c.frame_id.in_(frame_ids), label_suspects.c.fate == SuspectFate.SUSPECT_FATE_PENDING,
+    )):
+        out.setdefault(frame_id, set()).add(annotator)
+    return out
+
+
+def review_candidates(s: Session, line_id: str, now: datetime, limit: int):
+    """Unleased queued frames waiting for a second reviewer."""
+    pending = select(label_suspects.c.frame_id).where(label_suspects.c.fate == SuspectFate.SUSPECT_FATE_PENDING)
+    query = select(frames).where(frames.c.in_queue, _free(now), frames.c.frame_id.in_(pending))
+    if line_id:
+        query = query.where(frames.c.line_id == line_id)
+    return s.execute(query.order_by(frames.c.frame_id).limit(limit)).all()
+
+
+def suspects_to_record(s: Session, dataset: str) -> list[LabelSuspect]:
+    """What the next version lists: suspects still pending, and those settled since the last version."""
+    rows = s.execute(select(label_suspects).where(
+        label_suspects.c.dataset == dataset,
+        or_(label_suspects.c.fate == SuspectFate.SUSPECT_FATE_PENDING, label_suspects.c.recorded_in == ""),
+    ).order_by(label_suspects.c.score, label_suspects.c.frame_id)).all()
+    out = []
+    for r in rows:
+        suspect = LabelSuspect(
+            frame_id=r.frame_id, label_class=r.label_class, annotator=r.annotator, suggested_class=r.suggested_class,
+            score=r.score, fate=r.fate, reviewed_by=r.reviewed_by, final_class=r.final_class, flagged_in=r.flagged_in,
+        )
+        suspect.flagged_at.FromDatetime(r.flagged_at if r.flagged_at.tzinfo else r.flagged_at.replace(tzinfo=UTC))
+        out.append(suspect)
+    return out
+
+
+def record_suspects(s: Session, dataset: str, version: str, frame_ids: list[str]) -> None:
+    """Settled suspects a version listed are not listed again."""
+    if frame_ids:
+        s.execute(update(label_suspects).where(
+            label_suspects.c.dataset == dataset, label_suspects.c.frame_id.in_(frame_ids),
+            label_suspects.c.fate != SuspectFate.SUSPECT_FATE_PENDING,
+        ).values(recorded_in=version))

@@ -360,23 +360,24 @@ class Checker:
         self.loop = loop
         self._engines: dict[str, object] = {}
 
-    def _engine(self, service: str):
+    def engine(self, service: str):
+        """An engine on `service`'s database; the checker only reads through it."""
         if service not in self._engines:
             url = self.loop.database_urls.get(service) or f"sqlite:///{self.loop.state_dir / f'{service}.db'}"
             self._engines[service] = create_engine(url)
         return self._engines[service]
 
-    def _table(self, service: str, name: str):
+    def table(self, service: str, name: str):
         md = MetaData()
-        md.reflect(self._engine(service), only=[name])
+        md.reflect(self.engine(service), only=[name])
         return md.tables[name]
 
     def _rows(self, service: str, table: str, *columns: str) -> list[tuple]:
         try:
-            t = self._table(service, table)
+            t = self.table(service, table)
         except Exception:  # not created yet: the service never got that far
             return []
-        with self._engine(service).connect() as conn:
+        with self.engine(service).connect() as conn:
             return [tuple(r) for r in conn.execute(select(*(t.c[c] for c in columns)))]
 
     # -- what is in effect
@@ -453,7 +454,7 @@ class Checker:
         try:  # ingest's own reconciliation: the same proof a deployment runs
             from lineloop.ingest.reconcile import check as reconcile
             from lineloop.storage.sql import Database
-            db = Database(str(self._engine("ingest").url.render_as_string(hide_password=False)))
+            db = Database(str(self.engine("ingest").url.render_as_string(hide_password=False)))
             try:
                 # Grace 0: traffic has stopped and caught up, every unreferenced object is an orphan.
                 report = reconcile(db, objects, FRAMES_BUCKET, grace_s=0, delete=False)
@@ -515,12 +516,12 @@ class Checker:
         # frames share an arrival number (the windows are built from it).
         lines = {e["line_id"] for e in sent.values()}
         try:
-            frames_t = self._table("monitor", "monitor_frames")
-            lines_t = self._table("monitor", "monitor_lines")
+            frames_t = self.table("monitor", "monitor_frames")
+            lines_t = self.table("monitor", "monitor_lines")
         except Exception:
             v.inconsistent.append("monitor has no frames/lines tables")
             return
-        with self._engine("monitor").connect() as conn:
+        with self.engine("monitor").connect() as conn:
             for line in lines:
                 rows = conn.execute(select(func.count()).where(frames_t.c.line_id == line)).scalar_one()
                 if "seq" in frames_t.c:
@@ -534,13 +535,13 @@ class Checker:
                         v.duplicates_in_effect += max(0, seen - rows)
                         v.note("monitor frames_seen differs from frames recorded", f"{line}: {seen} vs {rows}")
             try:
-                drift_t = self._table("monitor", "monitor_drift")
+                drift_t = self.table("monitor", "monitor_drift")
             except Exception:
                 drift_t = None  # no drift judged yet
             if drift_t is not None:
                 v.drift_reports = conn.execute(select(func.count()).where(drift_t.c.line_id.in_(lines))).scalar_one()
             try:
-                alerts_t = self._table("monitor", "monitor_alerts")
+                alerts_t = self.table("monitor", "monitor_alerts")
             except Exception:
                 alerts_t = None  # no alert raised yet
             if alerts_t is not None:

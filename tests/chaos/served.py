@@ -151,9 +151,9 @@ def serve_line(loop: Loop, control: ControlPlane, ledger: Path, line: str, *, se
 
 def scoring(checker: Checker, frame_ids: set[str]) -> dict[str, tuple[datetime, str]]:
     """frame id -> (ingested at, the model version that scored it; "" when unscored), from the monitor."""
-    t = checker._table("monitor", "monitor_frames")
+    t = checker.table("monitor", "monitor_frames")
     out = {}
-    with checker._engine("monitor").connect() as conn:
+    with checker.engine("monitor").connect() as conn:
         rows = conn.execute(select(t.c.frame_id, t.c.ingested_at, t.c.predicted_class, t.c.model_version))
         for frame_id, at, predicted, version in rows:
             if frame_id in frame_ids:

@@ -72,8 +72,7 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
         reply = ingest_pb2.RequestUploadsResponse()
         for image in request.images:
             sha = image.sha256.lower()
-            with self.db.session() as session:
-                stored = state.stored_image(session, sha)
+            stored = await asyncio.to_thread(self._stored_image, sha)  # off the event loop: up to 256 lookups
             if stored is not None:
                 reply.uploads.add(image_ref=stored, already_stored=True)
                 continue
@@ -86,6 +85,10 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
                 await abort(context, grpc.StatusCode.UNAVAILABLE, "OBJECT_STORE_UNAVAILABLE", str(exc), service="ingest")
         uploads_granted.add(len(request.images))
         return reply
+
+    def _stored_image(self, sha: str):
+        with self.db.session() as session:
+            return state.stored_image(session, sha)
 
     async def UploadFrames(
         self, request_iterator: AsyncIterator[ingest_pb2.UploadFrameRequest], context: grpc.aio.ServicerContext

@@ -18,7 +18,7 @@ from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from lineloop.bus import Envelope, EventContext
 from lineloop.bus import outbox
 from lineloop.contracts.topics import event_type
-from lineloop.monitor import state
+from lineloop.monitor import state, windows
 from lineloop.monitor.dashboard import CONFIDENCE_BINS, snapshot
 from lineloop.monitor.handlers_frames_rejected import make_handler as make_rejected_handler
 from lineloop.monitor.handlers_frames_ingested import make_handler
@@ -379,3 +379,26 @@ async def test_the_dashboard_reads_what_the_handlers_wrote(database_url):
                          .where(state.score_history.c.line_id == line)).scalar_one()
     db.dispose()
     assert left == 0
+
+
+async def test_a_canarys_answers_do_not_move_the_lines_prediction_statistics(database_url):
+    # A canary far less sure than production serves half the frames: the frames have not
+    # changed, so the line has not drifted (the canary is judged on its own live evidence).
+    db = fresh_db(database_url)
+    handler = make_handler(SETTINGS)  # reference 60 frames, current 30
+    line, rng = f"line-{uuid.uuid4().hex[:8]}", np.random.default_rng(9)
+    for i in range(90):
+        msg = frame(line, i, rng, sharpness=900.0)
+        msg.prediction.scores["ok"] = rng.uniform(0.8, 0.95)
+        if i >= 60 and i % 2:
+            msg.prediction.canary, msg.prediction.model_version = True, "4"
+            msg.prediction.scores["ok"] = rng.uniform(0.3, 0.45)
+        await handle(db, handler, msg)
+    with db.session() as s:
+        judgement = windows.judge(s, state.get_line(s, line), SETTINGS)
+        drift_reports = s.execute(select(func.count()).select_from(state.drift_reports).where(
+            state.drift_reports.c.line_id == line)).scalar_one()
+    db.dispose()
+    assert len(judgement.current.values["confidence"]) == 15  # production's frames of the 30
+    assert len(judgement.current.values["sharpness"]) == 30   # quality statistics: every frame
+    assert not judgement.drifted and drift_reports == 0, judgement.scores

@@ -344,10 +344,12 @@ def add_frame(session: Session, values: Mapping) -> None:
 
 def window_rows(session: Session, line_id: str, first_seq: int, last_seq: int, camera_id: str | None = None
                 ) -> Sequence[Row]:
-    """The line's frames first_seq..last_seq in arrival order: time, statistics, scored or not.
-    With `camera_id`: that camera's frames, numbered by its own arrival numbers (camera_seq)."""
+    """The line's frames first_seq..last_seq in arrival order: time, statistics, scored or not,
+    by a canary or not. With `camera_id`: that camera's frames, numbered by its own arrival
+    numbers (camera_seq)."""
     number = frames.c.seq if camera_id is None else frames.c.camera_seq
-    query = select(frames.c.ingested_at, scored.label("scored"), *(frames.c[f] for f in FEATURES)).where(
+    query = select(frames.c.ingested_at, scored.label("scored"), frames.c.canary,
+                   *(frames.c[f] for f in FEATURES)).where(
         frames.c.line_id == line_id, number >= first_seq, number <= last_seq)
     if camera_id is not None:
         query = query.where(frames.c.camera_id == camera_id)

@@ -16,8 +16,10 @@ from lineloop.monitor.settings import MonitorSettings
 class Window:
     start: datetime
     end: datetime
-    # Quality statistics of every frame; prediction statistics (confidence) of scored frames only:
-    # a frame ingested while Triton was down has no confidence, not a confidence of 0.
+    # Quality statistics of every frame; prediction statistics (confidence) of the frames the
+    # production model scored: a frame ingested while Triton was down has no confidence, not a
+    # confidence of 0, and a canary's answers would move them because the model changed, not
+    # the frames (the canary is judged on its own live evidence, GetModelHealth).
     values: dict[str, list[float]]
     size: int
 
@@ -45,7 +47,7 @@ def _window(session: Session, line_id: str, first_seq: int, last_seq: int, camer
     if not rows:
         return None
     values = {f: [getattr(r, f) for r in rows] for f in state.QUALITY}
-    values.update({f: [getattr(r, f) for r in rows if r.scored] for f in state.PREDICTION})
+    values.update({f: [getattr(r, f) for r in rows if r.scored and not r.canary] for f in state.PREDICTION})
     return Window(rows[0].ingested_at, rows[-1].ingested_at, values, len(rows))
 
 

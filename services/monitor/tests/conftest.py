@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 
+import grpc
 import pytest
 from google.protobuf.message import DecodeError
 
@@ -12,7 +14,7 @@ from lineloop.ingest.testing import skip_group_to_end
 from lineloop.monitor.main import build
 from lineloop.monitor.settings import MonitorSettings
 from lineloop.runtime import StackSettings
-from lineloop.v1 import events_pb2, options_pb2
+from lineloop.v1 import events_pb2, monitor_pb2, monitor_pb2_grpc, options_pb2
 
 FAST = {"kafka_session_timeout_ms": 6000, "kafka_heartbeat_interval_ms": 1000}
 
@@ -37,14 +39,41 @@ async def monitor(stack, tmp_path, request):
 
 
 @pytest.fixture
-def publish_in_order():
-    """publish(producer, msgs, batch): `batch` events at a time, acknowledged together. Far faster
-    than one by one, and a batch is on the broker before the next is sent, so events sent in
-    phases (clean frames, then a dirty lens) arrive in those phases; order within a batch may vary."""
+def publish_in_order(monitor):
+    """publish(producer, frames, batch): `batch` FrameIngested events at a time, and each batch taken
+    in by the monitor (GetModelHealth counts them) before the next is sent, so frames sent in phases
+    (clean, then a dirty lens) reach the windows in those phases; order within a batch may vary.
+
+    Being on the broker is not enough: frames are keyed by camera, and a monitor that finds several
+    batches waiting (still joining its group, or behind) may take one camera's partition whole before
+    the other's, numbering dirty frames of one camera into the line's reference window."""
     async def publish(producer, msgs, batch: int = 20) -> None:
-        for start in range(0, len(msgs), batch):
-            await asyncio.gather(*(producer.publish(m) for m in msgs[start:start + batch]))
+        sent: Counter[str] = Counter()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{monitor.grpc_port}") as channel:
+            stub = monitor_pb2_grpc.MonitorServiceStub(channel)
+            for start in range(0, len(msgs), batch):
+                chunk = msgs[start:start + batch]
+                await asyncio.gather(*(producer.publish(m) for m in chunk))
+                sent.update(m.line_id for m in chunk)
+                for line_id, count in sent.items():
+                    await _taken_in(stub, line_id, count)
     return publish
+
+
+async def _taken_in(stub, line_id: str, count: int, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    seen = 0
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            health = await stub.GetModelHealth(monitor_pb2.GetModelHealthRequest(line_id=line_id))
+            seen = health.frames_ingested
+        except grpc.aio.AioRpcError as e:  # NOT_FOUND until the line's first frame is in
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        if seen >= count:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"the monitor took in {seen} of {count} frames of {line_id} in {timeout} s")
 
 
 def _decoded(message_type, value: bytes | None):

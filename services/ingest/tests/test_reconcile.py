@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from lineloop.ingest import reconcile, state
+from lineloop.ingest.api import UPLOAD_PREFIX
 from lineloop.ingest.testing import (
     frame,
     ingest_settings,
@@ -60,13 +61,16 @@ async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_ol
                                                    state.find_frame(session, lost.frame_id))}
     # What an upload whose client never resent leaves: stored, never indexed.
     orphan = objects.put_content_addressed(bucket, jpeg(13), "jpg", "image/jpeg")
+    # What a gateway's presigned upload leaves once ingest copied it under its content key.
+    upload = objects.put_bytes(bucket, f"{UPLOAD_PREFIX}{'ab' * 32}/{uid('put')}.jpg", jpeg(15), "image/jpeg")
     # An indexed frame whose object is gone.
     objects.delete(bucket, keys[lost.frame_id])
 
     report = await asyncio.to_thread(reconcile.find_inconsistencies, settings, grace_s=0)
     assert [o.key for o in report.orphans] == [orphan.key]
+    assert [o.key for o in report.staged] == [upload.key]  # expected: not an orphan, not an inconsistency
     assert [(m.bucket, m.key, m.frame_ids) for m in report.missing] == [(bucket, keys[lost.frame_id], [lost.frame_id])]
-    assert (report.objects, report.references, report.in_grace, report.deleted) == (2, 2, [], [])
+    assert (report.objects, report.references, report.in_grace, report.deleted) == (3, 2, [], [])
     assert not report.consistent
 
     # The same through the CLI, as JSON; exit 1 while inconsistencies remain.
@@ -85,12 +89,12 @@ async def test_reconcile_reports_orphans_and_missing_objects_and_deletes_only_ol
     # The default grace period (a day) covers an object written seconds ago: nothing deleted.
     report = await asyncio.to_thread(reconcile.reconcile, settings, delete=True)
     assert report.deleted == [] and [o.key for o in report.in_grace] == [orphan.key]
-    assert objects.exists(bucket, orphan.key)
+    assert objects.exists(bucket, orphan.key) and objects.exists(bucket, upload.key)
 
     # Grace 0: the orphan goes, the referenced object stays, the missing one is still reported.
     report = await asyncio.to_thread(reconcile.reconcile, settings, grace_s=0, delete=True)
-    assert report.deleted == [orphan.key]
-    assert not objects.exists(bucket, orphan.key)
+    assert sorted(report.deleted) == sorted([orphan.key, upload.key])
+    assert not objects.exists(bucket, orphan.key) and not objects.exists(bucket, upload.key)
     assert objects.exists(bucket, keys[kept.frame_id])
     assert [m.key for m in report.missing] == [keys[lost.frame_id]]
 

@@ -78,9 +78,12 @@ def _print_frames(report) -> None:
     for missing in report.missing:
         console.print(f"  missing: {escape(missing.bucket)}/{escape(missing.key)} "
                       f"(frames {escape(', '.join(missing.frame_ids))})", soft_wrap=True)
+    deleted = set(report.deleted)
     console.print(
-        f"{len(report.orphans)} orphans older than {report.grace_s:g} s ({len(report.deleted)} deleted), "
+        f"{len(report.orphans)} orphans older than {report.grace_s:g} s "
+        f"({sum(o.key in deleted for o in report.orphans)} deleted), "
         f"{len(report.in_grace)} unreferenced within the grace period (left alone), "
+        f"{len(report.staged)} gateway uploads already ingested ({sum(o.key in deleted for o in report.staged)} deleted), "
         f"{len(report.missing)} references to missing objects"
     )
 

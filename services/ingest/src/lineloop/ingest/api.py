@@ -55,7 +55,7 @@ class IngestApi(ingest_pb2_grpc.IngestServiceServicer):
         content key: content keys are written by ingest alone, after it checked the bytes against
         their sha256, so no gateway (nor a URL it kept) can overwrite or pre-empt stored frames.
         Ingest copies a staged image under its content key when it ingests the frame; the staged
-        copy is then an orphan the reconcile job deletes after its grace period. An image the
+        copy is then a staged upload the reconcile job deletes after its grace period. An image the
         index already holds needs no upload: the answer is its stored reference."""
         if len(request.images) > self.settings.max_uploads_per_request:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "TOO_MANY_UPLOADS",

@@ -1,9 +1,11 @@
 """Reconciliation of the frames bucket with ingest's frame index.
 
 Finds objects in the frames bucket that no indexed frame points at (orphans: a gRPC upload
-whose client never resent, a frame stored whose index write never committed, a gateway upload
-ingest copied under its content address) and indexed frames whose object is missing. It
-reports both and, when asked, deletes orphans older than a grace period.
+whose client never resent, a frame stored whose index write never committed) and indexed
+frames whose object is missing. It reports both and, when asked, deletes orphans older than a
+grace period. Gateways' staged uploads (`uploads/...`, RequestUploads) are never referenced:
+ingest copies each under its content key. They are counted apart (`staged`), so that an orphan
+still means something went wrong, and a deleting pass removes them after the same grace period.
 
 Why deleting is safe with N ingest replicas (and N reconcilers): ingest writes an object
 before it commits the index row that points at it, and commits within one prepare→commit
@@ -42,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from lineloop.bus import kafka_group_id
 from lineloop.contracts.topics import event_type
 from lineloop.ingest import state
+from lineloop.ingest.api import UPLOAD_PREFIX
 from lineloop.ingest.settings import IngestSettings
 from lineloop.v1.events_pb2 import FrameCaptured
 from lineloop.storage.objects import ObjectNotFound, ObjectStore
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 _meter = metrics.get_meter("lineloop.ingest")
 reconciled = _meter.create_counter(
     "lineloop.ingest.reconcile.objects", unit="{object}",
-    description="Objects found by reconciliation. Attributes: outcome (orphan|in_grace|missing|deleted).",
+    description="Objects found by reconciliation. Attributes: outcome (orphan|in_grace|staged|missing|deleted).",
 )
 
 
@@ -93,7 +96,8 @@ class Missing:
 
 @dataclasses.dataclass
 class Report:
-    """One reconciliation pass. `orphans` are older than the grace period, `in_grace` younger."""
+    """One reconciliation pass. `orphans` are older than the grace period, `in_grace` younger;
+    `staged` are gateways' uploads (any age), expected and not an inconsistency."""
 
     checked_at: datetime
     bucket: str
@@ -104,6 +108,7 @@ class Report:
     references: int = 0
     orphans: list[Orphan] = dataclasses.field(default_factory=list)
     in_grace: list[Orphan] = dataclasses.field(default_factory=list)
+    staged: list[Orphan] = dataclasses.field(default_factory=list)
     missing: list[Missing] = dataclasses.field(default_factory=list)
     deleted: list[str] = dataclasses.field(default_factory=list)
 
@@ -123,6 +128,7 @@ class Report:
             "references": self.references,
             "orphans": [dataclasses.asdict(o) for o in self.orphans],
             "in_grace": [dataclasses.asdict(o) for o in self.in_grace],
+            "staged": [dataclasses.asdict(o) for o in self.staged],
             "missing": [dataclasses.asdict(m) for m in self.missing],
             "deleted": self.deleted,
             "consistent": self.consistent,
@@ -241,11 +247,18 @@ def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, de
     report.objects = len(listed)
     report.references = len(references)
 
+    stale_uploads: list[Orphan] = []  # staged uploads past the grace period: a deleting pass removes them too
     for key in sorted(set(listed) - {k for b, k in references if b == bucket}):
         obj = listed[key]
         age = (now - obj.last_modified).total_seconds() if obj.last_modified else 0.0
         old = obj.last_modified is not None and (clock - obj.last_modified).total_seconds() >= grace_s
-        (report.orphans if old else report.in_grace).append(Orphan(bucket, key, obj.size_bytes, round(age, 3)))
+        orphan = Orphan(bucket, key, obj.size_bytes, round(age, 3))
+        if key.startswith(UPLOAD_PREFIX):
+            report.staged.append(orphan)
+            if old:
+                stale_uploads.append(orphan)
+        else:
+            (report.orphans if old else report.in_grace).append(orphan)
 
     for ref_bucket, key in sorted(references):
         if ref_bucket == bucket and key in listed:
@@ -258,17 +271,17 @@ def check(db: Database, objects: ObjectStore, bucket: str, *, grace_s: float, de
         report.missing.append(Missing(ref_bucket, key, frame_ids))
 
     if delete:
-        for orphan in report.orphans:
+        for orphan in [*report.orphans, *stale_uploads]:
             if _delete_if_still_orphan(db, objects, orphan, grace_s, backlog_since):
                 report.deleted.append(orphan.key)
 
-    for outcome, count in (("orphan", len(report.orphans)), ("in_grace", len(report.in_grace)),
+    for outcome, count in (("orphan", len(report.orphans)), ("in_grace", len(report.in_grace)), ("staged", len(report.staged)),
                            ("missing", len(report.missing)), ("deleted", len(report.deleted))):
         if count:
             reconciled.add(count, {"outcome": outcome})
-    log.info("reconciled %s: %d objects, %d references, %d orphans (%d deleted), %d in grace, %d missing",
-             bucket, report.objects, report.references, len(report.orphans), len(report.deleted),
-             len(report.in_grace), len(report.missing))
+    log.info("reconciled %s: %d objects, %d references, %d orphans, %d in grace, %d staged uploads, %d deleted, %d missing",
+             bucket, report.objects, report.references, len(report.orphans), len(report.in_grace), len(report.staged),
+             len(report.deleted), len(report.missing))
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import sys
 import uuid
 
 from lineloop.bus import Bus
+from lineloop.contracts.catalogue import bucket
 from lineloop.labeling import queue
 from lineloop.storage.objects import ObjectStore
 from lineloop.v1 import labeling_pb2 as pb
@@ -26,22 +28,16 @@ async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path):
-    line = f"line-{uuid.uuid4().hex[:6]}"
-    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
-    truth = {}
-    frames = []
-    for i, cls in enumerate(["ok", "ok", "bruise", "rot", "scab", "ok", "rot", "bruise"]):
-        msg = helpers.frame_event(line, f"cam-{i % 2}", {"ok": 0.6, "bruise": 0.2, "rot": 0.1, "scab": 0.1})
-        objects.put_bytes("lineloop-sim", f"truth/{msg.frame_id}.json", json.dumps({
-            "frame_id": msg.frame_id, "line_id": line, "camera_id": msg.camera_id, "label": cls, "drift": False,
-        }).encode(), "application/json")
-        truth[msg.frame_id] = cls
-        frames.append(msg)
-    # No ground truth for this one; its id draws low, so the operator meets it last.
-    frames.append(helpers.frame_event(line, "cam-9", None, frame_id=next(
-        f for f in (f"nt-{line}-{k}" for k in range(1000)) if queue.uniform_draw(f) < 0.1)))
-    cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", cut_min_labels=6)
+def record_truth(objects: ObjectStore, msg, label: str) -> None:
+    """The ground truth the gateway simulator records for a frame: what simulated QA answers from."""
+    objects.put_bytes(bucket("sim"), f"truth/{msg.frame_id}.json", json.dumps({
+        "frame_id": msg.frame_id, "line_id": msg.line_id, "camera_id": msg.camera_id, "label": label, "drift": False,
+    }).encode(), "application/json")
+
+
+@contextlib.asynccontextmanager
+async def labeling_knowing(stack, helpers, cfg, frames):
+    """A labeling service that has taken in `frames` (published first): (service, stub, the CLI's env)."""
     publisher = Bus(stack.kafka_bootstrap, source="lineloop/test-gateway")
     await publisher.start()
     try:
@@ -52,7 +48,25 @@ async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path
     async with helpers.running_labeling(cfg) as (service, stub):
         await helpers.wait_known(stub, [m.frame_id for m in frames])
         # Wide enough that rich does not wrap the messages asserted on.
-        env = {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "200"}
+        yield service, stub, {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}",
+                              "COLUMNS": "200"}
+
+
+async def test_simulated_qa_labels_and_dataset_commands(stack, helpers, tmp_path):
+    line = f"line-{uuid.uuid4().hex[:6]}"
+    objects = ObjectStore.from_url(stack.s3_endpoint, stack.s3_access_key, stack.s3_secret_key)
+    truth = {}
+    frames = []
+    for i, cls in enumerate(["ok", "ok", "bruise", "rot", "scab", "ok", "rot", "bruise"]):
+        msg = helpers.frame_event(line, f"cam-{i % 2}", {"ok": 0.6, "bruise": 0.2, "rot": 0.1, "scab": 0.1})
+        record_truth(objects, msg, cls)
+        truth[msg.frame_id] = cls
+        frames.append(msg)
+    # No ground truth for this one; its id draws low, so the operator meets it last.
+    frames.append(helpers.frame_event(line, "cam-9", None, frame_id=next(
+        f for f in (f"nt-{line}-{k}" for k in range(1000)) if queue.uniform_draw(f) < 0.1)))
+    cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", cut_min_labels=6)
+    async with labeling_knowing(stack, helpers, cfg, frames) as (service, stub, env):
 
         rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--max", "6", "--seed", "1", "--json")
         assert rc == 0, err
@@ -127,22 +141,11 @@ async def test_suspected_label_errors_go_to_a_second_reviewer_before_the_cut(sta
         logits = {c: rng.gauss(0, 1) + (3.5 if c == cls else 0.0) for c in classes}
         total = sum(math.exp(v) for v in logits.values())
         msg = helpers.frame_event(line, f"cam-{i % 2}", {c: math.exp(v) / total for c, v in logits.items()})
-        objects.put_bytes("lineloop-sim", f"truth/{msg.frame_id}.json", json.dumps({
-            "frame_id": msg.frame_id, "line_id": line, "camera_id": msg.camera_id, "label": cls, "drift": False,
-        }).encode(), "application/json")
+        record_truth(objects, msg, cls)
         truth[msg.frame_id] = cls
         frames.append(msg)
     cfg = helpers.service_settings(stack, f"sqlite:///{tmp_path / 'labeling.db'}", auto_accept_threshold=1.1)
-    publisher = Bus(stack.kafka_bootstrap, source="lineloop/test-gateway")
-    await publisher.start()
-    try:
-        for msg in frames:
-            await publisher.publish(msg)
-    finally:
-        await publisher.stop()
-    async with helpers.running_labeling(cfg) as (service, stub):
-        await helpers.wait_known(stub, [m.frame_id for m in frames])
-        env = {**os.environ, **stack.env(), "LINELOOP_LABELING_GRPC": f"127.0.0.1:{service.grpc_port}", "COLUMNS": "200"}
+    async with labeling_knowing(stack, helpers, cfg, frames) as (service, stub, env):
         rc, out, err = await cli(env, "labels", "simulate-qa", "--line", line, "--error-rate", "0.05", "--seed", "2",
                                  "--batch", "40", "--json")
         assert rc == 0, err

@@ -61,7 +61,10 @@ class KafkaSecurity:
         return self.protocol.startswith("SASL_")
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """Verifies the broker's certificate and host name, always; no switch turns that off."""
+        """Verifies the broker's certificate and host name, always; no switch turns that off.
+
+        Built anew for each client (a few ms, once per connection's life): certificate files an
+        operator rotated are read by the next client, with no cache to go stale."""
         if not self.tls:
             return None
         context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)

@@ -1,16 +1,14 @@
-"""The benchmark's baseline: a plain Flask server answering one request at a time.
+"""The serving benchmark's baseline: the same ONNX model behind a Flask app, as a team without
+Triton would deploy it: under gunicorn, one worker process per core, onnxruntime with one
+thread in each (the core budget Triton gets: one model instance per core, one thread each).
 
-POST /predict with the raw FP32 bytes of one [N,3,S,S] batch; answers the probabilities as
-JSON. One process, one thread (werkzeug `threaded=False`), onnxruntime with one thread,
-the same ONNX file Triton serves.
+POST /predict with the raw FP32 bytes of one [N,3,S,S] batch; answers the probabilities and
+the embedding, as raw FP32 bytes one after the other (what Triton answers too).
 
-    python plain_server.py MODEL.onnx PORT
+    gunicorn -w 2 -b 127.0.0.1:PORT --chdir services/compiler/bench 'plain_server:create_app("MODEL.onnx")'
 """
 
 from __future__ import annotations
-
-import logging
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -29,12 +27,9 @@ def create_app(model_path: str) -> Flask:
         images = np.frombuffer(request.get_data(), dtype=np.float32)
         if images.size % int(np.prod(shape)):
             return Response(f"body must be FP32 [N,{','.join(map(str, shape))}]", status=400)
-        probabilities = session.run(["probabilities"], {"images": images.reshape(-1, *shape)})[0]
-        return Response(probabilities.astype(np.float32).tobytes(), mimetype="application/octet-stream")
+        probabilities, embedding = session.run(["probabilities", "embedding"], {"images": images.reshape(-1, *shape)})
+        body = probabilities.astype(np.float32).tobytes() + embedding.astype(np.float32).tobytes()
+        return Response(body, mimetype="application/octet-stream")
 
     return app
 
-
-if __name__ == "__main__":
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    create_app(sys.argv[1]).run(host="127.0.0.1", port=int(sys.argv[2]), threaded=False, processes=1)

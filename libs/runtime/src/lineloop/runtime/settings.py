@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lineloop.contracts.catalogue import all_bucket_names
+from lineloop.contracts.catalogue import CATALOGUE, all_bucket_names
 
 if TYPE_CHECKING:
     from lineloop.bus.security import KafkaSecurity
@@ -157,7 +157,8 @@ def service_config(name: str) -> SettingsConfigDict:
 
 
 class ServiceSettings(BaseSettings):
-    """What every service has; subclasses set `service_name`, the port defaults and their own fields."""
+    """What every service has; subclasses set `service_name` and their own fields. The ports and
+    the Kafka group default to the service's row of the catalogue (lineloop.contracts services.toml)."""
 
     service_name: ClassVar[str] = ""
 
@@ -175,6 +176,15 @@ class ServiceSettings(BaseSettings):
     startup_timeout_s: float = 60.0
     stack: StackSettings = Field(default_factory=StackSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _catalogue_defaults(cls, data: object) -> object:
+        entry = CATALOGUE.services.get(cls.service_name)
+        if entry is not None and isinstance(data, dict):
+            data = {"grpc_port": entry.grpc_port, "metrics_port": entry.metrics_port,
+                    "consumer_group": entry.consumer_group, **data}
+        return data
 
     @model_validator(mode="after")
     def _default_consumer_group(self) -> ServiceSettings:

@@ -5,20 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
-
-CATALOGUE_ENTRY = service("compiler")
 
 
 class CompilerSettings(ServiceSettings):
-    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
-    model_config = service_config(CATALOGUE_ENTRY.name)
+    service_name: ClassVar[str] = "compiler"
+    model_config = service_config("compiler")
 
-    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
-    grpc_port: int = CATALOGUE_ENTRY.grpc_port
-    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
-    consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # Target profiles and edge fleets (YAML); empty: the packaged embedded defaults.
     profiles_file: Path | None = None
     fleets_file: Path | None = None

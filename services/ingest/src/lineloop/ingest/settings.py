@@ -7,20 +7,13 @@ from typing import Annotated, ClassVar
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from lineloop.contracts.catalogue import bucket, service
+from lineloop.contracts.catalogue import bucket
 from lineloop.runtime import ServiceSettings, service_config
-
-CATALOGUE_ENTRY = service("ingest")
 
 
 class IngestSettings(ServiceSettings):
-    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
-    model_config = service_config(CATALOGUE_ENTRY.name)
-
-    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
-    grpc_port: int = CATALOGUE_ENTRY.grpc_port
-    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
-    consumer_group: str = CATALOGUE_ENTRY.consumer_group
+    service_name: ClassVar[str] = "ingest"
+    model_config = service_config("ingest")
 
     frames_bucket: str = bucket("frames")
     # Buckets a gateway may upload to and reference from `image_ref` (comma-separated).

@@ -6,20 +6,13 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lineloop.contracts.catalogue import bucket, service
+from lineloop.contracts.catalogue import bucket
 from lineloop.runtime import ServiceSettings, service_config
-
-CATALOGUE_ENTRY = service("labeling")
 
 
 class LabelingSettings(ServiceSettings):
-    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
-    model_config = service_config(CATALOGUE_ENTRY.name)
-
-    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
-    grpc_port: int = CATALOGUE_ENTRY.grpc_port
-    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
-    consumer_group: str = CATALOGUE_ENTRY.consumer_group
+    service_name: ClassVar[str] = "labeling"
+    model_config = service_config("labeling")
 
     classes: list[str] = Field(default_factory=lambda: ["ok", "bruise", "rot", "scab"])
 

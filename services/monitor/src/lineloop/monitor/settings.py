@@ -11,13 +11,9 @@ CATALOGUE_ENTRY = service("monitor")
 
 
 class MonitorSettings(ServiceSettings):
-    service_name = CATALOGUE_ENTRY.name
-    model_config = service_config(CATALOGUE_ENTRY.name)
+    service_name = "monitor"
+    model_config = service_config("monitor")
 
-    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
-    grpc_port: int = CATALOGUE_ENTRY.grpc_port
-    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
-    consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # The dashboard (docs/monitor.md#dashboard): a read-only web page served by this process on
     # bind_host; None (LINELOOP_MONITOR_HTTP_PORT=off): no page. 0: any free port (tests).
     http_port: int | None = CATALOGUE_ENTRY.http_port

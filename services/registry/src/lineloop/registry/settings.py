@@ -7,21 +7,15 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from lineloop.contracts.catalogue import service
 from lineloop.registry.deployment import DeploymentSettings
+from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
-
-CATALOGUE_ENTRY = service("registry")
 
 
 class RegistrySettings(ServiceSettings):
-    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
-    model_config = service_config(CATALOGUE_ENTRY.name)
+    service_name: ClassVar[str] = "registry"
+    model_config = service_config("registry")
 
-    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
-    grpc_port: int = CATALOGUE_ENTRY.grpc_port
-    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
-    consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # Policy: a passing candidate becomes the canary, the canary production after
     # `canary_min_frames` served frames (the monitor's count); with no production yet, a
     # candidate that meets the floors becomes production directly.

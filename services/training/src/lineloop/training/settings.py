@@ -9,17 +9,11 @@ from lineloop.contracts.catalogue import service
 from lineloop.runtime import ServiceSettings, service_config
 from lineloop.runtime.cpu import available_cpus
 
-CATALOGUE_ENTRY = service("training")
-
 
 class TrainingSettings(ServiceSettings):
-    service_name: ClassVar[str] = CATALOGUE_ENTRY.name
-    model_config = service_config(CATALOGUE_ENTRY.name)
+    service_name: ClassVar[str] = "training"
+    model_config = service_config("training")
 
-    # Ports and Kafka group: the service catalogue's (lineloop.contracts services.toml).
-    grpc_port: int = CATALOGUE_ENTRY.grpc_port
-    metrics_port: int | None = CATALOGUE_ENTRY.metrics_port
-    consumer_group: str = CATALOGUE_ENTRY.consumer_group
     # The model a dataset trains: `{dataset}` is replaced by the dataset name.
     model_name_pattern: str = "{dataset}"
     # Defaults for every run; a request's params override them (see trainer.TrainParams).
